@@ -1,0 +1,236 @@
+//! Configuration from the environment (12-factor), typed and validated at start-up.
+//!
+//! Every binary reads the same variable names (the table in ARCHITECTURE.md); a service
+//! reads what it needs. A missing or malformed value is a [`ConfigError`] naming the
+//! variable, and `APP_ENV=production` refuses the development defaults that would be
+//! unsafe anywhere else.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// Signs development tokens only; refused when `APP_ENV=production`.
+pub const DEV_JWT_SECRET: &str = "development-only-jwt-secret-never-use-in-production";
+
+/// The shortest `JWT_SECRET` accepted in production: 256 bits, as HS256 wants.
+const MIN_PRODUCTION_SECRET_LEN: usize = 32;
+
+/// A configuration problem, always naming the variable so the operator knows what to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error in {name}: {message}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(name: &'static str, message: impl Into<String>) -> Self {
+        Self { name, message: message.into() }
+    }
+}
+
+/// Where variables come from: the process environment, or a fixed set (tests, tools).
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+impl Env {
+    pub fn from_process() -> Self {
+        Self { vars: std::env::vars().collect() }
+    }
+
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+        Self { vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
+    }
+
+    /// A set value; an empty string counts as unset, as in most shells' `VAR= cmd`.
+    pub fn raw(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str).filter(|v| !v.trim().is_empty())
+    }
+
+    /// A parsed value, `None` when unset.
+    pub fn optional<T>(&self, name: &'static str) -> Result<Option<T>, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        self.raw(name)
+            .map(|raw| raw.trim().parse().map_err(|e| ConfigError::new(name, format!("{e} (got {raw:?})"))))
+            .transpose()
+    }
+
+    pub fn or<T>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        Ok(self.optional(name)?.unwrap_or(default))
+    }
+
+    /// A duration such as `15m`, `30s` or `7d`.
+    pub fn duration(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        let Some(raw) = self.raw(name) else { return Ok(default) };
+        let value = humantime::parse_duration(raw.trim())
+            .map_err(|e| ConfigError::new(name, format!("{e} (expected a duration like 15m or 30s, got {raw:?})")))?;
+        if value.is_zero() {
+            return Err(ConfigError::new(name, "must be longer than zero"));
+        }
+        Ok(value)
+    }
+
+    /// A secret: kept out of `Debug` output and logs.
+    pub fn secret(&self, name: &'static str) -> Option<SecretString> {
+        self.raw(name).map(|v| SecretString::from(v.to_owned()))
+    }
+
+    pub fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
+        match self.raw(name).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("0" | "false" | "no" | "off") => Ok(false),
+            Some("1" | "true" | "yes" | "on") => Ok(true),
+            Some(other) => Err(ConfigError::new(name, format!("expected true or false, got {other:?}"))),
+        }
+    }
+}
+
+/// `development` (the default) or `production`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    Development,
+    Production,
+}
+
+impl FromStr for AppEnv {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "development" | "dev" => Ok(Self::Development),
+            "production" | "prod" => Ok(Self::Production),
+            _ => Err("expected development or production".into()),
+        }
+    }
+}
+
+impl AppEnv {
+    pub fn is_production(self) -> bool {
+        self == Self::Production
+    }
+}
+
+/// What every binary needs, whichever services it runs.
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    pub app_env: AppEnv,
+    pub port: u16,
+    pub database_url: SecretString,
+    pub db_max_connections: u32,
+    pub redis_url: Option<SecretString>,
+    /// Prefix of every Redis key this deployment writes, so that several deployments
+    /// (or test runs) can share one Redis without seeing each other's data.
+    pub redis_prefix: String,
+    pub jwt_secret: SecretString,
+    pub access_token_ttl: Duration,
+    /// Take the client address from `X-Forwarded-For` (set by the gateway) instead of
+    /// the TCP peer. Only safe behind a proxy that overwrites the header.
+    pub trust_forwarded_for: bool,
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/shop";
+
+impl CommonConfig {
+    pub fn from_env(env: &Env, default_port: u16) -> Result<Self, ConfigError> {
+        let app_env: AppEnv = env.or("APP_ENV", AppEnv::Development)?;
+        let jwt_secret = env.secret("JWT_SECRET");
+        if app_env.is_production() {
+            match &jwt_secret {
+                None => return Err(ConfigError::new("JWT_SECRET", "must be set when APP_ENV=production")),
+                Some(s) if s.expose_secret() == DEV_JWT_SECRET => {
+                    return Err(ConfigError::new(
+                        "JWT_SECRET",
+                        "the development secret is refused when APP_ENV=production",
+                    ));
+                }
+                Some(s) if s.expose_secret().len() < MIN_PRODUCTION_SECRET_LEN => {
+                    return Err(ConfigError::new(
+                        "JWT_SECRET",
+                        format!("must be at least {MIN_PRODUCTION_SECRET_LEN} bytes when APP_ENV=production"),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let database_url = env.raw("DATABASE_URL").unwrap_or(DEFAULT_DATABASE_URL);
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            // Deliberately not echoing the value: it may hold a password.
+            return Err(ConfigError::new("DATABASE_URL", "must be a postgres:// URL"));
+        }
+        let redis_url = env.secret("REDIS_URL");
+        if let Some(url) = &redis_url
+            && !(url.expose_secret().starts_with("redis://") || url.expose_secret().starts_with("rediss://"))
+        {
+            return Err(ConfigError::new("REDIS_URL", "must be a redis:// or rediss:// URL"));
+        }
+        let db_max_connections = env.or("DB_MAX_CONNECTIONS", 10u32)?;
+        if db_max_connections == 0 {
+            return Err(ConfigError::new("DB_MAX_CONNECTIONS", "must be at least 1"));
+        }
+        Ok(Self {
+            app_env,
+            port: env.or("PORT", default_port)?,
+            database_url: SecretString::from(database_url.to_owned()),
+            db_max_connections,
+            redis_url,
+            redis_prefix: env.or("REDIS_PREFIX", "shop".to_owned())?,
+            jwt_secret: jwt_secret.unwrap_or_else(|| SecretString::from(DEV_JWT_SECRET)),
+            access_token_ttl: env.duration("ACCESS_TOKEN_TTL", Duration::from_secs(15 * 60))?,
+            trust_forwarded_for: env.flag("TRUST_FORWARDED_FOR")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<CommonConfig, ConfigError> {
+        CommonConfig::from_env(&Env::from_pairs(pairs.iter().copied()), 8080)
+    }
+
+    #[test]
+    fn development_has_working_defaults() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.database_url.expose_secret(), DEFAULT_DATABASE_URL);
+        assert_eq!(c.access_token_ttl, Duration::from_secs(900));
+        assert!(c.redis_url.is_none());
+        assert!(!c.trust_forwarded_for);
+    }
+
+    #[test]
+    fn malformed_values_name_their_variable() {
+        assert_eq!(config(&[("PORT", "eighty")]).unwrap_err().name, "PORT");
+        assert_eq!(config(&[("ACCESS_TOKEN_TTL", "soon")]).unwrap_err().name, "ACCESS_TOKEN_TTL");
+        assert_eq!(config(&[("ACCESS_TOKEN_TTL", "0s")]).unwrap_err().name, "ACCESS_TOKEN_TTL");
+        assert_eq!(config(&[("APP_ENV", "staging")]).unwrap_err().name, "APP_ENV");
+        assert_eq!(config(&[("REDIS_URL", "localhost")]).unwrap_err().name, "REDIS_URL");
+        assert_eq!(config(&[("TRUST_FORWARDED_FOR", "maybe")]).unwrap_err().name, "TRUST_FORWARDED_FOR");
+        let err = config(&[("DATABASE_URL", "mysql://root:hunter2@db")]).unwrap_err();
+        assert_eq!(err.name, "DATABASE_URL");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn production_refuses_the_development_secret() {
+        assert_eq!(config(&[("APP_ENV", "production")]).unwrap_err().name, "JWT_SECRET");
+        let dev = config(&[("APP_ENV", "production"), ("JWT_SECRET", DEV_JWT_SECRET)]);
+        assert_eq!(dev.unwrap_err().name, "JWT_SECRET");
+        let short = config(&[("APP_ENV", "production"), ("JWT_SECRET", "short")]);
+        assert_eq!(short.unwrap_err().name, "JWT_SECRET");
+        let good = config(&[("APP_ENV", "production"), ("JWT_SECRET", "x".repeat(40).as_str())]);
+        assert!(good.unwrap().app_env.is_production());
+    }
+}

@@ -1,0 +1,128 @@
+//! PostgreSQL: one database, one schema and one role per service.
+//!
+//! Each service's pool connects with the configured URL, then `SET ROLE`s to the
+//! service's own role and puts its schema first on the `search_path`, so a service can
+//! only touch its own tables even when, in development, every service shares the
+//! superuser URL. In production each service's URL names its own role (and can point
+//! at its own database) and the same code runs unchanged.
+//!
+//! Migrations live in `migrations/<service>/` and keep their history in the service's
+//! schema (`<schema>._sqlx_migrations`), so services migrate independently.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
+
+/// Which schema and role a service owns.
+#[derive(Debug, Clone, Copy)]
+pub struct Schema {
+    pub name: &'static str,
+    pub role: &'static str,
+}
+
+fn options(url: &SecretString) -> anyhow::Result<PgConnectOptions> {
+    // sqlx's parse errors quote the URL; keep the password out of the message.
+    PgConnectOptions::from_str(url.expose_secret())
+        .map_err(|_| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL"))
+}
+
+/// Creates the database named in `url` if it does not exist yet (the first run of `shop`
+/// on a fresh PostgreSQL).
+pub async fn ensure_database(url: &SecretString) -> anyhow::Result<()> {
+    let target = options(url)?;
+    let name = target.get_database().unwrap_or("postgres").to_owned();
+    let mut conn = target.clone().database("postgres").connect().await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await?;
+    if !exists {
+        let quoted = name.replace('"', "\"\"");
+        match conn.execute(format!(r#"CREATE DATABASE "{quoted}""#).as_str()).await {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Someone else created it between our check and our CREATE: fine.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    conn.close().await?;
+    Ok(())
+}
+
+/// Creates the service's role and schema if missing and applies its migrations as
+/// that role, so the service owns its tables.
+pub async fn migrate(url: &SecretString, schema: Schema, migrator: &Migrator) -> anyhow::Result<()> {
+    let mut conn = options(url)?.connect().await?;
+    // Roles are cluster-wide, so parallel test databases race to create them; the
+    // handler makes "someone else did it first" a success.
+    conn.execute(
+        format!(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
+                 CREATE ROLE {role} NOLOGIN;
+               END IF;
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+             END $$;",
+            role = schema.role
+        )
+        .as_str(),
+    )
+    .await?;
+    conn.execute(
+        format!(
+            "DO $$ BEGIN
+               CREATE SCHEMA IF NOT EXISTS {name} AUTHORIZATION {role};
+             EXCEPTION WHEN duplicate_schema OR unique_violation THEN NULL;
+             END $$;",
+            name = schema.name,
+            role = schema.role
+        )
+        .as_str(),
+    )
+    .await?;
+    enter(&mut conn, schema).await?;
+    migrator.run(&mut conn).await?;
+    conn.close().await?;
+    Ok(())
+}
+
+async fn enter(conn: &mut PgConnection, schema: Schema) -> Result<(), sqlx::Error> {
+    conn.execute(format!("SET ROLE {}; SET search_path TO {}", schema.role, schema.name).as_str()).await?;
+    Ok(())
+}
+
+/// The service's pool: every connection is in the service's role and schema.
+pub async fn connect(url: &SecretString, schema: Schema, max_connections: u32) -> anyhow::Result<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .idle_timeout(Duration::from_secs(300))
+        .after_connect(move |conn, _meta| Box::pin(async move { enter(conn, schema).await }))
+        .connect_with(options(url)?)
+        .await?;
+    Ok(pool)
+}
+
+/// Publishes the pool's connection counts as gauges (called when metrics are scraped).
+pub fn record_pool_metrics(service: &'static str, pool: &PgPool) {
+    let size = f64::from(pool.size());
+    let idle = pool.num_idle() as f64;
+    metrics::gauge!("db_pool_connections", "service" => service, "state" => "idle").set(idle);
+    metrics::gauge!("db_pool_connections", "service" => service, "state" => "in_use").set(size - idle);
+    metrics::gauge!("db_pool_max_connections", "service" => service)
+        .set(f64::from(pool.options().get_max_connections()));
+}
+
+/// `true` when `err` is a violation of the named unique constraint (or unique index),
+/// so repositories can turn it into a specific API error without string matching.
+pub fn is_unique_violation(err: &sqlx::Error, constraint: &str) -> bool {
+    match err {
+        sqlx::Error::Database(e) => e.is_unique_violation() && e.constraint() == Some(constraint),
+        _ => false,
+    }
+}

@@ -1,0 +1,279 @@
+//! Extractors that answer bad input with the platform's problem+json instead of axum's
+//! plain-text rejections.
+//!
+//! - [`Json`]: wrong content type → 415, body over the limit → 413, malformed JSON → 400,
+//!   unknown, missing or mistyped fields → 422 with the field's path in `errors`.
+//! - [`Path`]: a path segment that does not parse names no resource → 404.
+//! - [`Query`]: a malformed query string → 400.
+//! - [`ClientAddr`]: the client's IP address, for rate limits.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::{HeaderMap, StatusCode, header, request::Parts};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, ErrorCode, FieldErrors};
+
+/// Request bodies over this many bytes are refused with 413 (API.md).
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// A JSON request body (or a JSON response) with the platform's error mapping.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+impl<S, T> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::new(ErrorCode::UnsupportedMediaType)
+                .with_detail("expected a body with Content-Type: application/json"));
+        }
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(ErrorCode::PayloadTooLarge)
+                    .with_detail(format!("request bodies are limited to {} KiB", BODY_LIMIT / 1024))
+            } else {
+                ApiError::bad_request("the request body could not be read")
+            }
+        })?;
+        parse(&bytes).map(Json)
+    }
+}
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// Parses a JSON body, telling a syntax error (400) from a well-formed body with bad
+/// fields (422, naming each field by its path).
+///
+/// Every request body of the API is an object; anything else is refused up front, since
+/// serde would otherwise happily read a struct from an array.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(_) => return Err(ApiError::bad_request("the request body must be a JSON object")),
+        None => return Err(ApiError::bad_request("the request body is empty; expected a JSON object")),
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_data() { data_error(&path, &inner) } else { syntax_error(&inner) }
+    })?;
+    deserializer.end().map_err(|err| syntax_error(&err))?;
+    Ok(value)
+}
+
+fn syntax_error(err: &serde_json::Error) -> ApiError {
+    ApiError::bad_request(format!("malformed JSON at line {} column {}", err.line(), err.column()))
+}
+
+/// serde's data errors about a missing field name it in their message (`missing field
+/// `email``) with the path of the object that lacks it; an unknown field's path already
+/// ends with its name. Every other error is about the value at `path` itself.
+fn data_error(path: &str, err: &serde_json::Error) -> ApiError {
+    let message = strip_position(&err.to_string());
+    let at = |field: &str| if path == "." { field.to_owned() } else { format!("{path}.{field}") };
+    let (field, message) = if let Some(name) = quoted_after(&message, "missing field `") {
+        (at(name), "is required".to_owned())
+    } else if message.starts_with("unknown field `") {
+        (path.to_owned(), "is not a known field".to_owned())
+    } else if path == "." {
+        return ApiError::bad_request(format!("the request body does not have the expected shape: {message}"));
+    } else {
+        (path.to_owned(), message)
+    };
+    let mut errors = FieldErrors::default();
+    errors.add(field, message);
+    ApiError::validation(errors)
+}
+
+fn quoted_after<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = message.strip_prefix(prefix)?;
+    rest.split('`').next()
+}
+
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// Path parameters; a segment that does not parse (say, an id that is not a UUID) names
+/// no resource, so it is a 404 like any other unknown resource.
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(axum::extract::rejection::PathRejection::FailedToDeserializePathParams(_)) => {
+                Err(ApiError::not_found())
+            }
+            Err(other) => Err(ApiError::internal(anyhow::anyhow!("path extraction: {other}"))),
+        }
+    }
+}
+
+/// Query parameters; a malformed query string is a 400 `bad_request` that says what is wrong.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Self(value))
+            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+    }
+}
+
+/// The client's IP address: the TCP peer, or, behind a trusted gateway, the address the
+/// gateway appended to `X-Forwarded-For`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+/// Whether [`client_addr_middleware`] believes `X-Forwarded-For`.
+#[derive(Debug, Clone, Copy)]
+pub struct TrustForwardedFor(pub bool);
+
+/// Middleware that settles [`ClientAddr`] once per request.
+pub async fn client_addr_middleware(
+    axum::extract::State(trust): axum::extract::State<TrustForwardedFor>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let forwarded = trust.0.then(|| forwarded_for(request.headers())).flatten();
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let addr = forwarded.or(peer).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    request.extensions_mut().insert(ClientAddr(addr));
+    next.run(request).await
+}
+
+/// The right-most address of `X-Forwarded-For`: the one our own gateway appended, which
+/// a client cannot forge (the left-most entries are whatever the client sent).
+fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
+    let value = headers.get_all("x-forwarded-for").iter().next_back()?.to_str().ok()?;
+    value.rsplit(',').next()?.trim().parse().ok()
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<ClientAddr>()
+            .copied()
+            .or_else(|| parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| ClientAddr(c.0.ip())))
+            .unwrap_or(ClientAddr(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Item {
+        product_id: String,
+        quantity: u8,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Order {
+        items: Vec<Item>,
+        note: Option<String>,
+    }
+
+    fn errors(body: &str) -> (ErrorCode, serde_json::Value) {
+        let err = parse::<Order>(body.as_bytes()).unwrap_err();
+        let problem = serde_json::to_value(err.problem()).unwrap();
+        (err.code(), problem["errors"].clone())
+    }
+
+    #[test]
+    fn field_errors_name_the_field_by_its_path() {
+        let (code, e) = errors(r#"{"items":[{"product_id":"a","quantity":1},{"product_id":"b","quantity":-1}]}"#);
+        assert_eq!(code, ErrorCode::ValidationFailed);
+        assert_eq!(e["items[1].quantity"][0], "invalid value: integer `-1`, expected u8");
+
+        let (_, e) = errors(r#"{"items":[{"product_id":"a"}]}"#);
+        assert_eq!(e, serde_json::json!({"items[0].quantity": ["is required"]}));
+
+        let (_, e) = errors(r#"{"items":[],"role":"admin"}"#);
+        assert_eq!(e, serde_json::json!({"role": ["is not a known field"]}));
+
+        let (_, e) = errors(r#"{}"#);
+        assert_eq!(e, serde_json::json!({"items": ["is required"]}));
+    }
+
+    #[test]
+    fn syntax_errors_and_non_objects_are_bad_requests() {
+        for body in ["{", "", "{\"items\":[]} trailing", "[1,2]", "null", &"[".repeat(1000)] {
+            let err = parse::<Order>(body.as_bytes()).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::BadRequest, "{body:.20}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_takes_the_gateway_entry() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "6.6.6.6, 10.0.0.7".parse().unwrap());
+        assert_eq!(forwarded_for(&headers), Some("10.0.0.7".parse().unwrap()));
+        headers.insert("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(forwarded_for(&headers), None);
+    }
+
+    #[test]
+    fn json_content_types() {
+        let mut headers = HeaderMap::new();
+        assert!(!is_json(&headers));
+        headers.insert(header::CONTENT_TYPE, "application/json; charset=utf-8".parse().unwrap());
+        assert!(is_json(&headers));
+        headers.insert(header::CONTENT_TYPE, "application/merge-patch+json".parse().unwrap());
+        assert!(is_json(&headers));
+        headers.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        assert!(!is_json(&headers));
+    }
+}

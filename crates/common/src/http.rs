@@ -1,0 +1,295 @@
+//! The HTTP shell every service runs in: operational endpoints (`/health`, `/ready`,
+//! `/metrics`, `/openapi.json`, `/docs`), the middleware stack, and serving with graceful
+//! shutdown.
+//!
+//! A service contributes a [`Service`] (its API router, its OpenAPI document and what
+//! readiness should check); [`app`] wraps one service (a stand-alone binary) or several
+//! (`shop`) the same way, so tests, `main.rs` and `shop` all run the same stack.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa::openapi::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use redis::aio::ConnectionManager;
+
+use crate::auth::Authenticator;
+use crate::cache::{Cache, connect_redis};
+use crate::config::CommonConfig;
+use crate::error::{ApiError, ErrorCode};
+use crate::extract::{BODY_LIMIT, TrustForwardedFor, client_addr_middleware};
+use crate::ratelimit::Limiter;
+use crate::request_id::{self, RequestId};
+use crate::{db, telemetry};
+
+/// How long a readiness check may take before its dependency counts as down.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What one service brings to the process.
+pub struct Service {
+    pub name: &'static str,
+    pub router: Router,
+    pub openapi: OpenApi,
+    /// The service's database pool, checked by `/ready` and reported in `/metrics`.
+    pub db: PgPool,
+}
+
+/// The parts of the OpenAPI document every service shares: the title, the error shape
+/// and the bearer scheme. Each service merges its paths into it.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Shop API",
+        description = "The public REST API of the shop platform. Errors are `application/problem+json` \
+            (RFC 9457) with a stable `code`; see the `Problem` schema.",
+    ),
+    modifiers(&BearerScheme),
+    components(schemas(crate::error::Problem, crate::error::FieldErrors)),
+)]
+struct ApiDoc;
+
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+/// What every service of one process shares: the cache (and with it token revocations),
+/// the Redis connection for rate limits, and the token authenticator. In `shop` the
+/// services must share these, or a logout in one would not be seen by another.
+#[derive(Clone)]
+pub struct Shared {
+    pub cache: Cache,
+    pub redis: Option<ConnectionManager>,
+    pub redis_prefix: String,
+    pub auth: Arc<Authenticator>,
+    pub trust_forwarded_for: bool,
+}
+
+impl Shared {
+    pub async fn connect(config: &CommonConfig) -> anyhow::Result<Self> {
+        let redis = match &config.redis_url {
+            Some(url) => Some(connect_redis(url).await?),
+            None => None,
+        };
+        let cache = Cache::new(redis.clone(), &config.redis_prefix);
+        let auth = Arc::new(Authenticator::new(&config.jwt_secret, config.access_token_ttl, cache.clone()));
+        Ok(Self {
+            cache,
+            redis,
+            redis_prefix: config.redis_prefix.clone(),
+            auth,
+            trust_forwarded_for: config.trust_forwarded_for,
+        })
+    }
+
+    /// A named rate limit, shared across replicas when Redis is configured.
+    pub fn limiter(&self, name: &'static str, limit: NonZeroU32, window: Duration) -> Limiter {
+        Limiter::new(name, limit, window, self.redis.clone(), &self.redis_prefix)
+    }
+}
+
+#[derive(Clone)]
+struct Ops {
+    databases: Vec<(&'static str, PgPool)>,
+    cache: Cache,
+}
+
+/// The whole application: the services' routers merged, the operational endpoints, and
+/// the middleware stack around all of it.
+pub fn app(services: Vec<Service>, shared: Shared) -> Router {
+    // Install the recorder before the first request, or what it does goes unrecorded.
+    telemetry::metrics_handle();
+    let mut router = Router::new();
+    let mut openapi: Option<OpenApi> = None;
+    let mut databases = Vec::new();
+    for service in services {
+        router = router.merge(service.router);
+        openapi = Some(match openapi {
+            None => service.openapi,
+            Some(mut merged) => {
+                merged.merge(service.openapi);
+                merged
+            }
+        });
+        databases.push((service.name, service.db));
+    }
+    let ops = Ops { databases, cache: shared.cache };
+    let mut doc = ApiDoc::openapi();
+    if let Some(services) = openapi {
+        doc.merge(services);
+    }
+    let openapi = doc;
+
+    router
+        .route("/health", get(health))
+        .route("/ready", get(ready).with_state(ops.clone()))
+        .route("/metrics", get(metrics).with_state(ops))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        .fallback(not_found)
+        // Outermost first: the request id is settled before anything can log or fail.
+        .layer(
+            ServiceBuilder::new()
+                .layer(middleware::from_fn(request_id::middleware))
+                .layer(TraceLayer::new_for_http().make_span_with(make_span).on_response(on_response))
+                .layer(CatchPanicLayer::custom(panicked))
+                .layer(middleware::from_fn(problem_for_bare_errors))
+                .layer(middleware::from_fn(track_metrics))
+                .layer(middleware::from_fn_with_state(
+                    TrustForwardedFor(shared.trust_forwarded_for),
+                    client_addr_middleware,
+                ))
+                .layer(DefaultBodyLimit::max(BODY_LIMIT)),
+        )
+}
+
+fn make_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let request_id = request.extensions().get::<RequestId>().map_or("", |id| id.0.as_str());
+    let route = request.extensions().get::<MatchedPath>().map_or("", MatchedPath::as_str);
+    tracing::info_span!("request", method = %request.method(), route, request_id)
+}
+
+fn on_response<B>(response: &axum::http::Response<B>, latency: Duration, _span: &tracing::Span) {
+    tracing::info!(status = response.status().as_u16(), latency_ms = latency.as_millis() as u64, "response");
+}
+
+fn panicked(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::internal(anyhow::anyhow!("handler panicked")).into_response()
+}
+
+/// Turns error responses that did not come from our handlers (axum's 405, a layer's 413)
+/// into problem+json, so that no client ever sees another error shape.
+async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    // axum and tower-http answer with an empty or plain-text body; a JSON body (like
+    // `/ready`'s 503) is already what the endpoint means to say.
+    let is_bare = response.headers().get(header::CONTENT_TYPE).is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if (status.is_client_error() || status.is_server_error()) && is_bare {
+        let allow = response.headers().get(header::ALLOW).cloned();
+        let mut problem = ApiError::new(ErrorCode::from_status(status)).into_response();
+        *problem.status_mut() = status;
+        if let Some(allow) = allow {
+            problem.headers_mut().insert(header::ALLOW, allow);
+        }
+        return problem;
+    }
+    response
+}
+
+async fn track_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let labels = [("method", method), ("route", route), ("status", response.status().as_u16().to_string())];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+/// Liveness: answers while the process runs.
+async fn health() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// Readiness: 200 when every dependency answers, 503 naming what is down otherwise.
+async fn ready(State(ops): State<Ops>) -> Response {
+    let mut checks = serde_json::Map::new();
+    let mut all_up = true;
+    for (name, pool) in &ops.databases {
+        let probe = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool);
+        let up = matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(_)));
+        all_up &= up;
+        checks.insert(format!("database:{name}"), json!(if up { "up" } else { "down" }));
+    }
+    if ops.cache.is_redis() {
+        let up = ops.cache.ping().await;
+        all_up &= up;
+        checks.insert("redis".into(), json!(if up { "up" } else { "down" }));
+    }
+    let (status, word) =
+        if all_up { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "unavailable") };
+    (status, axum::Json(json!({"status": word, "checks": checks}))).into_response()
+}
+
+/// Prometheus text format, with the pool gauges refreshed at scrape time.
+async fn metrics(State(ops): State<Ops>) -> Response {
+    for (name, pool) in &ops.databases {
+        db::record_pool_metrics(name, pool);
+    }
+    let handle = telemetry::metrics_handle();
+    handle.run_upkeep();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: no new connections, finishing requests in flight");
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and waits
+/// for the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds `0.0.0.0:port` and serves until SIGTERM/SIGINT.
+pub async fn run(port: u16, app: Router) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    serve(listener, app, shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! What every service shares, each mechanism written once:
+//!
+//! - [`config`]: typed configuration from the environment, validated at start-up;
+//! - [`error`]: the problem+json error shape and its stable codes;
+//! - [`extract`]: JSON, path, query and client-address extractors that answer bad input
+//!   with that shape;
+//! - [`request_id`]: `X-Request-Id`, echoed or generated, in every log line and error body;
+//! - [`http`]: the operational endpoints, the middleware stack and graceful serving;
+//! - [`telemetry`]: logs and the Prometheus recorder;
+//! - [`db`]: pools, one schema and role per service, migrations;
+//! - [`cache`]: cache-aside storage in Redis or in-process;
+//! - [`ratelimit`]: limits shared across replicas through Redis;
+//! - [`auth`]: access tokens, their revocation, auth extractors, password hashing;
+//! - `testing` (feature `testing`): fresh databases and spawned servers for tests.
+
+pub mod auth;
+pub mod cache;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod http;
+pub mod ratelimit;
+pub mod request_id;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::{ApiError, ErrorCode, FieldErrors};
