@@ -1,0 +1,349 @@
+//! The handlers of `/api/auth/*` and `/api/users/*`: parse the request into domain types,
+//! apply the rules, map the outcome. Each carries its OpenAPI description.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use chrono::Utc;
+use common::auth::{AdminUser, AuthUser};
+use common::error::Problem;
+use common::extract::{ClientAddr, Json, Path};
+use common::{ApiError, FieldErrors};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::domain::{Email, NewUser, Password, ProfileChanges, RefreshVerdict, Role, User, Username};
+use crate::error::Error;
+use crate::{AppState, PROFILE_TTL, repository, tokens};
+
+/// The routes of this service, with their OpenAPI description.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(me, update_me))
+        .routes(routes!(get_user))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// 3–50 characters of letters, digits, `_`, `.` and `-`; unique whatever its case.
+    #[schema(example = "jane_doe")]
+    username: String,
+    /// Unique, compared case-insensitively.
+    #[schema(example = "jane@example.com")]
+    email: String,
+    /// 8–128 characters.
+    #[schema(value_type = String, format = Password, example = "correct horse battery")]
+    password: SecretString,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    #[schema(example = "jane@example.com")]
+    email: String,
+    #[schema(value_type = String, format = Password)]
+    password: SecretString,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    #[schema(value_type = String)]
+    refresh_token: SecretString,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogoutRequest {
+    #[schema(value_type = String)]
+    refresh_token: SecretString,
+}
+
+/// Any of `username`, `email`, `password`; `current_password` is always required.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProfileRequest {
+    username: Option<String>,
+    email: Option<String>,
+    #[schema(value_type = Option<String>, format = Password)]
+    password: Option<SecretString>,
+    #[schema(value_type = String, format = Password)]
+    current_password: SecretString,
+}
+
+/// A login session: a short-lived access token and the refresh token that renews it.
+#[derive(Serialize, ToSchema)]
+pub struct Tokens {
+    /// A JWT to send as `Authorization: Bearer …`.
+    access_token: String,
+    /// Opaque; each use returns a new one and retires this one.
+    refresh_token: String,
+    #[schema(example = "Bearer")]
+    token_type: &'static str,
+    /// Seconds until the access token expires.
+    #[schema(example = 900)]
+    expires_in: u64,
+    user: User,
+}
+
+fn profile_key(id: Uuid) -> String {
+    format!("user:{id}")
+}
+
+/// A profile through the cache: a miss is filled without ever overwriting a fresher
+/// value a concurrent update just wrote.
+async fn load_user(state: &AppState, id: Uuid) -> Result<User, Error> {
+    let key = profile_key(id);
+    if let Some(user) = state.cache.get::<User>(&key).await {
+        return Ok(user);
+    }
+    let user = repository::find_by_id(&state.db, id).await?.ok_or(Error::NotFound)?;
+    state.cache.fill(&key, &user, PROFILE_TTL).await;
+    Ok(user)
+}
+
+/// Starts a session (a refresh-token family) for `user` and issues its first tokens.
+async fn open_session(state: &AppState, user: User) -> Result<Tokens, ApiError> {
+    let family_id = Uuid::now_v7();
+    let refresh_token = tokens::generate();
+    let expires_at = Utc::now() + state.refresh_token_ttl;
+    repository::insert_refresh_token(&state.db, family_id, user.id, &tokens::digest(&refresh_token), expires_at)
+        .await?;
+    tokens_for(state, user, family_id, refresh_token)
+}
+
+fn tokens_for(state: &AppState, user: User, family_id: Uuid, refresh_token: String) -> Result<Tokens, ApiError> {
+    let access = state.auth.issue(user.id, user.role, family_id)?;
+    Ok(Tokens { access_token: access.token, refresh_token, token_type: "Bearer", expires_in: access.expires_in, user })
+}
+
+/// Register a customer account.
+#[utoipa::path(
+    post, path = "/api/auth/register", tag = "auth",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Registered", body = User),
+        (status = 400, description = "Malformed JSON, or not an object", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`email_taken` or `username_taken`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all)]
+async fn register(
+    State(state): State<AppState>,
+    Json(req): Json<RegisterRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut errors = FieldErrors::default();
+    let username = errors.check("username", Username::parse(req.username));
+    let email = errors.check("email", Email::parse(req.email));
+    let password = errors.check("password", Password::parse(req.password));
+    let (Some(username), Some(email), Some(password)) = (username, email, password) else {
+        return Err(ApiError::validation(errors));
+    };
+    let new_user = NewUser { username, email, password };
+    let hash = state.passwords.hash(new_user.password.secret()).await?;
+    let user = repository::insert_user(&state.db, &new_user, &hash, Role::Customer).await?;
+    tracing::info!(user_id = %user.id, "registered");
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+/// Log in with email and password.
+///
+/// Limited to 10 attempts a minute per client address and email (`LOGIN_RATE_LIMIT`);
+/// every answer carries the `RateLimit-*` headers. An unknown email and a wrong password
+/// give the same `401 invalid_credentials` in about the same time.
+#[utoipa::path(
+    post, path = "/api/auth/login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in", body = Tokens),
+        (status = 401, description = "`invalid_credentials`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`, with `Retry-After`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all)]
+async fn login(
+    State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+    Json(req): Json<LoginRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = state.login_limiter.check(format!("{addr}|{}", req.email.to_lowercase())).await.enforce()?;
+    let found = repository::find_credentials(&state.db, &req.email).await?;
+    let hash = found.as_ref().map(|(_, hash)| hash.as_str());
+    let verified = state.passwords.verify(&req.password, hash).await?;
+    let user = match found {
+        Some((user, _)) if verified => user,
+        _ => {
+            let err = ApiError::from(Error::InvalidCredentials);
+            return Err(err.with_headers(limit.headers()));
+        }
+    };
+    let tokens = open_session(&state, user).await?;
+    Ok((limit.headers(), Json(tokens)))
+}
+
+/// Exchange a refresh token for new tokens.
+///
+/// The presented token stops working. Presenting a token that was already exchanged
+/// revokes its whole session: whoever holds its successor must log in again.
+#[utoipa::path(
+    post, path = "/api/auth/refresh", tag = "auth",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "New tokens", body = Tokens),
+        (status = 401, description = "Unknown, expired, revoked or reused refresh token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all)]
+async fn refresh(State(state): State<AppState>, Json(req): Json<RefreshRequest>) -> Result<Json<Tokens>, ApiError> {
+    use secrecy::ExposeSecret;
+    let digest = tokens::digest(req.refresh_token.expose_secret());
+    let mut tx = state.db.begin().await?;
+    let stored =
+        repository::lock_refresh_token(&mut tx, &digest).await?.ok_or(Error::RefreshToken("not recognised"))?;
+    match stored.judge(Utc::now()) {
+        RefreshVerdict::Rotate => {}
+        RefreshVerdict::Reused => {
+            repository::revoke_family(&mut *tx, stored.family_id, stored.user_id).await?;
+            tx.commit().await?;
+            tracing::warn!(user_id = %stored.user_id, "refresh token reused; session revoked");
+            return Err(Error::RefreshToken("revoked").into());
+        }
+        RefreshVerdict::Revoked => return Err(Error::RefreshToken("revoked").into()),
+        RefreshVerdict::Expired => return Err(Error::RefreshToken("expired").into()),
+    }
+    let next = tokens::generate();
+    repository::mark_rotated(&mut *tx, stored.id).await?;
+    let expires_at = Utc::now() + state.refresh_token_ttl;
+    repository::insert_refresh_token(&mut *tx, stored.family_id, stored.user_id, &tokens::digest(&next), expires_at)
+        .await?;
+    tx.commit().await?;
+    let user = load_user(&state, stored.user_id).await?;
+    Ok(Json(tokens_for(&state, user, stored.family_id, next)?))
+}
+
+/// Log out: the access token and the session's refresh token stop working at once.
+#[utoipa::path(
+    post, path = "/api/auth/logout", tag = "auth",
+    request_body = LogoutRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 401, description = "Missing or invalid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The revocation could not be recorded; retry", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn logout(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Json(req): Json<LogoutRequest>,
+) -> Result<StatusCode, ApiError> {
+    use secrecy::ExposeSecret;
+    let mut tx = state.db.begin().await?;
+    repository::revoke_family_of(&mut *tx, &tokens::digest(req.refresh_token.expose_secret()), user.id).await?;
+    repository::revoke_family(&mut *tx, user.claims.sid, user.id).await?;
+    tx.commit().await?;
+    state.auth.revoke(&user.claims).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's profile.
+#[utoipa::path(
+    get, path = "/api/users/me", tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller", body = User),
+        (status = 401, description = "Missing or invalid access token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<User>, ApiError> {
+    Ok(Json(load_user(&state, user.id).await?))
+}
+
+/// Change the caller's username, email or password.
+///
+/// `current_password` is required for every change; a wrong one is
+/// `401 invalid_credentials` (and counts against the same per-minute limit as logins).
+/// A new password ends the caller's other sessions; the current one stays logged in.
+#[utoipa::path(
+    patch, path = "/api/users/me", tag = "users",
+    request_body = UpdateProfileRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Updated", body = User),
+        (status = 401, description = "Invalid access token, or `invalid_credentials` for a wrong current password", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`email_taken` or `username_taken`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong current passwords", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn update_me(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Json(req): Json<UpdateProfileRequest>,
+) -> Result<Json<User>, ApiError> {
+    let mut errors = FieldErrors::default();
+    let changes = ProfileChanges {
+        username: req.username.and_then(|u| errors.check("username", Username::parse(u))),
+        email: req.email.and_then(|e| errors.check("email", Email::parse(e))),
+        password: req.password.and_then(|p| errors.check("password", Password::parse(p))),
+    };
+    errors.into_result()?;
+
+    let limit = state.password_check_limiter.check(user.id).await.enforce()?;
+    let hash = repository::password_hash(&state.db, user.id).await?.ok_or(Error::NotFound)?;
+    if !state.passwords.verify(&req.current_password, Some(&hash)).await? {
+        let err = ApiError::from(Error::InvalidCredentials);
+        return Err(err.with_headers(limit.headers()));
+    }
+    let new_hash = match &changes.password {
+        Some(password) => Some(state.passwords.hash(password.secret()).await?),
+        None => None,
+    };
+
+    let mut tx = state.db.begin().await?;
+    let updated = repository::update_profile(&mut *tx, user.id, &changes, new_hash.as_deref()).await?;
+    if new_hash.is_some() {
+        repository::revoke_other_families(&mut *tx, user.id, user.claims.sid).await?;
+    }
+    tx.commit().await?;
+    state.cache.put(&profile_key(user.id), &updated, PROFILE_TTL).await;
+    Ok(Json(updated))
+}
+
+/// Any user's profile (admins only).
+#[utoipa::path(
+    get, path = "/api/users/{id}", tag = "users",
+    params(("id" = Uuid, Path, description = "The user's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The user", body = User),
+        (status = 401, description = "Missing or invalid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user (or not a UUID)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all, fields(admin_id = %admin.0.id))]
+async fn get_user(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    Path(id): Path<Uuid>,
+) -> Result<Json<User>, ApiError> {
+    Ok(Json(load_user(&state, id).await?))
+}

@@ -1,0 +1,139 @@
+//! The user service: accounts, login, access and refresh tokens, profiles.
+//!
+//! - [`domain`]: what a valid username, email and password are; refresh-token verdicts;
+//! - [`repository`]: the SQL of the `users` schema;
+//! - [`http`]: the handlers of `/api/auth/*` and `/api/users/*` and their OpenAPI;
+//! - [`config`]: the variables this service reads;
+//! - [`error`]: its failures and their API codes.
+//!
+//! [`start`] migrates, builds the state, makes sure the first admin exists and returns the
+//! [`Service`] that `main.rs`, `shop` and the tests all serve.
+
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod repository;
+mod tokens;
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use common::auth::{Authenticator, PasswordHasher};
+use common::cache::Cache;
+use common::db::{self, Schema};
+use common::http::{Service, Shared};
+use common::ratelimit::Limiter;
+use secrecy::SecretString;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+pub use config::Config;
+use domain::{NewUser, Role, Username};
+use error::Error;
+
+/// The schema and role this service owns.
+pub const SCHEMA: Schema = Schema { name: "users", role: "users_svc" };
+
+static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/users");
+
+/// How long a profile stays cached (API: five minutes, invalidated on change).
+pub const PROFILE_TTL: Duration = Duration::from_secs(300);
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    /// The pool of the `users` schema.
+    pub db: PgPool,
+    /// Signs and checks access tokens; shared with the other services of the process.
+    pub auth: Arc<Authenticator>,
+    /// bcrypt, off the async workers.
+    pub passwords: PasswordHasher,
+    /// Profiles by id, five minutes.
+    pub cache: Cache,
+    /// Login attempts per client address and email.
+    pub login_limiter: Limiter,
+    /// Wrong `current_password` guesses on a profile update, per user.
+    pub password_check_limiter: Limiter,
+    pub refresh_token_ttl: Duration,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl FromRef<AppState> for Arc<Authenticator> {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
+}
+
+impl AppState {
+    pub async fn new(config: &Config, shared: &Shared, db: PgPool) -> anyhow::Result<Self> {
+        let per_minute = config.login_attempts_per_minute;
+        let minute = Duration::from_secs(60);
+        Ok(Self(Arc::new(Inner {
+            db,
+            auth: shared.auth.clone(),
+            passwords: PasswordHasher::new(config.bcrypt_cost).await?,
+            cache: shared.cache.clone(),
+            login_limiter: shared.limiter("login", per_minute, minute),
+            password_check_limiter: shared.limiter("password-check", per_minute, minute),
+            refresh_token_ttl: config.refresh_token_ttl,
+        })))
+    }
+}
+
+/// Applies this service's migrations.
+pub async fn migrate(database_url: &SecretString) -> anyhow::Result<()> {
+    db::migrate(database_url, SCHEMA, &MIGRATOR).await
+}
+
+/// Migrates, connects, creates the first admin if missing, and returns the service.
+pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> {
+    migrate(&config.common.database_url).await?;
+    let db = db::connect(&config.common.database_url, SCHEMA, config.common.db_max_connections).await?;
+    let state = AppState::new(config, shared, db.clone()).await?;
+    ensure_admin(&state, config).await?;
+    let (router, openapi) = http::routes().split_for_parts();
+    Ok(Service { name: "user", router: router.with_state(state), openapi, db })
+}
+
+/// Creates the admin of `ADMIN_EMAIL` if no account has that email. An existing account
+/// is left alone, password and role included: configuration names the *first* admin,
+/// and promoting whoever registered that address first would be a privilege escalation.
+async fn ensure_admin(state: &AppState, config: &Config) -> anyhow::Result<()> {
+    if let Some((user, _)) = repository::find_credentials(&state.db, config.admin_email.as_str()).await? {
+        if user.role != Role::Admin {
+            tracing::warn!(user_id = %user.id, "ADMIN_EMAIL belongs to a customer account; it was not promoted");
+        }
+        return Ok(());
+    }
+    let hash = state.passwords.hash(config.admin_password.secret()).await?;
+    for username in ["admin".to_owned(), format!("admin-{}", &uuid::Uuid::now_v7().simple().to_string()[20..])] {
+        let admin = NewUser {
+            username: Username::parse(username).map_err(anyhow::Error::msg)?,
+            email: config.admin_email.clone(),
+            password: config.admin_password.clone(),
+        };
+        match repository::insert_user(&state.db, &admin, &hash, Role::Admin).await {
+            Ok(user) => {
+                tracing::info!(user_id = %user.id, "created the first admin");
+                return Ok(());
+            }
+            // Another replica created it at the same moment.
+            Err(Error::EmailTaken) => return Ok(()),
+            Err(Error::UsernameTaken) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("could not find a free username for the first admin")
+}

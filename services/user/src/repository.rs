@@ -1,0 +1,180 @@
+//! SQL for the `users` schema, checked at compile time (`.sqlx/` holds the offline data).
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::domain::{Email, NewUser, ProfileChanges, Role, StoredRefreshToken, User, Username};
+use crate::error::{Error, on_unique_violation};
+
+#[tracing::instrument(skip_all)]
+pub async fn insert_user(
+    db: impl PgExecutor<'_>,
+    user: &NewUser,
+    password_hash: &str,
+    role: Role,
+) -> Result<User, Error> {
+    sqlx::query_as!(
+        User,
+        r#"INSERT INTO users.users (id, username, email, password_hash, role)
+           VALUES ($1, $2, $3, $4, $5)
+           RETURNING id, username, email, role AS "role: Role", created_at"#,
+        Uuid::now_v7(),
+        user.username.as_str(),
+        user.email.as_str(),
+        password_hash,
+        role as Role,
+    )
+    .fetch_one(db)
+    .await
+    .map_err(on_unique_violation)
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn find_by_id(db: &PgPool, id: Uuid) -> Result<Option<User>, Error> {
+    Ok(sqlx::query_as!(
+        User,
+        r#"SELECT id, username, email, role AS "role: Role", created_at FROM users.users WHERE id = $1"#,
+        id
+    )
+    .fetch_optional(db)
+    .await?)
+}
+
+/// The user with this email (any case) and their password hash.
+#[tracing::instrument(skip_all)]
+pub async fn find_credentials(db: &PgPool, email: &str) -> Result<Option<(User, String)>, Error> {
+    let row = sqlx::query!(
+        r#"SELECT id, username, email, role AS "role: Role", created_at, password_hash
+           FROM users.users WHERE lower(email) = lower($1)"#,
+        email
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| {
+        let user = User { id: r.id, username: r.username, email: r.email, role: r.role, created_at: r.created_at };
+        (user, r.password_hash)
+    }))
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn password_hash(db: &PgPool, id: Uuid) -> Result<Option<String>, Error> {
+    Ok(sqlx::query_scalar!("SELECT password_hash FROM users.users WHERE id = $1", id).fetch_optional(db).await?)
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn update_profile(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    changes: &ProfileChanges,
+    new_password_hash: Option<&str>,
+) -> Result<User, Error> {
+    sqlx::query_as!(
+        User,
+        r#"UPDATE users.users
+           SET username = COALESCE($2, username),
+               email = COALESCE($3, email),
+               password_hash = COALESCE($4, password_hash),
+               updated_at = now()
+           WHERE id = $1
+           RETURNING id, username, email, role AS "role: Role", created_at"#,
+        id,
+        changes.username.as_ref().map(Username::as_str),
+        changes.email.as_ref().map(Email::as_str),
+        new_password_hash,
+    )
+    .fetch_optional(db)
+    .await
+    .map_err(on_unique_violation)?
+    .ok_or(Error::NotFound)
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn insert_refresh_token(
+    db: impl PgExecutor<'_>,
+    family_id: Uuid,
+    user_id: Uuid,
+    token_hash: &[u8],
+    expires_at: DateTime<Utc>,
+) -> Result<(), Error> {
+    sqlx::query!(
+        "INSERT INTO users.refresh_tokens (id, family_id, user_id, token_hash, expires_at)
+         VALUES ($1, $2, $3, $4, $5)",
+        Uuid::now_v7(),
+        family_id,
+        user_id,
+        token_hash,
+        expires_at
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The presented token, locked until the transaction ends so that two refreshes with
+/// the same token cannot both rotate it.
+#[tracing::instrument(skip_all)]
+pub async fn lock_refresh_token(
+    tx: &mut Transaction<'_, Postgres>,
+    token_hash: &[u8],
+) -> Result<Option<StoredRefreshToken>, Error> {
+    Ok(sqlx::query_as!(
+        StoredRefreshToken,
+        r#"SELECT t.id, t.family_id, t.user_id, u.role AS "role: Role", t.expires_at, t.rotated_at, t.revoked_at
+           FROM users.refresh_tokens t JOIN users.users u ON u.id = t.user_id
+           WHERE t.token_hash = $1
+           FOR UPDATE OF t"#,
+        token_hash
+    )
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn mark_rotated(db: impl PgExecutor<'_>, id: Uuid) -> Result<(), Error> {
+    sqlx::query!("UPDATE users.refresh_tokens SET rotated_at = now() WHERE id = $1", id).execute(db).await?;
+    Ok(())
+}
+
+/// Revokes every live token of a family (a session): on logout and on replay.
+#[tracing::instrument(skip_all)]
+pub async fn revoke_family(db: impl PgExecutor<'_>, family_id: Uuid, user_id: Uuid) -> Result<(), Error> {
+    sqlx::query!(
+        "UPDATE users.refresh_tokens SET revoked_at = now()
+         WHERE family_id = $1 AND user_id = $2 AND revoked_at IS NULL",
+        family_id,
+        user_id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Revokes the family the given token belongs to, if the token is the user's.
+#[tracing::instrument(skip_all)]
+pub async fn revoke_family_of(db: impl PgExecutor<'_>, token_hash: &[u8], user_id: Uuid) -> Result<(), Error> {
+    sqlx::query!(
+        "UPDATE users.refresh_tokens SET revoked_at = now()
+         WHERE user_id = $2 AND revoked_at IS NULL
+           AND family_id = (SELECT family_id FROM users.refresh_tokens WHERE token_hash = $1 AND user_id = $2)",
+        token_hash,
+        user_id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Ends every session of the user but `keep` (after a password change).
+#[tracing::instrument(skip_all)]
+pub async fn revoke_other_families(db: impl PgExecutor<'_>, user_id: Uuid, keep: Uuid) -> Result<(), Error> {
+    sqlx::query!(
+        "UPDATE users.refresh_tokens SET revoked_at = now()
+         WHERE user_id = $1 AND family_id <> $2 AND revoked_at IS NULL",
+        user_id,
+        keep
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}

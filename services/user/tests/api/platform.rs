@@ -1,0 +1,155 @@
+//! What every service answers the same way: probes, metrics, request ids, unknown
+//! routes, the OpenAPI document, and a cache outage.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{TestApp, expected, problem};
+
+#[tokio::test]
+async fn health_and_ready_answer() {
+    let app = TestApp::spawn().await;
+    let res = app.get("/health", None).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<serde_json::Value>().await.unwrap(), json!({"status": "ok"}));
+
+    let res = app.get("/ready", None).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<serde_json::Value>().await.unwrap(),
+        json!({"status": "ready", "checks": {"database:user": "up", "redis": "up"}})
+    );
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated() {
+    let app = TestApp::spawn().await;
+    let res = app.client().get(app.url("/health")).header("x-request-id", "client-id-42").send().await.unwrap();
+    assert_eq!(res.headers()["x-request-id"], "client-id-42");
+
+    let res = app.get("/health", None).await;
+    let generated = res.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(generated).is_ok(), "{generated}");
+
+    let too_long = "a".repeat(129);
+    let res = app.client().get(app.url("/nowhere")).header("x-request-id", &too_long).send().await.unwrap();
+    let replaced = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_ne!(replaced, too_long);
+    // The error body carries the same id (checked inside `problem`).
+    assert_eq!(problem(res).await, expected(404, "not_found", "Not found", None));
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_problems() {
+    let app = TestApp::spawn().await;
+    let res = app.get("/api/nothing-here", None).await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(problem(res).await, expected(404, "not_found", "Not found", None));
+
+    let res = app.client().delete(app.url("/api/auth/login")).send().await.unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "POST");
+    assert_eq!(problem(res).await, expected(405, "method_not_allowed", "Method not allowed", None));
+}
+
+#[tokio::test]
+async fn metrics_report_requests_by_route_template_and_the_pool() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let path = format!("/api/users/{}", uuid::Uuid::now_v7());
+    assert_eq!(app.get(&path, Some(&admin.access)).await.status(), 404);
+    let text = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        text.lines().any(|l| l.starts_with("http_requests_total{")
+            && l.contains(r#"route="/api/users/{id}""#)
+            && l.contains(r#"status="404""#)
+            && l.contains(r#"method="GET""#)),
+        "{text}"
+    );
+    assert!(text.contains("http_request_duration_seconds_bucket{"), "{text}");
+    assert!(text.contains(r#"db_pool_connections{service="user",state="idle"}"#), "{text}");
+}
+
+#[tokio::test]
+async fn the_openapi_document_and_docs_page_are_served() {
+    let app = TestApp::spawn().await;
+    let doc: serde_json::Value = app.get("/openapi.json", None).await.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    for path in [
+        "/api/auth/register",
+        "/api/auth/login",
+        "/api/auth/refresh",
+        "/api/auth/logout",
+        "/api/users/me",
+        "/api/users/{id}",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is documented");
+    }
+    assert!(doc["paths"]["/api/users/me"]["patch"].is_object());
+    assert!(doc["components"]["schemas"]["Problem"].is_object());
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+
+    let res = app.get("/docs/", None).await;
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("swagger"), "the interactive page is served");
+}
+
+/// A Redis of our own, so the test can take it away.
+struct PrivateRedis {
+    child: Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self { child, port }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_cache_outage_slows_requests_down_but_never_fails_them() {
+    let mut redis = PrivateRedis::start().await;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let app = TestApp::spawn_with(&[("REDIS_URL", &url)]).await;
+    let jane = app.customer("jane").await;
+    assert_eq!(app.get("/api/users/me", Some(&jane.access)).await.status(), 200);
+
+    redis.child.kill().unwrap();
+    redis.child.wait().unwrap();
+
+    let res = app.get("/ready", None).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(
+        res.json::<serde_json::Value>().await.unwrap(),
+        json!({"status": "unavailable", "checks": {"database:user": "up", "redis": "down"}})
+    );
+    // Reads, writes and logins go on without the cache and the shared limiter.
+    assert_eq!(app.get("/api/users/me", Some(&jane.access)).await.status(), 200);
+    assert_eq!(app.customer("john").await.user["username"], "john");
+    // Logout cannot promise the access token is dead without the revocation store, so
+    // it says so instead of claiming a success it did not have.
+    let res = app.post("/api/auth/logout", &json!({"refresh_token": jane.refresh}), Some(&jane.access)).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(problem(res).await["code"], "unavailable");
+}
