@@ -1,0 +1,68 @@
+//! `shop`: the whole platform in one process on one port.
+//!
+//! - `shop` creates the database if it is missing, migrates every schema and serves
+//!   every service's routes on `PORT` (default 8080);
+//! - `shop migrate` only creates the database and migrates.
+//!
+//! With no `REDIS_URL` the cache, revocations and rate limits live in-process.
+
+use common::config::{CommonConfig, ConfigError, Env};
+use common::http::Shared;
+
+const USAGE: &str = "usage: shop [migrate]\n\n  (no command)  create the database if missing, migrate, and serve the whole API\n  migrate       create the database if missing and apply every migration\n\nConfigured by environment variables; see README.md.";
+
+/// The default port of the all-in-one binary.
+const DEFAULT_PORT: u16 = 8080;
+
+struct Config {
+    common: CommonConfig,
+    user: user::Config,
+}
+
+fn config(env: &Env) -> Result<Config, ConfigError> {
+    let common = CommonConfig::from_env(env, DEFAULT_PORT)?;
+    Ok(Config { user: user::Config::with_common(common.clone(), env)?, common })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => Command::Serve,
+        ["migrate"] => Command::Migrate,
+        ["-h" | "--help" | "help"] => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let config = config(&Env::from_process()).unwrap_or_else(|err| {
+        eprintln!("shop: {err}");
+        std::process::exit(2);
+    });
+    common::telemetry::init_tracing(config.common.app_env);
+    common::db::ensure_database(&config.common.database_url).await?;
+    match command {
+        Command::Migrate => {
+            user::migrate(&config.common.database_url).await?;
+            tracing::info!("every schema is migrated");
+            Ok(())
+        }
+        Command::Serve => {
+            let shared = Shared::connect(&config.common).await?;
+            if config.common.redis_url.is_none() {
+                tracing::info!("REDIS_URL is not set: cache, revocations and rate limits are in-process");
+            }
+            let services = vec![user::start(&config.user, &shared).await?];
+            common::http::run(config.common.port, common::http::app(services, shared)).await
+        }
+    }
+}
+
+enum Command {
+    Serve,
+    Migrate,
+}

@@ -1,0 +1,104 @@
+//! The `shop` binary as an operator runs it: a fresh database, one command, signals.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::testing::{TestDb, redis_prefix};
+use serde_json::json;
+
+fn shop(db: &TestDb, port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shop"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", db.url())
+        .env("PORT", port.to_string())
+        .env("BCRYPT_COST", "4")
+        .env("REDIS_PREFIX", redis_prefix())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    cmd
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn wait_until_up(child: &mut Child, port: u16) {
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("shop exited early: {status}");
+        }
+        if client.get(format!("http://127.0.0.1:{port}/health")).send().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("shop did not start listening");
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn shop_creates_its_database_migrates_serves_and_stops_gracefully() {
+    let db = TestDb::reserve();
+    let port = free_port();
+    // The default bcrypt cost makes a login take long enough to still be running when
+    // the signal arrives.
+    let mut child = shop(&db, port).env("BCRYPT_COST", "12").spawn().unwrap();
+    wait_until_up(&mut child, port).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+
+    let ready = client.get(format!("{base}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let res = client
+        .post(format!("{base}/api/auth/register"))
+        .json(&json!({"username": "jane", "email": "jane@example.com", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+
+    // A request in flight when SIGTERM arrives is still answered; then the process exits 0.
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        let url = format!("{base}/api/auth/login");
+        async move { client.post(url).json(&json!({"email": "jane@example.com", "password": "correct horse"})).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    terminate(&child);
+    let answered = in_flight.await.unwrap().expect("the in-flight request is answered");
+    assert_eq!(answered.status(), 200);
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(client.get(format!("{base}/health")).send().await.is_err(), "no longer listening");
+}
+
+#[tokio::test]
+async fn shop_migrate_only_migrates_and_is_repeatable() {
+    let db = TestDb::reserve();
+    for _ in 0..2 {
+        let status = shop(&db, free_port()).arg("migrate").status().unwrap();
+        assert!(status.success());
+    }
+}
+
+#[tokio::test]
+async fn bad_configuration_stops_with_the_variables_name() {
+    let db = TestDb::reserve();
+    let out = shop(&db, free_port()).env("ACCESS_TOKEN_TTL", "soon").stderr(Stdio::piped()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ACCESS_TOKEN_TTL"));
+
+    let out = shop(&db, free_port()).env("APP_ENV", "production").stderr(Stdio::piped()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("JWT_SECRET"));
+
+    let out = shop(&db, free_port()).arg("frobnicate").stderr(Stdio::piped()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage: shop"));
+}
