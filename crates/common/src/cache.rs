@@ -94,9 +94,17 @@ pub fn jittered(ttl: Duration) -> Duration {
     ttl + Duration::from_millis(offset) - Duration::from_millis(spread)
 }
 
-fn record_error(op: &'static str, err: &dyn std::fmt::Display) {
+/// Runs one Redis command with the cache's time limit; a failure or a timeout is logged,
+/// counted and answered with `None`, so the caller goes on without the cache.
+async fn redis_call<T>(op: &'static str, call: impl Future<Output = redis::RedisResult<T>>) -> Option<T> {
+    let error = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+        Ok(Ok(value)) => return Some(value),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_owned(),
+    };
     metrics::counter!("cache_errors_total", "op" => op).increment(1);
-    tracing::warn!(op, error = %err, "cache unavailable; going on without it");
+    tracing::warn!(op, error, "cache unavailable; going on without it");
+    None
 }
 
 impl Cache {
@@ -127,17 +135,7 @@ impl Cache {
             Backend::Local(cache) => cache.get(&key).await.map(|e| e.bytes.to_vec()),
             Backend::Redis(conn) => {
                 let mut conn = conn.clone();
-                match tokio::time::timeout(REDIS_TIMEOUT, conn.get::<_, Option<Vec<u8>>>(&key)).await {
-                    Ok(Ok(value)) => value,
-                    Ok(Err(e)) => {
-                        record_error("get", &e);
-                        None
-                    }
-                    Err(e) => {
-                        record_error("get", &e);
-                        None
-                    }
-                }
+                redis_call("get", conn.get::<_, Option<Vec<u8>>>(&key)).await.flatten()
             }
         }
     }
@@ -170,12 +168,7 @@ impl Cache {
                 if only_if_absent {
                     options = options.conditional_set(redis::ExistenceCheck::NX);
                 }
-                let set = conn.set_options::<_, _, Option<String>>(&key, bytes, options);
-                match tokio::time::timeout(REDIS_TIMEOUT, set).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => record_error("set", &e),
-                    Err(e) => record_error("set", &e),
-                }
+                redis_call("set", conn.set_options::<_, _, Option<String>>(&key, bytes, options)).await;
             }
         }
     }
@@ -207,17 +200,7 @@ impl Cache {
             }
             Backend::Redis(conn) => {
                 let mut conn = conn.clone();
-                match tokio::time::timeout(REDIS_TIMEOUT, conn.del::<_, ()>(&key)).await {
-                    Ok(Ok(())) => true,
-                    Ok(Err(e)) => {
-                        record_error("delete", &e);
-                        false
-                    }
-                    Err(e) => {
-                        record_error("delete", &e);
-                        false
-                    }
-                }
+                redis_call("delete", conn.del::<_, ()>(&key)).await.is_some()
             }
         }
     }

@@ -5,7 +5,6 @@
 //! keeps the same limit for the one process there is. If Redis cannot be reached the
 //! request is let through: an outage of the limiter must not become an outage of login.
 
-use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,7 +116,7 @@ impl Limiter {
     }
 
     /// Spends one unit of `key`'s budget.
-    pub async fn check<K: Hash + ToString>(&self, key: K) -> Decision {
+    pub async fn check(&self, key: impl std::fmt::Display) -> Decision {
         let key = key.to_string();
         let limit = self.limit.get();
         match &self.backend {
