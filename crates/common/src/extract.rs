@@ -75,6 +75,12 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         Some(_) => return Err(ApiError::bad_request("the request body must be a JSON object")),
         None => return Err(ApiError::bad_request("the request body is empty; expected a JSON object")),
     }
+    // PostgreSQL text cannot hold NUL, so no field of ours can either; refusing it here
+    // keeps it from ever reaching a query. (A literal backslash followed by `u0000` is
+    // refused too, which no real client sends.)
+    if contains_escaped_nul(bytes) {
+        return Err(ApiError::bad_request("strings must not contain the NUL character (\\u0000)"));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
@@ -83,6 +89,10 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })?;
     deserializer.end().map_err(|err| syntax_error(&err))?;
     Ok(value)
+}
+
+fn contains_escaped_nul(bytes: &[u8]) -> bool {
+    bytes.windows(6).any(|w| w[0] == b'\\' && w[1] == b'u' && w[2..].iter().all(|b| *b == b'0'))
 }
 
 fn syntax_error(err: &serde_json::Error) -> ApiError {

@@ -165,3 +165,27 @@ async fn bodies_over_64_kib_are_413() {
         expected(413, "payload_too_large", "Payload too large", Some("request bodies are limited to 64 KiB"))
     );
 }
+
+#[tokio::test]
+async fn nul_characters_in_strings_are_refused_without_touching_the_database() {
+    let app = TestApp::spawn().await;
+    let jane = app.customer("jane").await;
+    let cases = [
+        ("/api/auth/register", json!({"username": "a\u{0}b", "email": "x@example.com", "password": PASSWORD}), None),
+        ("/api/auth/register", json!({"username": "abc", "email": "x\u{0}@example.com", "password": PASSWORD}), None),
+        ("/api/auth/login", json!({"email": "jane\u{0}@example.com", "password": PASSWORD}), None),
+        ("/api/auth/refresh", json!({"refresh_token": "\u{0}"}), None),
+        ("/api/auth/logout", json!({"refresh_token": "\u{0}"}), Some(jane.access.as_str())),
+    ];
+    for (path, body, token) in cases {
+        let res = app.post(path, &body, token).await;
+        assert_eq!(res.status(), 400, "{path} {body}");
+        assert_eq!(
+            problem(res).await,
+            expected(400, "bad_request", "Bad request", Some("strings must not contain the NUL character (\\u0000)"))
+        );
+    }
+    let res =
+        app.patch("/api/users/me", &json!({"email": "\u{0}", "current_password": PASSWORD}), Some(&jane.access)).await;
+    assert_eq!(res.status(), 400);
+}
