@@ -132,6 +132,8 @@ pub struct CommonConfig {
     /// Prefix of every Redis key this deployment writes, so that several deployments
     /// (or test runs) can share one Redis without seeing each other's data.
     pub redis_prefix: String,
+    /// Kafka bootstrap servers; unset means in-process events (`shop` only).
+    pub kafka_brokers: Option<String>,
     pub jwt_secret: SecretString,
     pub access_token_ttl: Duration,
     /// Take the client address from `X-Forwarded-For` (set by the gateway) instead of
@@ -185,10 +187,31 @@ impl CommonConfig {
             db_max_connections,
             redis_url,
             redis_prefix: env.or("REDIS_PREFIX", "shop".to_owned())?,
+            kafka_brokers: env.raw("KAFKA_BROKERS").map(|b| b.trim().to_owned()),
             jwt_secret: jwt_secret.unwrap_or_else(|| SecretString::from(DEV_JWT_SECRET)),
             access_token_ttl: env.duration("ACCESS_TOKEN_TTL", Duration::from_secs(15 * 60))?,
             trust_forwarded_for: env.flag("TRUST_FORWARDED_FOR")?,
         })
+    }
+}
+
+impl CommonConfig {
+    /// A stand-alone service is one replica among many: its cache, limits and events must
+    /// be shared, so Redis and Kafka are required (only `shop` may run without them).
+    pub fn require_shared_infrastructure(&self) -> Result<(), ConfigError> {
+        if self.redis_url.is_none() {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                "must be set for a stand-alone service (only shop runs without it)",
+            ));
+        }
+        if self.kafka_brokers.is_none() {
+            return Err(ConfigError::new(
+                "KAFKA_BROKERS",
+                "must be set for a stand-alone service (only shop runs without it)",
+            ));
+        }
+        Ok(())
     }
 }
 

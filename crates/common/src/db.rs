@@ -7,13 +7,17 @@
 //! at its own database) and the same code runs unchanged.
 //!
 //! Migrations live in `migrations/<service>/` and keep their history in the service's
-//! schema (`<schema>._sqlx_migrations`), so services migrate independently.
+//! schema (`<schema>._sqlx_migrations`), so services migrate independently. The tables
+//! every schema needs alike (the events outbox and inbox) live once, in
+//! `migrations/common/`, and are merged into each service's migrations.
 
 use std::str::FromStr;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::migrate::Migrator;
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
 
@@ -53,9 +57,26 @@ pub async fn ensure_database(url: &SecretString) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates the service's role and schema if missing and applies its migrations as
-/// that role, so the service owns its tables.
-pub async fn migrate(url: &SecretString, schema: Schema, migrator: &Migrator) -> anyhow::Result<()> {
+/// The migrations every schema gets (numbered from 10000 so they never collide with a
+/// service's own).
+static COMMON_MIGRATOR: Migrator = sqlx::migrate!("../../migrations/common");
+
+/// A fixed list of migrations, for [`Migrator::new`].
+#[derive(Debug)]
+struct Merged(Vec<Migration>);
+
+impl MigrationSource<'static> for Merged {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {
+        Box::pin(async move { Ok(self.0) })
+    }
+}
+
+/// Creates the service's role and schema if missing and applies its migrations (and the
+/// common ones) as that role, so the service owns its tables.
+pub async fn migrate(url: &SecretString, schema: Schema, service: &Migrator) -> anyhow::Result<()> {
+    let mut migrations: Vec<Migration> = service.iter().chain(COMMON_MIGRATOR.iter()).cloned().collect();
+    migrations.sort_by_key(|m| m.version);
+    let migrator = Migrator::new(Merged(migrations)).await?;
     let mut conn = options(url)?.connect().await?;
     // Roles are cluster-wide, so parallel test databases race to create them; the
     // handler makes "someone else did it first" a success.

@@ -33,10 +33,11 @@ use crate::auth::Authenticator;
 use crate::cache::{Cache, connect_redis};
 use crate::config::CommonConfig;
 use crate::error::{ApiError, ErrorCode};
+use crate::events::Events;
 use crate::extract::{BODY_LIMIT, TrustForwardedFor, client_addr_middleware};
 use crate::ratelimit::Limiter;
 use crate::request_id::{self, RequestId};
-use crate::{db, telemetry};
+use crate::{db, telemetry, trace};
 
 /// How long a readiness check may take before its dependency counts as down.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -86,6 +87,8 @@ pub struct Shared {
     pub redis: Option<ConnectionManager>,
     pub redis_prefix: String,
     pub auth: Arc<Authenticator>,
+    /// Kafka, or the in-process bus.
+    pub events: Events,
     pub trust_forwarded_for: bool,
 }
 
@@ -102,6 +105,7 @@ impl Shared {
             redis,
             redis_prefix: config.redis_prefix.clone(),
             auth,
+            events: Events::connect(config.kafka_brokers.as_deref())?,
             trust_forwarded_for: config.trust_forwarded_for,
         })
     }
@@ -116,6 +120,7 @@ impl Shared {
 struct Ops {
     databases: Vec<(&'static str, PgPool)>,
     cache: Cache,
+    events: Events,
 }
 
 /// The whole application: the services' routers merged, the operational endpoints, and
@@ -137,7 +142,7 @@ pub fn app(services: Vec<Service>, shared: Shared) -> Router {
         });
         databases.push((service.name, service.db));
     }
-    let ops = Ops { databases, cache: shared.cache };
+    let ops = Ops { databases, cache: shared.cache, events: shared.events };
     let mut doc = ApiDoc::openapi();
     if let Some(services) = openapi {
         doc.merge(services);
@@ -154,6 +159,7 @@ pub fn app(services: Vec<Service>, shared: Shared) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(middleware::from_fn(request_id::middleware))
+                .layer(middleware::from_fn(trace::middleware))
                 .layer(TraceLayer::new_for_http().make_span_with(make_span).on_response(on_response))
                 .layer(CatchPanicLayer::custom(panicked))
                 .layer(middleware::from_fn(problem_for_bare_errors))
@@ -235,6 +241,11 @@ async fn ready(State(ops): State<Ops>) -> Response {
         let up = ops.cache.ping().await;
         all_up &= up;
         checks.insert("redis".into(), json!(if up { "up" } else { "down" }));
+    }
+    if let Events::Kafka(kafka) = &ops.events {
+        let up = kafka.ping(PROBE_TIMEOUT).await;
+        all_up &= up;
+        checks.insert("kafka".into(), json!(if up { "up" } else { "down" }));
     }
     let (status, word) =
         if all_up { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "unavailable") };

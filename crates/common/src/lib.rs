@@ -11,6 +11,9 @@
 //! - [`cache`]: cache-aside storage in Redis or in-process;
 //! - [`ratelimit`]: limits shared across replicas through Redis;
 //! - [`auth`]: access tokens, their revocation, auth extractors, password hashing;
+//! - [`events`]: the transactional outbox, its relay, Kafka or in-process delivery, and
+//!   consumers that apply each event once;
+//! - [`trace`]: the W3C `traceparent` carried from requests into events;
 //! - `testing` (feature `testing`): fresh databases and spawned servers for tests.
 
 pub mod auth;
@@ -18,6 +21,7 @@ pub mod cache;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod http;
 pub mod ratelimit;
@@ -25,5 +29,6 @@ pub mod request_id;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 
 pub use error::{ApiError, ErrorCode, FieldErrors};

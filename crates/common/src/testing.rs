@@ -122,3 +122,132 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A Kafka-protocol broker of one test's own (`tansu`, in memory), so a test can stop and
+/// restart it without disturbing the others. The binary is `$TANSU` or `tansu` on `PATH`.
+#[derive(Debug)]
+pub struct TestBroker {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl TestBroker {
+    /// A running broker.
+    pub async fn start() -> Self {
+        let mut broker = Self::reserve();
+        broker.resume().await;
+        broker
+    }
+
+    /// An address for a broker that is not running yet.
+    pub fn reserve() -> Self {
+        Self { port: free_port(), child: None }
+    }
+
+    /// `bootstrap.servers` for this broker.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker (again, empty: it keeps nothing across a restart).
+    pub async fn resume(&mut self) {
+        assert!(self.child.is_none(), "the broker is already running");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let binary = std::env::var("TANSU").unwrap_or_else(|_| "tansu".to_owned());
+        let child = std::process::Command::new(&binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary} (install it with ./scripts/test): {e}"));
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("the test broker did not start listening on {}", self.port);
+    }
+
+    /// Kills the broker at once, as a crash would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<String>,
+    pub headers: std::collections::HashMap<String, String>,
+    pub value: Vec<u8>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl Record {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.value).expect("a JSON record")
+    }
+}
+
+/// Reads `topic` from the beginning with a fresh consumer group until `expected` records
+/// have arrived (or `wait` has passed), then for a short while longer to catch extras.
+pub async fn read_topic(brokers: &str, topic: &str, expected: usize, wait: std::time::Duration) -> Vec<Record> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("test-reader-{}", Uuid::new_v4().simple()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .expect("a test consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut records = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let until = if records.len() >= expected {
+            tokio::time::Instant::now() + std::time::Duration::from_millis(500)
+        } else {
+            deadline
+        };
+        match tokio::time::timeout_at(until, consumer.recv()).await {
+            Ok(Ok(message)) => records.push(Record {
+                key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                headers: message
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| {
+                                (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                value: message.payload().unwrap_or_default().to_vec(),
+                partition: message.partition(),
+                offset: message.offset(),
+            }),
+            Ok(Err(_)) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            Err(_) => return records,
+        }
+    }
+}

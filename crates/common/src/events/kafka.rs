@@ -1,0 +1,253 @@
+//! Kafka through rdkafka: an idempotent `acks=all` producer for the relays, topic
+//! creation (the local broker does not create topics on its own), and consumers that
+//! commit a record's offset only after its effect has committed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::relay::OutboxRow;
+use super::{Delivery, Envelope, Subscription, dead_letter_topic, deliver};
+use crate::trace;
+
+/// Partitions of each topic: records of one aggregate share a partition (the key is the
+/// aggregate id), different aggregates spread over them.
+const PARTITIONS: i32 = 3;
+/// How long a publish may take, broker retries included, before the relay backs off.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a consumer waits before polling again after a broker error.
+const CONSUMER_ERROR_PAUSE: Duration = Duration::from_secs(1);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
+
+/// The header that carries why a record was dead-lettered.
+pub const ERROR_HEADER: &str = "dlq-error";
+
+/// The process's connection to Kafka.
+pub struct Kafka {
+    brokers: String,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+}
+
+impl Kafka {
+    pub fn new(brokers: &str) -> anyhow::Result<Self> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", PUBLISH_TIMEOUT.as_millis().to_string())
+            .set("linger.ms", "2")
+            // A missing topic fails fast (the relay then creates it) instead of holding
+            // records for librdkafka's default 30 s.
+            .set("topic.metadata.propagation.max.ms", "1000")
+            .create()?;
+        let admin = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+        Ok(Self { brokers: brokers.to_owned(), producer, admin })
+    }
+
+    /// Whether a broker answers a metadata request within `timeout` (readiness).
+    pub async fn ping(&self, timeout: Duration) -> bool {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout).is_ok())
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Creates the topics that do not exist yet.
+    pub async fn ensure_topics(&self, names: &[String]) -> anyhow::Result<()> {
+        let topics: Vec<NewTopic<'_>> =
+            names.iter().map(|name| NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1))).collect();
+        let timeout = Some(Duration::from_secs(5));
+        let options = AdminOptions::new().operation_timeout(timeout).request_timeout(timeout);
+        for result in self.admin.create_topics(&topics, &options).await? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => anyhow::bail!("creating topic {topic}: {code}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes one record and waits until the broker has it.
+    pub async fn publish(&self, topic: &str, key: &str, payload: &[u8], headers: OwnedHeaders) -> anyhow::Result<()> {
+        let record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
+        self.producer.send(record, PUBLISH_TIMEOUT).await.map_err(|(err, _)| anyhow::Error::new(err))?;
+        Ok(())
+    }
+
+    pub(super) async fn publish_row(&self, row: &OutboxRow) -> anyhow::Result<()> {
+        let payload = serde_json::to_vec(&row.envelope)?;
+        let event_type = row.envelope.get("type").and_then(|t| t.as_str()).unwrap_or_default();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: trace::TRACEPARENT.as_str(), value: Some(&row.traceparent) })
+            .insert(Header { key: "event-type", value: Some(event_type) });
+        self.publish(&row.topic, &row.aggregate_id.to_string(), &payload, headers).await
+    }
+
+    /// A consumer in `group`, reading from the earliest offset the group has not
+    /// committed, committing only when told to.
+    pub fn consumer(&self, group: &str) -> anyhow::Result<StreamConsumer<LagContext>> {
+        Ok(ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // The local broker mishandles `latest` and `read_committed` (and there are no
+            // transactions to wait for anyway).
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_uncommitted")
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(LagContext { group: group.to_owned() })?)
+    }
+}
+
+/// Reports each assigned partition's lag (records not yet consumed) as a gauge, from
+/// librdkafka's periodic statistics.
+pub struct LagContext {
+    group: String,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, stats) in statistics.topics {
+            for (partition, p) in stats.partitions {
+                if partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                metrics::gauge!(
+                    "kafka_consumer_lag",
+                    "group" => self.group.clone(),
+                    "topic" => topic.clone(),
+                    "partition" => partition.to_string()
+                )
+                .set(p.consumer_lag as f64);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
+    message.headers()?.iter().find(|h| h.key == name).and_then(|h| std::str::from_utf8(h.value?).ok())
+}
+
+/// Consumes the subscription's topics until the process ends: each record is delivered
+/// (applied once, retried, dead-lettered if its handler keeps failing) and only then is
+/// its offset committed, so a crash in between redelivers it and the inbox absorbs it.
+pub async fn consume(kafka: Arc<Kafka>, subscription: Subscription) {
+    let consumer = loop {
+        match kafka.consumer(&subscription.group) {
+            Ok(consumer) => break consumer,
+            Err(err) => {
+                tracing::error!(error = format!("{err:#}"), "could not create a Kafka consumer; retrying");
+                tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
+            }
+        }
+    };
+    let topics: Vec<&str> = subscription.topics.iter().map(String::as_str).collect();
+    if let Err(err) = consumer.subscribe(&topics) {
+        tracing::error!(error = %err, "could not subscribe; this consumer stops");
+        return;
+    }
+    loop {
+        let message = match consumer.recv().await {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::warn!(error = %err, group = %subscription.group, "Kafka consumer error");
+                tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        handle_record(&kafka, &subscription, &message).await;
+        // Commit failures are retried by the next commit; at worst the record comes again
+        // and the inbox makes it a no-op.
+        if let Err(err) = consumer.commit_message(&message, CommitMode::Async) {
+            tracing::warn!(error = %err, "could not commit a consumer offset");
+        }
+    }
+}
+
+async fn handle_record(kafka: &Kafka, subscription: &Subscription, message: &BorrowedMessage<'_>) {
+    let topic = message.topic();
+    let parsed = message
+        .payload()
+        .ok_or_else(|| "the record has no value".to_owned())
+        .and_then(|bytes| serde_json::from_slice::<Envelope>(bytes).map_err(|e| format!("not an event envelope: {e}")));
+    let envelope = match parsed {
+        Ok(envelope) => envelope,
+        Err(reason) => {
+            metrics::counter!("events_dead_lettered_total", "topic" => topic.to_owned()).increment(1);
+            dead_letter(kafka, message, &reason).await;
+            return;
+        }
+    };
+    let traceparent = header(message, trace::TRACEPARENT.as_str()).map(str::to_owned);
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match deliver(&subscription.db, subscription.handler.as_ref(), topic, &envelope, traceparent.clone()).await {
+            Ok(Delivery::Applied | Delivery::Duplicate) => return,
+            Ok(Delivery::DeadLettered(reason)) => return dead_letter(kafka, message, &reason).await,
+            Err(err) => {
+                // The database is away: the record cannot be applied, and moving on would
+                // lose it. Wait for the database instead.
+                tracing::warn!(error = format!("{err:#}"), "cannot apply events while the database is unavailable");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_RETRY_PAUSE);
+            }
+        }
+    }
+}
+
+/// Parks a record on `<topic>.dlq` with the reason in a header, retrying until the broker
+/// has it, so the consumer can move on without losing it.
+async fn dead_letter(kafka: &Kafka, message: &BorrowedMessage<'_>, reason: &str) {
+    let topic = dead_letter_topic(message.topic());
+    let key = message.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+    let payload = message.payload().unwrap_or_default();
+    let partition = message.partition().to_string();
+    let offset = message.offset().to_string();
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = message.headers() {
+            for h in original.iter() {
+                headers = headers.insert(Header { key: h.key, value: h.value });
+            }
+        }
+        let headers = headers
+            .insert(Header { key: ERROR_HEADER, value: Some(reason) })
+            .insert(Header { key: "dlq-source-topic", value: Some(message.topic()) })
+            .insert(Header { key: "dlq-source-partition", value: Some(&partition) })
+            .insert(Header { key: "dlq-source-offset", value: Some(&offset) });
+        match kafka.publish(&topic, &key, payload, headers).await {
+            Ok(()) => {
+                tracing::error!(
+                    topic = message.topic(),
+                    offset = message.offset(),
+                    reason,
+                    "record parked on the dead-letter topic"
+                );
+                return;
+            }
+            Err(err) => {
+                if matches!(err.downcast_ref::<KafkaError>(), Some(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition))
+                {
+                    let _ = kafka.ensure_topics(std::slice::from_ref(&topic)).await;
+                }
+                tracing::warn!(error = format!("{err:#}"), "could not dead-letter a record yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_RETRY_PAUSE);
+            }
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The events backbone: what happened, told to the other services at least once and
+//! applied by each of them at most once.
+//!
+//! - [`emit`] writes an event into the service's outbox inside the caller's transaction,
+//!   so the event exists exactly when the change commits;
+//! - [`Relay`] publishes unpublished outbox rows in order per aggregate, sharing the work
+//!   between replicas with `FOR UPDATE SKIP LOCKED`;
+//! - [`Events`] is where they go: Kafka ([`kafka`]) when `KAFKA_BROKERS` is set, the
+//!   in-process [`bus`] otherwise (`shop` only);
+//! - a consumer's [`EventHandler`] runs through [`deliver`], which records the event id in
+//!   the inbox in the same transaction as the effect, retries with backoff and gives up
+//!   on a record (dead letter) only when the handler itself keeps failing.
+
+pub mod bus;
+pub mod kafka;
+mod relay;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+pub use relay::Relay;
+
+use crate::trace;
+
+/// The JSON value of every event record (API.md, "Events").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    pub aggregate_id: Uuid,
+    pub data: serde_json::Value,
+}
+
+/// The topic a service publishes to: `<service>.events`.
+pub fn topic_of(service: &str) -> String {
+    format!("{service}.events")
+}
+
+/// Where a consumer parks the records of `topic` it cannot apply.
+pub fn dead_letter_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
+
+/// Writes an event into the outbox of the connection's schema. Call it with the
+/// transaction that makes the change: the event is published if and only if it commits.
+pub async fn emit(
+    conn: &mut PgConnection,
+    topic: &str,
+    event_type: &str,
+    aggregate_id: Uuid,
+    data: &impl Serialize,
+) -> Result<Envelope, sqlx::Error> {
+    let envelope = Envelope {
+        id: Uuid::now_v7(),
+        event_type: event_type.to_owned(),
+        occurred_at: Utc::now(),
+        aggregate_id,
+        data: serde_json::to_value(data).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+    };
+    let json = serde_json::to_value(&envelope).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(
+        "INSERT INTO outbox (id, topic, aggregate_id, event_type, envelope, traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(envelope.id)
+    .bind(topic)
+    .bind(aggregate_id)
+    .bind(event_type)
+    .bind(json)
+    .bind(trace::outgoing())
+    .execute(conn)
+    .await?;
+    Ok(envelope)
+}
+
+/// What a service does with an event it consumes. The effect must be written through
+/// `tx`: it commits together with the inbox entry that makes redeliveries no-ops.
+pub trait EventHandler: Send + Sync + 'static {
+    fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a Envelope) -> BoxFuture<'a, anyhow::Result<()>>;
+}
+
+/// One consumer: a service's handler for some topics, applied in the service's schema.
+#[derive(Clone)]
+pub struct Subscription {
+    /// The consumer group: one per service, so replicas share the partitions.
+    pub group: String,
+    pub topics: Vec<String>,
+    pub db: PgPool,
+    pub handler: Arc<dyn EventHandler>,
+}
+
+/// How an event was dealt with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Applied,
+    /// Its id was already in the inbox: a redelivery, nothing done.
+    Duplicate,
+    /// The handler kept failing; the reason goes with the record to the dead letters.
+    DeadLettered(String),
+}
+
+/// Attempts at a failing handler before its record goes to the dead letters.
+pub const MAX_ATTEMPTS: u32 = 5;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// An error of the database connection rather than of the handler's logic: worth
+/// retrying for as long as it takes, never a reason to dead-letter a record.
+fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+        )
+    })
+}
+
+/// Applies `event` once: the inbox row and the handler's effect commit together, so a
+/// second delivery of the same id finds the row and changes nothing.
+pub async fn apply_once(
+    db: &PgPool,
+    handler: &dyn EventHandler,
+    topic: &str,
+    event: &Envelope,
+) -> anyhow::Result<Delivery> {
+    let mut tx = db.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO inbox (event_id, topic, event_type) VALUES ($1, $2, $3) ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(event.id)
+    .bind(topic)
+    .bind(&event.event_type)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(Delivery::Duplicate);
+    }
+    handler.handle(&mut tx, event).await?;
+    tx.commit().await?;
+    Ok(Delivery::Applied)
+}
+
+/// [`apply_once`] with retries: a failing handler is retried with exponential backoff
+/// [`MAX_ATTEMPTS`] times and then dead-lettered; a database outage is returned as an
+/// error for the caller to retry later, without using up attempts.
+pub async fn deliver(
+    db: &PgPool,
+    handler: &dyn EventHandler,
+    topic: &str,
+    event: &Envelope,
+    traceparent: Option<String>,
+) -> anyhow::Result<Delivery> {
+    let context = trace::child_of(traceparent.as_deref());
+    trace::scope(context, async {
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match apply_once(db, handler, topic, event).await {
+                Ok(delivery) => {
+                    let outcome = if delivery == Delivery::Applied { "applied" } else { "duplicate" };
+                    metrics::counter!("events_consumed_total", "topic" => topic.to_owned(), "outcome" => outcome)
+                        .increment(1);
+                    return Ok(delivery);
+                }
+                Err(err) if is_transient(&err) => return Err(err),
+                Err(err) if attempt >= MAX_ATTEMPTS => {
+                    metrics::counter!("events_dead_lettered_total", "topic" => topic.to_owned()).increment(1);
+                    tracing::error!(event_id = %event.id, topic, error = format!("{err:#}"), "giving up on an event");
+                    return Ok(Delivery::DeadLettered(format!("{err:#}")));
+                }
+                Err(err) => {
+                    tracing::warn!(event_id = %event.id, topic, attempt, error = format!("{err:#}"), "event handler failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// Where a process's events go: Kafka, or subscribers in the same process.
+#[derive(Clone)]
+pub enum Events {
+    Kafka(Arc<kafka::Kafka>),
+    InProcess(Arc<bus::Bus>),
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Kafka(_) => "Events::Kafka",
+            Self::InProcess(_) => "Events::InProcess",
+        })
+    }
+}
+
+impl Events {
+    /// Kafka when brokers are given, in-process otherwise. Connecting is lazy: a broker
+    /// that is down now is retried by the relays and consumers, not fatal here.
+    pub fn connect(brokers: Option<&str>) -> anyhow::Result<Self> {
+        Ok(match brokers {
+            Some(brokers) => Self::Kafka(Arc::new(kafka::Kafka::new(brokers)?)),
+            None => Self::InProcess(Arc::new(bus::Bus::default())),
+        })
+    }
+
+    /// Creates the topics if the broker lacks them. A broker that cannot be reached is
+    /// logged, not fatal: the relay creates its topic again when it can publish.
+    pub async fn ensure_topics(&self, topics: &[String]) {
+        if let Self::Kafka(kafka) = self
+            && let Err(err) = kafka.ensure_topics(topics).await
+        {
+            tracing::warn!(error = format!("{err:#}"), "could not create topics yet; will retry on publish");
+        }
+    }
+
+    /// Starts the outbox relay of a service's schema.
+    pub fn spawn_relay(&self, service: &'static str, db: PgPool) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(Relay::new(service, db, self.clone()).run())
+    }
+
+    /// Starts delivering the subscription's topics to its handler.
+    pub async fn subscribe(&self, subscription: Subscription) {
+        match self {
+            Self::Kafka(kafka) => {
+                let dead_letters: Vec<String> = subscription.topics.iter().map(|t| dead_letter_topic(t)).collect();
+                self.ensure_topics(&[subscription.topics.clone(), dead_letters].concat()).await;
+                tokio::spawn(kafka::consume(kafka.clone(), subscription));
+            }
+            Self::InProcess(bus) => bus.subscribe(subscription),
+        }
+    }
+
+    /// Hands one outbox row to its destination.
+    async fn publish(&self, row: &relay::OutboxRow) -> anyhow::Result<()> {
+        match self {
+            Self::Kafka(kafka) => kafka.publish_row(row).await,
+            Self::InProcess(bus) => bus.publish(row).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_envelope_has_the_field_names_of_the_contract() {
+        let envelope = Envelope {
+            id: Uuid::nil(),
+            event_type: "user.registered".into(),
+            occurred_at: DateTime::from_timestamp(0, 0).unwrap(),
+            aggregate_id: Uuid::nil(),
+            data: serde_json::json!({"k": 1}),
+        };
+        let value = serde_json::to_value(&envelope).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "id": "00000000-0000-0000-0000-000000000000",
+                "type": "user.registered",
+                "occurred_at": "1970-01-01T00:00:00Z",
+                "aggregate_id": "00000000-0000-0000-0000-000000000000",
+                "data": {"k": 1},
+            })
+        );
+        assert_eq!(topic_of("user"), "user.events");
+        assert_eq!(dead_letter_topic("order.events"), "order.events.dlq");
+    }
+
+    #[test]
+    fn only_connection_failures_are_transient() {
+        assert!(is_transient(&anyhow::Error::from(sqlx::Error::PoolTimedOut)));
+        assert!(is_transient(&anyhow::Error::from(sqlx::Error::PoolTimedOut).context("applying")));
+        assert!(!is_transient(&anyhow::Error::from(sqlx::Error::RowNotFound)));
+        assert!(!is_transient(&anyhow::anyhow!("bad data")));
+    }
+}

@@ -1,0 +1,163 @@
+//! The outbox relay: publishes what services wrote into their outbox, at least once and
+//! in order per aggregate, and marks it published.
+//!
+//! Each round claims a batch of unpublished rows with `FOR UPDATE SKIP LOCKED`, so
+//! several replicas share the work without publishing the same row twice. A batch holds
+//! at most the oldest unpublished row of each aggregate: a later event of an aggregate
+//! waits until every earlier one is published, whichever replica holds it, which keeps
+//! one order's events in order on the topic.
+
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::Events;
+
+const BATCH_SIZE: i64 = 256;
+/// How long an idle relay waits before looking again.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
+const CLEANUP_EVERY: Duration = Duration::from_secs(60);
+/// Published rows are kept this long (for inspection), then deleted.
+const KEEP_PUBLISHED: &str = "1 day";
+
+/// One unpublished event.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: Uuid,
+    pub topic: String,
+    pub aggregate_id: Uuid,
+    pub envelope: serde_json::Value,
+    pub traceparent: String,
+}
+
+/// The relay of one service's outbox.
+pub struct Relay {
+    service: &'static str,
+    db: PgPool,
+    events: Events,
+    /// Set after a failed round: the broker may have come back empty, so the topics of
+    /// the next batch are created before publishing to them.
+    recreate_topics: std::sync::atomic::AtomicBool,
+}
+
+impl Relay {
+    pub fn new(service: &'static str, db: PgPool, events: Events) -> Self {
+        Self { service, db, events, recreate_topics: std::sync::atomic::AtomicBool::new(true) }
+    }
+
+    /// Publishes one batch and returns how many rows it published. An error means some
+    /// rows could not be published; they stay in the outbox for the next round.
+    pub async fn publish_pending(&self) -> anyhow::Result<usize> {
+        let mut tx = self.db.begin().await?;
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT o.id, o.topic, o.aggregate_id, o.envelope, o.traceparent
+             FROM outbox o
+             WHERE o.published_at IS NULL
+               AND NOT EXISTS (
+                   SELECT 1 FROM outbox earlier
+                   WHERE earlier.published_at IS NULL
+                     AND earlier.aggregate_id = o.aggregate_id
+                     AND earlier.seq < o.seq)
+             ORDER BY o.seq
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(BATCH_SIZE)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        if self.recreate_topics.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            let mut topics: Vec<String> = rows.iter().map(|r| r.topic.clone()).collect();
+            topics.sort_unstable();
+            topics.dedup();
+            self.events.ensure_topics(&topics).await;
+        }
+        let outcomes = futures::future::join_all(rows.iter().map(|row| self.events.publish(row))).await;
+        let mut published = Vec::with_capacity(rows.len());
+        let mut failure = None;
+        for (row, outcome) in rows.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => {
+                    metrics::counter!("outbox_published_total", "service" => self.service, "topic" => row.topic.clone())
+                        .increment(1);
+                    published.push(row.id);
+                }
+                Err(err) => {
+                    metrics::counter!("outbox_publish_errors_total", "service" => self.service, "topic" => row.topic.clone())
+                        .increment(1);
+                    failure.get_or_insert((row.topic.clone(), err));
+                }
+            }
+        }
+        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+            .bind(&published)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        match failure {
+            None => Ok(published.len()),
+            Some((topic, err)) => {
+                self.recreate_topics.store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(err.context(format!("{} of {} events published to {topic}", published.len(), rows.len())))
+            }
+        }
+    }
+
+    /// Runs until the process ends, backing off while the broker or database is away.
+    /// The backlog gauge and the clean-up run beside it, so the backlog stays visible
+    /// while a round waits for an absent broker.
+    pub async fn run(self) {
+        let housekeeping = tokio::spawn(housekeeping(self.service, self.db.clone()));
+        let mut backoff = IDLE_POLL;
+        loop {
+            match self.publish_pending().await {
+                Ok(0) => {
+                    backoff = IDLE_POLL;
+                    tokio::time::sleep(IDLE_POLL).await;
+                }
+                Ok(_) => backoff = IDLE_POLL,
+                Err(err) => {
+                    tracing::warn!(
+                        service = self.service,
+                        error = format!("{err:#}"),
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "outbox relay could not publish"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            if housekeeping.is_finished() {
+                return;
+            }
+        }
+    }
+}
+
+/// Publishes the outbox backlog as a gauge and deletes rows published long ago.
+async fn housekeeping(service: &'static str, db: PgPool) {
+    let mut last_cleanup = Instant::now();
+    loop {
+        let backlog: Result<i64, _> =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&db).await;
+        if let Ok(backlog) = backlog {
+            metrics::gauge!("outbox_backlog", "service" => service).set(backlog as f64);
+        }
+        if last_cleanup.elapsed() >= CLEANUP_EVERY {
+            let deleted =
+                sqlx::query(&format!("DELETE FROM outbox WHERE published_at < now() - interval '{KEEP_PUBLISHED}'"))
+                    .execute(&db)
+                    .await;
+            if let Err(err) = deleted {
+                tracing::warn!(service, error = %err, "could not clean up the outbox");
+            }
+            last_cleanup = Instant::now();
+        }
+        tokio::time::sleep(BACKLOG_EVERY).await;
+    }
+}

@@ -1,0 +1,104 @@
+//! W3C Trace Context: the `traceparent` of the work in progress, taken from the incoming
+//! request (or consumed event) when it carries a valid one, started afresh otherwise, and
+//! passed on in every event written while handling it.
+
+use axum::extract::Request;
+use axum::http::HeaderName;
+use axum::middleware::Next;
+use axum::response::Response;
+use rand::RngCore;
+
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+tokio::task_local! {
+    static CURRENT: String;
+}
+
+/// A `traceparent` in the only version we speak (`00-<trace id>-<parent id>-<flags>`),
+/// lower-case hex, with non-zero ids.
+pub fn parse(value: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = value.split('-');
+    let (version, trace_id, parent_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let valid = parts.next().is_none()
+        && version == "00"
+        && hex(trace_id, 32)
+        && hex(parent_id, 16)
+        && hex(flags, 2)
+        && trace_id.bytes().any(|b| b != b'0')
+        && parent_id.bytes().any(|b| b != b'0');
+    valid.then_some((trace_id, parent_id, flags))
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new span in the trace of `parent` (or a new trace): same trace id and flags, a new
+/// parent id, which is what a hop passes on.
+pub fn child_of(parent: Option<&str>) -> String {
+    match parent.and_then(parse) {
+        Some((trace_id, _, flags)) => format!("00-{trace_id}-{}-{flags}", random_hex(8)),
+        None => format!("00-{}-{}-01", random_hex(16), random_hex(8)),
+    }
+}
+
+/// The trace context of the running task, if one was set.
+pub fn current() -> Option<String> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// The `traceparent` to pass on from here: a child of the current context.
+pub fn outgoing() -> String {
+    child_of(current().as_deref())
+}
+
+/// Runs `work` with `traceparent` as its trace context.
+pub async fn scope<F: Future>(traceparent: String, work: F) -> F::Output {
+    CURRENT.scope(traceparent, work).await
+}
+
+/// Middleware: puts the request's trace context in scope for the rest of the stack.
+pub async fn middleware(request: Request, next: Next) -> Response {
+    let incoming = request.headers().get(&TRACEPARENT).and_then(|v| v.to_str().ok()).filter(|v| parse(v).is_some());
+    let context = match incoming {
+        Some(value) => value.to_owned(),
+        None => child_of(None),
+    };
+    scope(context, next.run(request)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_and_invalid_traceparents() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(parse(good).is_some());
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert!(parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn children_keep_the_trace_and_change_the_parent() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let child = child_of(Some(parent));
+        let (trace_id, parent_id, flags) = parse(&child).unwrap();
+        assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(parent_id, "00f067aa0ba902b7");
+        assert_eq!(flags, "01");
+        assert!(parse(&child_of(None)).is_some());
+    }
+}

@@ -1,0 +1,349 @@
+//! The events backbone against real PostgreSQL and a real Kafka-protocol broker.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::db::{self, Schema};
+use common::events::{self, Envelope, EventHandler, Events, Relay, Subscription};
+use common::testing::{TestBroker, TestDb, read_topic};
+use futures::future::BoxFuture;
+use sqlx::migrate::Migrator;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+const TOPIC: &str = "test.events";
+const SCHEMA: Schema = Schema { name: "evtest", role: "evtest_svc" };
+
+/// A schema with the outbox and inbox (and no service tables), plus an `effects` table
+/// the test handler writes to.
+async fn schema() -> (TestDb, PgPool) {
+    let db = TestDb::create().await;
+    db::migrate(&db.url, SCHEMA, &Migrator::DEFAULT).await.unwrap();
+    let pool = db::connect(&db.url, SCHEMA, 5).await.unwrap();
+    sqlx::query("CREATE TABLE effects (event_id UUID NOT NULL, aggregate_id UUID NOT NULL, n INT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    (db, pool)
+}
+
+/// Writes an effect row per event; fails every time on `test.poison`.
+struct RecordEffect;
+
+impl EventHandler for RecordEffect {
+    fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a Envelope) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            anyhow::ensure!(event.event_type != "test.poison", "this event can never be applied");
+            sqlx::query("INSERT INTO effects (event_id, aggregate_id, n) VALUES ($1, $2, $3)")
+                .bind(event.id)
+                .bind(event.aggregate_id)
+                .bind(event.data["n"].as_i64().unwrap_or(-1) as i32)
+                .execute(tx)
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+async fn emit_committed(pool: &PgPool, event_type: &str, aggregate: Uuid, n: i64) -> Envelope {
+    let mut tx = pool.begin().await.unwrap();
+    let envelope = events::emit(&mut tx, TOPIC, event_type, aggregate, &serde_json::json!({"n": n})).await.unwrap();
+    tx.commit().await.unwrap();
+    envelope
+}
+
+async fn drain(relay: &Relay) {
+    for _ in 0..100 {
+        if relay.publish_pending().await.unwrap() == 0 {
+            return;
+        }
+    }
+    panic!("the outbox did not drain");
+}
+
+async fn kafka(broker: &TestBroker) -> Events {
+    let events = Events::connect(Some(&broker.brokers())).unwrap();
+    events.ensure_topics(&[TOPIC.to_owned(), events::dead_letter_topic(TOPIC)]).await;
+    events
+}
+
+async fn effects(pool: &PgPool) -> Vec<(Uuid, i32)> {
+    sqlx::query_as("SELECT event_id, n FROM effects ORDER BY n").fetch_all(pool).await.unwrap()
+}
+
+async fn wait_for_effects(pool: &PgPool, count: usize) -> Vec<(Uuid, i32)> {
+    for _ in 0..300 {
+        let rows = effects(pool).await;
+        if rows.len() >= count {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("expected {count} effects, have {:?}", effects(pool).await);
+}
+
+fn leak(name: String) -> &'static str {
+    Box::leak(name.into_boxed_str())
+}
+
+#[tokio::test]
+async fn committed_events_are_published_once_with_the_envelope_and_rolled_back_ones_never() {
+    let broker = TestBroker::start().await;
+    let (_db, pool) = schema().await;
+    let relay = Relay::new("test", pool.clone(), kafka(&broker).await);
+
+    let mut tx = pool.begin().await.unwrap();
+    let rolled_back =
+        events::emit(&mut tx, TOPIC, "test.happened", Uuid::now_v7(), &serde_json::json!({"n": 1})).await.unwrap();
+    tx.rollback().await.unwrap();
+    let aggregate = Uuid::now_v7();
+    let committed = emit_committed(&pool, "test.happened", aggregate, 2).await;
+
+    drain(&relay).await;
+    drain(&relay).await;
+    let records = read_topic(&broker.brokers(), TOPIC, 1, Duration::from_secs(20)).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = &records[0];
+    assert_eq!(record.key.as_deref(), Some(aggregate.to_string().as_str()));
+    let envelope: Envelope = serde_json::from_slice(&record.value).unwrap();
+    assert_eq!(envelope, committed);
+    assert_ne!(envelope.id, rolled_back.id);
+    let value = record.json();
+    let mut fields: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["aggregate_id", "data", "id", "occurred_at", "type"]);
+    assert!(common::trace::parse(&record.headers["traceparent"]).is_some(), "{:?}", record.headers);
+    assert_eq!(record.headers["event-type"], "test.happened");
+}
+
+#[tokio::test]
+async fn with_the_broker_down_writes_go_on_and_everything_arrives_in_order_once_it_is_back() {
+    let mut broker = TestBroker::reserve();
+    let (_db, pool) = schema().await;
+    let events = Events::connect(Some(&broker.brokers())).unwrap();
+    let relay = tokio::spawn(Relay::new("test-down", pool.clone(), events).run());
+
+    let aggregates: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    for n in 0..30 {
+        emit_committed(&pool, "test.happened", aggregates[n % 3], n as i64).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&pool).await.unwrap();
+    assert_eq!(unpublished, 30, "nothing is lost or marked while the broker is away");
+
+    broker.resume().await;
+    let records = read_topic(&broker.brokers(), TOPIC, 30, Duration::from_secs(90)).await;
+    relay.abort();
+    assert_eq!(records.len(), 30);
+    let mut per_key: HashMap<String, Vec<i64>> = HashMap::new();
+    for record in &records {
+        per_key.entry(record.key.clone().unwrap()).or_default().push(record.json()["data"]["n"].as_i64().unwrap());
+    }
+    for (key, ns) in per_key {
+        let mut sorted = ns.clone();
+        sorted.sort_unstable();
+        assert_eq!(ns, sorted, "events of {key} arrive in the order they were written");
+        assert_eq!(ns.len(), 10);
+    }
+}
+
+#[tokio::test]
+async fn an_event_redelivered_after_its_effect_committed_changes_nothing() {
+    let broker = TestBroker::start().await;
+    let (_db, pool) = schema().await;
+    let events = kafka(&broker).await;
+    let relay = Relay::new("test", pool.clone(), events.clone());
+    let aggregate = Uuid::now_v7();
+    let first = emit_committed(&pool, "test.happened", aggregate, 1).await;
+    drain(&relay).await;
+
+    // A consumer that applied the event and died before committing its offset: the
+    // effect and the inbox entry are in, the offset is not.
+    let applied = events::apply_once(&pool, &RecordEffect, TOPIC, &first).await.unwrap();
+    assert_eq!(applied, events::Delivery::Applied);
+
+    // Its successor in the same group starts from the uncommitted offset and gets the
+    // event again, then the next one of the same aggregate (same partition, after it).
+    let group = format!("test-{}", Uuid::new_v4().simple());
+    events
+        .subscribe(Subscription {
+            group,
+            topics: vec![TOPIC.to_owned()],
+            db: pool.clone(),
+            handler: Arc::new(RecordEffect),
+        })
+        .await;
+    emit_committed(&pool, "test.happened", aggregate, 2).await;
+    drain(&relay).await;
+    let rows = wait_for_effects(&pool, 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(effects(&pool).await, rows);
+    assert_eq!(rows.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [1, 2], "the first event took effect once");
+}
+
+#[tokio::test]
+async fn poison_records_are_dead_lettered_and_the_next_record_is_still_processed() {
+    let broker = TestBroker::start().await;
+    let (_db, pool) = schema().await;
+    let events = kafka(&broker).await;
+    let relay = Relay::new("test", pool.clone(), events.clone());
+    let aggregate = Uuid::now_v7();
+
+    // Not an envelope at all, then an envelope no handler can apply, then a good one;
+    // all on one key, so they reach the consumer in this order.
+    let events::Events::Kafka(client) = &events else { unreachable!() };
+    client.publish(TOPIC, &aggregate.to_string(), b"{not json", rdkafka::message::OwnedHeaders::new()).await.unwrap();
+    emit_committed(&pool, "test.poison", aggregate, 1).await;
+    drain(&relay).await;
+    let good = emit_committed(&pool, "test.happened", aggregate, 2).await;
+    drain(&relay).await;
+
+    events
+        .subscribe(Subscription {
+            group: format!("test-{}", Uuid::new_v4().simple()),
+            topics: vec![TOPIC.to_owned()],
+            db: pool.clone(),
+            handler: Arc::new(RecordEffect),
+        })
+        .await;
+    let rows = wait_for_effects(&pool, 1).await;
+    assert_eq!(rows, [(good.id, 2)]);
+
+    let dead = read_topic(&broker.brokers(), &events::dead_letter_topic(TOPIC), 2, Duration::from_secs(20)).await;
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0].value, b"{not json");
+    assert!(dead[0].headers["dlq-error"].starts_with("not an event envelope"), "{:?}", dead[0].headers);
+    assert_eq!(dead[1].json()["type"], "test.poison");
+    assert!(dead[1].headers["dlq-error"].contains("this event can never be applied"));
+    assert_eq!(dead[1].headers["dlq-source-topic"], TOPIC);
+    assert!(dead[1].headers.contains_key("traceparent"), "original headers are kept");
+}
+
+#[tokio::test]
+async fn two_relays_on_one_outbox_publish_each_event_once_and_in_order() {
+    let broker = TestBroker::start().await;
+    let (_db, pool) = schema().await;
+    let events = kafka(&broker).await;
+    let aggregates: Vec<Uuid> = (0..20).map(|_| Uuid::now_v7()).collect();
+    for n in 0..200 {
+        emit_committed(&pool, "test.happened", aggregates[n % 20], n as i64).await;
+    }
+    let (a, b) = (Relay::new("test", pool.clone(), events.clone()), Relay::new("test", pool.clone(), events));
+    let (published_a, published_b) = tokio::join!(
+        async {
+            let mut total = 0;
+            while let n @ 1.. = a.publish_pending().await.unwrap() {
+                total += n;
+            }
+            total
+        },
+        async {
+            let mut total = 0;
+            while let n @ 1.. = b.publish_pending().await.unwrap() {
+                total += n;
+            }
+            total
+        },
+    );
+    drain(&a).await;
+    let records = read_topic(&broker.brokers(), TOPIC, 200, Duration::from_secs(30)).await;
+    assert_eq!(records.len(), 200, "published by the relays: {published_a} + {published_b}");
+    let ids: HashSet<String> = records.iter().map(|r| r.json()["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len(), 200, "no event twice");
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for record in &records {
+        let n = record.json()["data"]["n"].as_i64().unwrap();
+        let previous = last.insert(record.key.clone().unwrap(), n);
+        assert!(previous.is_none_or(|p| p < n), "in order per key");
+    }
+}
+
+#[tokio::test]
+async fn without_a_broker_events_reach_in_process_subscribers_once() {
+    let (_db, pool) = schema().await;
+    let events = Events::connect(None).unwrap();
+    events
+        .subscribe(Subscription {
+            group: "test".into(),
+            topics: vec![TOPIC.to_owned()],
+            db: pool.clone(),
+            handler: Arc::new(RecordEffect),
+        })
+        .await;
+    let relay = Relay::new("test", pool.clone(), events);
+    for n in 0..3 {
+        emit_committed(&pool, "test.happened", Uuid::now_v7(), n).await;
+    }
+    emit_committed(&pool, "test.poison", Uuid::now_v7(), 9).await;
+    drain(&relay).await;
+    assert_eq!(effects(&pool).await.len(), 3);
+
+    // A relay that died after handing the events over but before marking them: they
+    // come again, and the inbox absorbs them.
+    sqlx::query("UPDATE outbox SET published_at = NULL").execute(&pool).await.unwrap();
+    drain(&relay).await;
+    assert_eq!(effects(&pool).await.len(), 3);
+}
+
+#[tokio::test]
+async fn metrics_show_the_backlog_publish_errors_and_consumer_lag() {
+    let handle = common::telemetry::metrics_handle();
+    let mut broker = TestBroker::reserve();
+    let (_db, pool) = schema().await;
+    let service = leak(format!("metrics{}", Uuid::new_v4().simple()));
+    let events = Events::connect(Some(&broker.brokers())).unwrap();
+    let relay = tokio::spawn(Relay::new(service, pool.clone(), events.clone()).run());
+    let aggregate = Uuid::now_v7();
+    for n in 0..5 {
+        emit_committed(&pool, "test.happened", aggregate, n).await;
+    }
+    let metric = |text: &str, prefix: &str| {
+        text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let backlog_line = format!("outbox_backlog{{service=\"{service}\"}}");
+    let mut seen = None;
+    for _ in 0..100 {
+        seen = metric(&handle.render(), &backlog_line);
+        if seen == Some(5.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, Some(5.0), "the backlog gauge counts what is waiting");
+
+    // Wait for one failed publish (the broker is away), then bring it back.
+    let errors_line = format!("outbox_publish_errors_total{{service=\"{service}\",topic=\"{TOPIC}\"}}");
+    for _ in 0..300 {
+        if metric(&handle.render(), &errors_line).is_some_and(|n| n >= 1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&handle.render(), &errors_line).is_some_and(|n| n >= 1.0), "publish errors are counted");
+    broker.resume().await;
+    events.ensure_topics(&[TOPIC.to_owned()]).await;
+
+    let group = format!("lag{}", Uuid::new_v4().simple());
+    events
+        .subscribe(Subscription {
+            group: group.clone(),
+            topics: vec![TOPIC.to_owned()],
+            db: pool.clone(),
+            handler: Arc::new(RecordEffect),
+        })
+        .await;
+    wait_for_effects(&pool, 5).await;
+    let lag_prefix = format!("kafka_consumer_lag{{group=\"{group}\",topic=\"{TOPIC}\"");
+    let mut lag_seen = false;
+    for _ in 0..150 {
+        if handle.render().lines().any(|l| l.starts_with(&lag_prefix)) {
+            lag_seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.abort();
+    assert!(lag_seen, "consumer lag is reported per topic and partition");
+}
