@@ -7,6 +7,7 @@ use axum::response::IntoResponse;
 use chrono::Utc;
 use common::auth::{AdminUser, AuthUser};
 use common::error::Problem;
+use common::events;
 use common::extract::{ClientAddr, Json, Path};
 use common::{ApiError, FieldErrors};
 use secrecy::SecretString;
@@ -18,7 +19,7 @@ use uuid::Uuid;
 
 use crate::domain::{Email, NewUser, Password, ProfileChanges, RefreshVerdict, Role, User, Username};
 use crate::error::Error;
-use crate::{AppState, PROFILE_TTL, repository, tokens};
+use crate::{AppState, PROFILE_TTL, TOPIC, repository, tokens};
 
 /// The routes of this service, with their OpenAPI description.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -126,7 +127,7 @@ fn tokens_for(state: &AppState, user: User, family_id: Uuid, refresh_token: Stri
     Ok(Tokens { access_token: access.token, refresh_token, token_type: "Bearer", expires_in: access.expires_in, user })
 }
 
-/// Register a customer account.
+/// Register a customer account. Emits `user.registered` (data: the `User`).
 #[utoipa::path(
     post, path = "/api/auth/register", tag = "auth",
     request_body = RegisterRequest,
@@ -152,7 +153,10 @@ async fn register(
     };
     let new_user = NewUser { username, email, password };
     let hash = state.passwords.hash(new_user.password.secret()).await?;
-    let user = repository::insert_user(&state.db, &new_user, &hash, Role::Customer).await?;
+    let mut tx = state.db.begin().await?;
+    let user = repository::insert_user(&mut *tx, &new_user, &hash, Role::Customer).await?;
+    events::emit(&mut tx, TOPIC, "user.registered", user.id, &user).await?;
+    tx.commit().await?;
     tracing::info!(user_id = %user.id, "registered");
     Ok((StatusCode::CREATED, Json(user)))
 }

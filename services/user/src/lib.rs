@@ -39,6 +39,11 @@ pub const SCHEMA: Schema = Schema { name: "users", role: "users_svc" };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/users");
 
+/// The service's name, as its consumer group and in metrics.
+pub const SERVICE: &str = "user";
+/// Where this service's events go.
+pub const TOPIC: &str = "user.events";
+
 /// How long a profile stays cached (API: five minutes, invalidated on change).
 pub const PROFILE_TTL: Duration = Duration::from_secs(300);
 
@@ -103,8 +108,10 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
     let db = db::connect(&config.common.database_url, SCHEMA, config.common.db_max_connections).await?;
     let state = AppState::new(config, shared, db.clone()).await?;
     ensure_admin(&state, config).await?;
+    shared.events.ensure_topics(&[TOPIC.to_owned()]).await;
+    shared.events.spawn_relay(SERVICE, db.clone());
     let (router, openapi) = http::routes().split_for_parts();
-    Ok(Service { name: "user", router: router.with_state(state), openapi, db })
+    Ok(Service { name: SERVICE, router: router.with_state(state), openapi, db })
 }
 
 /// Creates the admin of `ADMIN_EMAIL` if no account has that email. An existing account

@@ -5,7 +5,9 @@ use common::http::Shared;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = match user::Config::from_env(&Env::from_process()) {
+    let config = match user::Config::from_env(&Env::from_process())
+        .and_then(|c| c.common.require_shared_infrastructure().map(|()| c))
+    {
         Ok(config) => config,
         Err(err) => {
             eprintln!("user-service: {err}");
