@@ -5,8 +5,12 @@
 //! logged, counted and then treated as a miss (reads) or skipped (writes). TTLs get random
 //! jitter so that entries written together do not all expire together.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 
 use moka::Expiry;
 use rand::Rng;
@@ -67,11 +71,18 @@ impl Expiry<String, Entry> for PerEntryTtl {
     }
 }
 
+/// A load in progress, shared by every request that misses the same key meanwhile.
+type Flight = Shared<BoxFuture<'static, Result<Arc<[u8]>, Arc<str>>>>;
+
 /// A namespaced JSON cache. Cheap to clone.
 #[derive(Clone)]
 pub struct Cache {
     backend: Backend,
     prefix: Arc<str>,
+    /// Loads in flight in this process, by key: one loader per key under a stampede.
+    flights: Arc<Mutex<HashMap<String, Flight>>>,
+    /// Counters of the in-process backend (Redis keeps its own).
+    counters: Arc<Mutex<HashMap<String, i64>>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -109,12 +120,17 @@ async fn redis_call<T>(op: &'static str, call: impl Future<Output = redis::Redis
 
 impl Cache {
     pub fn redis(conn: ConnectionManager, prefix: &str) -> Self {
-        Self { backend: Backend::Redis(conn), prefix: prefix.into() }
+        Self { backend: Backend::Redis(conn), prefix: prefix.into(), flights: Arc::default(), counters: Arc::default() }
     }
 
     pub fn local(prefix: &str) -> Self {
         let cache = moka::future::Cache::builder().max_capacity(LOCAL_CAPACITY).expire_after(PerEntryTtl).build();
-        Self { backend: Backend::Local(cache), prefix: prefix.into() }
+        Self {
+            backend: Backend::Local(cache),
+            prefix: prefix.into(),
+            flights: Arc::default(),
+            counters: Arc::default(),
+        }
     }
 
     /// Redis when a connection is given, in-process otherwise.
@@ -231,6 +247,81 @@ impl Cache {
         self.get_bytes(key).await.is_some()
     }
 
+    /// Cache-aside with one loader per key: a hit is returned; on a miss, the first
+    /// request runs `loader` and fills the cache (for `ttl(&value)`, so misses can be
+    /// cached briefly) while concurrent requests for the same key wait for its result
+    /// instead of each querying the database.
+    pub async fn load<T, F, Fut>(&self, key: &str, ttl: fn(&T) -> Duration, loader: F) -> anyhow::Result<T>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+    {
+        if let Some(hit) = self.get::<T>(key).await {
+            return Ok(hit);
+        }
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            match flights.get(key) {
+                Some(flight) => flight.clone(),
+                None => {
+                    let cache = self.clone();
+                    let owned_key = key.to_owned();
+                    let load = loader();
+                    let flight: Flight = async move {
+                        let outcome = async {
+                            let value = load.await?;
+                            cache.fill(&owned_key, &value, ttl(&value)).await;
+                            Ok::<_, anyhow::Error>(Arc::<[u8]>::from(serde_json::to_vec(&value)?))
+                        }
+                        .await
+                        .map_err(|e| Arc::<str>::from(format!("{e:#}")));
+                        cache.flights.lock().unwrap_or_else(|e| e.into_inner()).remove(&owned_key);
+                        outcome
+                    }
+                    .boxed()
+                    .shared();
+                    flights.insert(key.to_owned(), flight.clone());
+                    flight
+                }
+            }
+        };
+        let bytes = flight.await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// Forgets loads in flight for `key`, so a request after a write never joins a load
+    /// that started before it.
+    pub fn forget_flight(&self, key: &str) {
+        self.flights.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+
+    /// The current value of a counter (0 if never bumped), or `None` if the cache cannot
+    /// be reached. Used as a version that invalidates many entries at once.
+    pub async fn counter(&self, key: &str) -> Option<i64> {
+        match &self.backend {
+            Backend::Local(_) => Some(*self.counters.lock().unwrap_or_else(|e| e.into_inner()).get(key).unwrap_or(&0)),
+            Backend::Redis(conn) => {
+                let mut conn = conn.clone();
+                redis_call("counter", conn.get::<_, Option<i64>>(self.key(key))).await.map(|v| v.unwrap_or(0))
+            }
+        }
+    }
+
+    /// Increments a counter; `false` if the cache could not be reached.
+    pub async fn bump(&self, key: &str) -> bool {
+        match &self.backend {
+            Backend::Local(_) => {
+                *self.counters.lock().unwrap_or_else(|e| e.into_inner()).entry(key.to_owned()).or_default() += 1;
+                true
+            }
+            Backend::Redis(conn) => {
+                let mut conn = conn.clone();
+                redis_call("bump", conn.incr::<_, _, i64>(self.key(key), 1)).await.is_some()
+            }
+        }
+    }
+
     /// Answers when the backend is reachable (readiness).
     pub async fn ping(&self) -> bool {
         match &self.backend {
@@ -273,5 +364,32 @@ mod tests {
         assert_eq!(cache.get::<String>("k").await, None);
         cache.put_required("revoked", Duration::from_secs(60)).await.unwrap();
         assert!(cache.exists("revoked").await);
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_run_one_loader() {
+        let cache = Cache::local("t");
+        let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ttl: fn(&u32) -> Duration = |_| Duration::from_secs(60);
+        let results = futures::future::join_all((0..20).map(|_| {
+            let loads = loads.clone();
+            cache.load("k", ttl, move || async move {
+                loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(7u32)
+            })
+        }))
+        .await;
+        assert!(results.iter().all(|r| *r.as_ref().unwrap() == 7));
+        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(cache.get::<u32>("k").await, Some(7));
+    }
+
+    #[tokio::test]
+    async fn counters_start_at_zero_and_bump() {
+        let cache = Cache::local("t");
+        assert_eq!(cache.counter("v").await, Some(0));
+        assert!(cache.bump("v").await);
+        assert_eq!(cache.counter("v").await, Some(1));
     }
 }

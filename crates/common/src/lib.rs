@@ -9,6 +9,7 @@
 //! - [`telemetry`]: logs and the Prometheus recorder;
 //! - [`db`]: pools, one schema and role per service, migrations;
 //! - [`cache`]: cache-aside storage in Redis or in-process;
+//! - [`money`]: amounts as decimal strings;
 //! - [`ratelimit`]: limits shared across replicas through Redis;
 //! - [`auth`]: access tokens, their revocation, auth extractors, password hashing;
 //! - [`events`]: the transactional outbox, its relay, Kafka or in-process delivery, and
@@ -24,6 +25,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod http;
+pub mod money;
 pub mod ratelimit;
 pub mod request_id;
 pub mod telemetry;

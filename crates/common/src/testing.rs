@@ -251,3 +251,150 @@ pub async fn read_topic(brokers: &str, topic: &str, expected: usize, wait: std::
         }
     }
 }
+
+/// The variables every test app starts with: its own database and Redis prefix, a fresh
+/// JWT secret, a cheap bcrypt cost and a small pool.
+pub fn base_vars(db: &TestDb) -> Vec<(String, String)> {
+    vec![
+        ("DATABASE_URL".into(), db.url().to_owned()),
+        ("REDIS_URL".into(), redis_url()),
+        ("REDIS_PREFIX".into(), redis_prefix()),
+        ("BCRYPT_COST".into(), "4".into()),
+        ("JWT_SECRET".into(), format!("test-secret-{}", Uuid::new_v4())),
+        ("DB_MAX_CONNECTIONS".into(), "5".into()),
+    ]
+}
+
+/// `vars` with `overrides` replacing or adding entries.
+pub fn with_overrides(mut vars: Vec<(String, String)>, overrides: &[(&str, &str)]) -> Vec<(String, String)> {
+    for (k, v) in overrides {
+        vars.retain(|(name, _)| name != k);
+        vars.push(((*k).into(), (*v).into()));
+    }
+    vars
+}
+
+impl TestServer {
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        self.send(reqwest::Method::GET, path, None, token).await
+    }
+
+    pub async fn post(&self, path: &str, body: &serde_json::Value, token: Option<&str>) -> reqwest::Response {
+        self.send(reqwest::Method::POST, path, Some(body), token).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &serde_json::Value, token: Option<&str>) -> reqwest::Response {
+        self.send(reqwest::Method::PATCH, path, Some(body), token).await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        self.send(reqwest::Method::DELETE, path, None, token).await
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    /// POSTs raw bytes with the given content type.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut req = self.client.post(self.url(path)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        req.send().await.expect("request sent")
+    }
+}
+
+/// The problem body of an error response, checked to be problem+json, with the
+/// per-request `request_id` checked against `X-Request-Id` and removed so the rest can be
+/// pinned.
+pub async fn problem(res: reqwest::Response) -> serde_json::Value {
+    let header = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(header("content-type").as_deref(), Some("application/problem+json"), "status {}", res.status());
+    let request_id = header("x-request-id");
+    let mut body: serde_json::Value = res.json().await.expect("a JSON problem");
+    let id = body.as_object_mut().expect("an object").remove("request_id");
+    assert_eq!(id.and_then(|v| v.as_str().map(str::to_owned)), request_id, "request_id matches X-Request-Id");
+    body
+}
+
+/// The pinned shape of a problem with no `errors`.
+pub fn expected(status: u16, code: &str, title: &str, detail: Option<&str>) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "type": format!("https://errors.shop.example/{code}"),
+        "title": title,
+        "status": status,
+        "code": code,
+    });
+    if let Some(detail) = detail {
+        body["detail"] = serde_json::json!(detail);
+    }
+    body
+}
+
+/// The pinned shape of a 422 with the given field errors.
+pub fn validation(errors: serde_json::Value) -> serde_json::Value {
+    let mut body =
+        expected(422, "validation_failed", "Validation failed", Some("the request has invalid fields; see `errors`"));
+    body["errors"] = errors;
+    body
+}
+
+/// A Redis server of one test's own, so the test can take it away.
+#[derive(Debug)]
+pub struct TestRedis {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl TestRedis {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Self { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server, as an outage would.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

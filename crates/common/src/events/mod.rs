@@ -85,6 +85,12 @@ pub async fn emit(
 /// `tx`: it commits together with the inbox entry that makes redeliveries no-ops.
 pub trait EventHandler: Send + Sync + 'static {
     fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a Envelope) -> BoxFuture<'a, anyhow::Result<()>>;
+
+    /// Runs once the effect has committed (say, to invalidate a cache, which must not
+    /// happen before the new state is visible).
+    fn after_commit<'a>(&'a self, _event: &'a Envelope) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// One consumer: a service's handler for some topics, applied in the service's schema.
@@ -145,6 +151,7 @@ pub async fn apply_once(
     }
     handler.handle(&mut tx, event).await?;
     tx.commit().await?;
+    handler.after_commit(event).await;
     Ok(Delivery::Applied)
 }
 
