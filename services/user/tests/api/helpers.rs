@@ -3,7 +3,7 @@
 
 use common::config::Env;
 use common::http::Shared;
-use common::testing::{TestDb, TestServer, redis_prefix, redis_url};
+use common::testing::{TestDb, TestServer, base_vars, with_overrides};
 use reqwest::Response;
 use serde_json::{Value, json};
 use user::config::{DEV_ADMIN_EMAIL, DEV_ADMIN_PASSWORD};
@@ -34,19 +34,7 @@ impl TestApp {
     /// Extra variables override the defaults; `("REDIS_URL", "")` runs without Redis.
     pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
         let db = TestDb::create().await;
-        let prefix = redis_prefix();
-        let mut vars: Vec<(String, String)> = vec![
-            ("DATABASE_URL".into(), db.url().to_owned()),
-            ("REDIS_URL".into(), redis_url()),
-            ("REDIS_PREFIX".into(), prefix.clone()),
-            ("BCRYPT_COST".into(), "4".into()),
-            ("JWT_SECRET".into(), format!("test-secret-{}", uuid::Uuid::new_v4())),
-            ("DB_MAX_CONNECTIONS".into(), "5".into()),
-        ];
-        for (k, v) in extra {
-            vars.retain(|(name, _)| name != k);
-            vars.push(((*k).into(), (*v).into()));
-        }
+        let vars = with_overrides(base_vars(&db), extra);
         let server = start(&vars).await;
         Self { server, _db: db, vars }
     }
@@ -65,36 +53,19 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
-        let mut req = self.client().get(self.url(path));
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
-        }
-        req.send().await.expect("request sent")
+        self.server.get(path, token).await
     }
 
     pub async fn post(&self, path: &str, body: &Value, token: Option<&str>) -> Response {
-        self.send(reqwest::Method::POST, path, body, token).await
+        self.server.post(path, body, token).await
     }
 
     pub async fn patch(&self, path: &str, body: &Value, token: Option<&str>) -> Response {
-        self.send(reqwest::Method::PATCH, path, body, token).await
+        self.server.patch(path, body, token).await
     }
 
-    pub async fn send(&self, method: reqwest::Method, path: &str, body: &Value, token: Option<&str>) -> Response {
-        let mut req = self.client().request(method, self.url(path)).json(body);
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
-        }
-        req.send().await.expect("request sent")
-    }
-
-    /// POSTs raw bytes with the given content type.
     pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: impl Into<reqwest::Body>) -> Response {
-        let mut req = self.client().post(self.url(path)).body(body);
-        if let Some(ct) = content_type {
-            req = req.header("content-type", ct);
-        }
-        req.send().await.expect("request sent")
+        self.server.post_raw(path, content_type, body).await
     }
 
     pub async fn register(&self, username: &str, email: &str) -> Response {
@@ -141,36 +112,4 @@ async fn start(vars: &[(String, String)]) -> TestServer {
     TestServer::spawn(common::http::app(vec![service], shared)).await
 }
 
-/// The problem body of an error response, checked to be problem+json, with the
-/// per-request `request_id` checked and removed so the rest can be pinned.
-pub async fn problem(res: Response) -> Value {
-    let content_type = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
-    assert_eq!(content_type.as_deref(), Some("application/problem+json"), "status {}", res.status());
-    let header_id = res.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_owned());
-    let mut body: Value = res.json().await.expect("a JSON problem");
-    let id = body.as_object_mut().unwrap().remove("request_id");
-    assert_eq!(id.and_then(|v| v.as_str().map(str::to_owned)), header_id, "request_id matches X-Request-Id");
-    body
-}
-
-/// The pinned shape of a problem with no `errors`.
-pub fn expected(status: u16, code: &str, title: &str, detail: Option<&str>) -> Value {
-    let mut body = json!({
-        "type": format!("https://errors.shop.example/{code}"),
-        "title": title,
-        "status": status,
-        "code": code,
-    });
-    if let Some(detail) = detail {
-        body["detail"] = json!(detail);
-    }
-    body
-}
-
-/// The pinned shape of a 422 with the given field errors.
-pub fn validation(errors: Value) -> Value {
-    let mut body =
-        expected(422, "validation_failed", "Validation failed", Some("the request has invalid fields; see `errors`"));
-    body["errors"] = errors;
-    body
-}
+pub use common::testing::{expected, problem, validation};

@@ -1,10 +1,9 @@
 //! What every service answers the same way: probes, metrics, request ids, unknown
 //! routes, the OpenAPI document, and a cache outage.
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use serde_json::json;
+
+use common::testing::TestRedis;
 
 use crate::helpers::{TestApp, expected, problem};
 
@@ -96,47 +95,14 @@ async fn the_openapi_document_and_docs_page_are_served() {
     assert!(res.text().await.unwrap().contains("swagger"), "the interactive page is served");
 }
 
-/// A Redis of our own, so the test can take it away.
-struct PrivateRedis {
-    child: Child,
-    port: u16,
-}
-
-impl PrivateRedis {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Self { child, port }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_cache_outage_slows_requests_down_but_never_fails_them() {
-    let mut redis = PrivateRedis::start().await;
-    let url = format!("redis://127.0.0.1:{}", redis.port);
-    let app = TestApp::spawn_with(&[("REDIS_URL", &url)]).await;
+    let mut redis = TestRedis::start().await;
+    let app = TestApp::spawn_with(&[("REDIS_URL", &redis.url())]).await;
     let jane = app.customer("jane").await;
     assert_eq!(app.get("/api/users/me", Some(&jane.access)).await.status(), 200);
 
-    redis.child.kill().unwrap();
-    redis.child.wait().unwrap();
+    redis.stop();
 
     let res = app.get("/ready", None).await;
     assert_eq!(res.status(), 503);
