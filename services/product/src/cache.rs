@@ -1,0 +1,95 @@
+//! Cache-aside for the hot reads: a product by id (with short-lived entries for unknown
+//! ids) and listing pages.
+//!
+//! Every write puts the fresh product in the cache after its transaction commits and
+//! bumps the listing version, which is part of every listing key: pages cached before the
+//! write are never read again and expire on their own. So a read after a write always
+//! sees the write, by id and in listings. With the cache away, reads go to the database.
+
+use std::time::Duration;
+
+use common::cache::Cache;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::{Listing, Page, Product};
+use crate::error::Error;
+use crate::repository;
+
+const PRODUCT_TTL: Duration = Duration::from_secs(120);
+/// How long an unknown id is remembered as unknown.
+const MISSING_TTL: Duration = Duration::from_secs(15);
+const PAGE_TTL: Duration = Duration::from_secs(30);
+const LISTING_VERSION: &str = "products:listing-version";
+
+fn product_key(id: Uuid) -> String {
+    format!("product:{id}")
+}
+
+fn product_ttl(product: &Option<Product>) -> Duration {
+    if product.is_some() { PRODUCT_TTL } else { MISSING_TTL }
+}
+
+/// The product service's view of the shared cache.
+#[derive(Clone, Debug)]
+pub struct CatalogCache {
+    cache: Cache,
+    db: PgPool,
+}
+
+impl CatalogCache {
+    pub fn new(cache: Cache, db: PgPool) -> Self {
+        Self { cache, db }
+    }
+
+    /// A live product, through the cache.
+    pub async fn product(&self, id: Uuid) -> Result<Option<Product>, Error> {
+        let db = self.db.clone();
+        self.cache
+            .load(&product_key(id), product_ttl, move || async move { Ok(repository::find_product(&db, id).await?) })
+            .await
+            .map_err(Error::Cache)
+    }
+
+    /// A listing page, through the cache (straight from the database when the cache
+    /// cannot say which listing version is current).
+    pub async fn page(&self, listing: &Listing) -> Result<Page<Product>, Error> {
+        let Some(version) = self.cache.counter(LISTING_VERSION).await else {
+            return repository::list(&self.db, listing).await;
+        };
+        let digest = Sha256::digest(listing.cache_key().as_bytes());
+        let key = format!("products:v{version}:{}", hex(&digest));
+        let (db, listing) = (self.db.clone(), listing.clone());
+        self.cache
+            .load(&key, |_| PAGE_TTL, move || async move { Ok(repository::list(&db, &listing).await?) })
+            .await
+            .map_err(Error::Cache)
+    }
+
+    /// After a committed write: the fresh product replaces the cached one (or, deleted,
+    /// becomes unknown) and every listing page is retired.
+    pub async fn written(&self, product: &Product, deleted: bool) {
+        let key = product_key(product.id);
+        self.cache.forget_flight(&key);
+        let value = (!deleted).then(|| product.clone());
+        self.cache.put(&key, &value, product_ttl(&value)).await;
+        self.cache.bump(LISTING_VERSION).await;
+    }
+
+    /// After a committed change to products whose new state is not at hand.
+    pub async fn invalidate(&self, ids: &[Uuid]) {
+        for id in ids {
+            let key = product_key(*id);
+            self.cache.forget_flight(&key);
+            self.cache.delete(&key).await;
+        }
+        if !ids.is_empty() {
+            self.cache.bump(LISTING_VERSION).await;
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

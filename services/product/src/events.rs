@@ -1,0 +1,48 @@
+//! What the product service does with other services' events: an order's fate settles
+//! its reservation (paid: the units are sold; cancelled or expired: they go back on sale).
+
+use common::events::{Envelope, EventHandler};
+use futures::future::BoxFuture;
+use sqlx::PgConnection;
+
+use crate::cache::CatalogCache;
+use crate::domain::ReservationEvent;
+use crate::repository;
+
+/// The topic whose events settle reservations.
+pub const ORDER_TOPIC: &str = "order.events";
+
+pub struct OrderEvents {
+    pub catalog: CatalogCache,
+    pub db: sqlx::PgPool,
+}
+
+fn reservation_event(event_type: &str) -> Option<ReservationEvent> {
+    match event_type {
+        "order.paid" => Some(ReservationEvent::Paid),
+        "order.cancelled" | "order.expired" => Some(ReservationEvent::Ended),
+        _ => None,
+    }
+}
+
+impl EventHandler for OrderEvents {
+    fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a Envelope) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            if let Some(what) = reservation_event(&event.event_type) {
+                repository::settle_reservation(tx, event.aggregate_id, what).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn after_commit<'a>(&'a self, event: &'a Envelope) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if reservation_event(&event.event_type) == Some(ReservationEvent::Ended) {
+                match repository::reservation_products(&self.db, event.aggregate_id).await {
+                    Ok(ids) => self.catalog.invalidate(&ids).await,
+                    Err(err) => tracing::warn!(error = %err, "could not invalidate restocked products"),
+                }
+            }
+        })
+    }
+}

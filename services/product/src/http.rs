@@ -1,0 +1,424 @@
+//! The handlers of `/api/products/*`, `/api/categories/*` and `/internal/reservations`:
+//! parse the request into domain types, apply the rules, map the outcome.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use common::auth::AdminUser;
+use common::error::Problem;
+use common::extract::{Json, Path, Query};
+use common::money::Money;
+use common::{ApiError, FieldErrors};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::domain::{
+    Category, CategoryName, Cursor, Description, Listing, MAX_STOCK, NewProduct, Page, Price, Product, ProductChanges,
+    ProductName, ReservationStatus, Sku, Sort, Stock, parse_currency, reservation_lines,
+};
+use crate::error::{Error, field_errors};
+use crate::repository::{self, ReservedItem};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_products, create_product))
+        .routes(routes!(get_product, update_product, delete_product))
+        .routes(routes!(adjust_stock))
+        .routes(routes!(list_categories, create_category))
+        .routes(routes!(reserve))
+}
+
+/// Listing parameters, as the query string carries them; parsed into a [`Listing`].
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Full-text search over name and description.
+    q: Option<String>,
+    category_id: Option<String>,
+    /// Decimal amount, inclusive.
+    min_price: Option<String>,
+    /// Decimal amount, inclusive.
+    max_price: Option<String>,
+    /// `true`: only products with stock left.
+    in_stock: Option<String>,
+    /// `relevance` (default with `q`), `newest` (default otherwise), `price_asc`, `price_desc`.
+    sort: Option<String>,
+    /// 1–100, default 20.
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+fn bad(detail: impl Into<String>) -> ApiError {
+    ApiError::bad_request(detail)
+}
+
+impl ListParams {
+    fn parse(self) -> Result<Listing, ApiError> {
+        let q = self.q.map(|q| q.trim().to_owned()).filter(|q| !q.is_empty());
+        if q.as_ref().is_some_and(|q| q.chars().count() > 500) {
+            return Err(bad("q must be at most 500 characters"));
+        }
+        let category_id =
+            self.category_id.map(|c| c.parse::<Uuid>().map_err(|_| bad("category_id must be a UUID"))).transpose()?;
+        let price = |name: &str, raw: Option<String>| {
+            raw.map(|raw| Money::parse(&raw).map(Decimal::from).map_err(|e| bad(format!("{name} {e}")))).transpose()
+        };
+        let min_price = price("min_price", self.min_price)?;
+        let max_price = price("max_price", self.max_price)?;
+        if let (Some(min), Some(max)) = (min_price, max_price)
+            && min > max
+        {
+            return Err(bad("min_price must not exceed max_price"));
+        }
+        let in_stock = match self.in_stock.as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => return Err(bad("in_stock must be true or false")),
+        };
+        let sort = match self.sort.as_deref() {
+            None if q.is_some() => Sort::Relevance,
+            None => Sort::Newest,
+            Some("relevance") if q.is_some() => Sort::Relevance,
+            Some("relevance") => return Err(bad("sort=relevance needs a search query q")),
+            Some("newest") => Sort::Newest,
+            Some("price_asc") => Sort::PriceAsc,
+            Some("price_desc") => Sort::PriceDesc,
+            Some(_) => return Err(bad("sort must be relevance, newest, price_asc or price_desc")),
+        };
+        let limit = match self.limit {
+            None => 20,
+            Some(raw) => match raw.parse::<i64>() {
+                Ok(n) if (1..=100).contains(&n) => n,
+                _ => return Err(bad("limit must be a whole number from 1 to 100")),
+            },
+        };
+        let cursor = self
+            .cursor
+            .map(|raw| Cursor::decode(&raw, sort).ok_or_else(|| bad("the cursor is not valid for this listing")))
+            .transpose()?;
+        Ok(Listing { q, category_id, min_price, max_price, in_stock, sort, limit, cursor })
+    }
+}
+
+/// List products: search, filter, sort, page.
+#[utoipa::path(
+    get, path = "/api/products", tag = "products",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of products", body = Page<Product>),
+        (status = 400, description = "A malformed parameter or cursor", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all)]
+async fn list_products(
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Page<Product>>, ApiError> {
+    let listing = params.parse()?;
+    Ok(Json(state.catalog.page(&listing).await?))
+}
+
+/// One product.
+#[utoipa::path(
+    get, path = "/api/products/{id}", tag = "products",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "The product", body = Product),
+        (status = 404, description = "No such product (or deleted)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all, fields(%id))]
+async fn get_product(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Product>, ApiError> {
+    Ok(Json(state.catalog.product(id).await?.ok_or(Error::NotFound)?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProduct {
+    #[schema(example = "Oak desk")]
+    name: String,
+    description: Option<String>,
+    price: Money,
+    #[schema(example = "USD")]
+    currency: Option<String>,
+    stock: i64,
+    category_id: Uuid,
+    /// Generated when absent.
+    sku: Option<String>,
+}
+
+/// Create a product (admins).
+#[utoipa::path(
+    post, path = "/api/products", tag = "products",
+    request_body = CreateProduct,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created; emits `product.created`", body = Product),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: the SKU is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (an unknown `category_id` included)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all)]
+async fn create_product(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Json(req): Json<CreateProduct>,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut errors = FieldErrors::default();
+    let name = errors.check("name", ProductName::parse(req.name));
+    let description = errors.check("description", Description::parse(req.description.unwrap_or_default()));
+    let price = errors.check("price", Price::parse(req.price));
+    let stock = errors.check("stock", Stock::parse(req.stock));
+    // `None`: an invalid SKU; `Some(None)`: none given, one is generated.
+    let sku = match req.sku {
+        Some(raw) => errors.check("sku", Sku::parse(raw)).map(Some),
+        None => Some(None),
+    };
+    if let Some(currency) = &req.currency {
+        errors.check("currency", parse_currency(currency));
+    }
+    let (Some(name), Some(description), Some(price), Some(stock), Some(sku)) = (name, description, price, stock, sku)
+    else {
+        return Err(ApiError::validation(errors));
+    };
+    errors.into_result()?;
+    let new = NewProduct { sku, name, description, price, stock, category_id: req.category_id };
+    let mut tx = state.db.begin().await?;
+    let product = repository::insert_product(&mut tx, &new).await?;
+    tx.commit().await?;
+    state.catalog.written(&product, false).await;
+    Ok((StatusCode::CREATED, Json(product)))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProduct {
+    name: Option<String>,
+    description: Option<String>,
+    price: Option<Money>,
+    currency: Option<String>,
+    stock: Option<i64>,
+    category_id: Option<Uuid>,
+    sku: Option<String>,
+}
+
+/// Change any fields of a product (admins).
+#[utoipa::path(
+    patch, path = "/api/products/{id}", tag = "products",
+    params(("id" = Uuid, Path)),
+    request_body = UpdateProduct,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Updated; emits `product.updated`", body = Product),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: the SKU is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all, fields(%id))]
+async fn update_product(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Path(id): Path<Uuid>,
+    Json(req): Json<UpdateProduct>,
+) -> Result<Json<Product>, ApiError> {
+    let mut errors = FieldErrors::default();
+    let changes = ProductChanges {
+        name: req.name.and_then(|n| errors.check("name", ProductName::parse(n))),
+        description: req.description.and_then(|d| errors.check("description", Description::parse(d))),
+        price: req.price.and_then(|p| errors.check("price", Price::parse(p))),
+        stock: req.stock.and_then(|s| errors.check("stock", Stock::parse(s))),
+        sku: req.sku.and_then(|s| errors.check("sku", Sku::parse(s))),
+        category_id: req.category_id,
+    };
+    if let Some(currency) = &req.currency {
+        errors.check("currency", parse_currency(currency));
+    }
+    errors.into_result()?;
+    let mut tx = state.db.begin().await?;
+    let product = repository::update_product(&mut tx, id, &changes).await?;
+    tx.commit().await?;
+    state.catalog.written(&product, false).await;
+    Ok(Json(product))
+}
+
+/// Delete a product (admins): it leaves listings and can no longer be ordered.
+#[utoipa::path(
+    delete, path = "/api/products/{id}", tag = "products",
+    params(("id" = Uuid, Path)),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted; emits `product.updated` with `deleted: true`"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all, fields(%id))]
+async fn delete_product(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let product = repository::soft_delete(&mut tx, id).await?;
+    tx.commit().await?;
+    state.catalog.written(&product, true).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StockDelta {
+    /// Units to add (or, negative, to take away); not zero.
+    delta: i64,
+}
+
+/// Add or remove stock (admins); never below zero.
+#[utoipa::path(
+    post, path = "/api/products/{id}/stock", tag = "products",
+    params(("id" = Uuid, Path)),
+    request_body = StockDelta,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The product with its new stock; emits `product.stock_changed`", body = Product),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`insufficient_stock`: it would go below zero", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A zero or out-of-range delta", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all, fields(%id))]
+async fn adjust_stock(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Path(id): Path<Uuid>,
+    Json(req): Json<StockDelta>,
+) -> Result<Json<Product>, ApiError> {
+    if req.delta == 0 || req.delta.abs() > MAX_STOCK {
+        return Err(ApiError::validation(field_errors(
+            "delta",
+            "must be a non-zero number from -1000000000 to 1000000000",
+        )));
+    }
+    let mut tx = state.db.begin().await?;
+    let product = repository::adjust_stock(&mut tx, id, req.delta as i32).await?;
+    tx.commit().await?;
+    state.catalog.written(&product, false).await;
+    Ok(Json(product))
+}
+
+/// Every category.
+#[derive(Serialize, ToSchema)]
+pub struct Categories {
+    items: Vec<Category>,
+}
+
+/// List categories.
+#[utoipa::path(
+    get, path = "/api/categories", tag = "categories",
+    responses((status = 200, description = "Every category", body = Categories))
+)]
+#[tracing::instrument(skip_all)]
+async fn list_categories(State(state): State<AppState>) -> Result<Json<Categories>, ApiError> {
+    Ok(Json(Categories { items: repository::categories(&state.db).await? }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCategory {
+    #[schema(example = "Furniture")]
+    name: String,
+    parent_id: Option<Uuid>,
+}
+
+/// Create a category (admins).
+#[utoipa::path(
+    post, path = "/api/categories", tag = "categories",
+    request_body = CreateCategory,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = Category),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: a sibling has this name", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (an unknown `parent_id` included)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all)]
+async fn create_category(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Json(req): Json<CreateCategory>,
+) -> Result<impl IntoResponse, ApiError> {
+    let name = CategoryName::parse(req.name).map_err(|e| ApiError::validation(field_errors("name", e)))?;
+    let category = repository::insert_category(&state.db, &name, req.parent_id).await?;
+    Ok((StatusCode::CREATED, Json(category)))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveRequest {
+    /// The order the stock is held for; a retry with the same id reserves nothing more.
+    order_id: Uuid,
+    items: Vec<ReserveItem>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveItem {
+    product_id: Uuid,
+    quantity: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReservationResponse {
+    order_id: Uuid,
+    status: ReservationStatus,
+    items: Vec<ReservedItem>,
+}
+
+/// Reserve stock for an order: every item or none (service to service; not routed by the gateway).
+#[utoipa::path(
+    post, path = "/internal/reservations", tag = "internal",
+    request_body = ReserveRequest,
+    responses(
+        (status = 201, description = "Reserved, with each item's current unit price", body = ReservationResponse),
+        (status = 200, description = "This order's reservation already existed: returned as it is", body = ReservationResponse),
+        (status = 409, description = "`insufficient_stock` naming the product (nothing reserved), or `conflict`: the order's reservation was released", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid lines, or a product that can't be ordered", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all, fields(order_id = %req.order_id))]
+async fn reserve(
+    State(state): State<AppState>,
+    Json(req): Json<ReserveRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let requested: Vec<(Uuid, i64)> = req.items.iter().map(|i| (i.product_id, i.quantity)).collect();
+    let lines = reservation_lines(&requested).map_err(|bad_lines| {
+        let mut errors = FieldErrors::default();
+        for (index, message) in bad_lines {
+            let field = if index == usize::MAX { "items".to_owned() } else { format!("items[{index}].quantity") };
+            errors.add(field, message);
+        }
+        ApiError::validation(errors)
+    })?;
+    let first_line = |product_id: Uuid| requested.iter().position(|(p, _)| *p == product_id).unwrap_or_default();
+    let mut tx = state.db.begin().await?;
+    let (reservation, changed) = repository::reserve(&mut tx, req.order_id, &lines, first_line).await?;
+    tx.commit().await?;
+    for product in &changed {
+        state.catalog.written(product, false).await;
+    }
+    let status = if reservation.created { StatusCode::CREATED } else { StatusCode::OK };
+    let body = ReservationResponse { order_id: req.order_id, status: reservation.status, items: reservation.items };
+    Ok((status, Json(body)))
+}

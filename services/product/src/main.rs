@@ -1,0 +1,41 @@
+//! The product service on its own: `product-service` serves, `product-service seed
+//! --products N` fills the catalogue.
+
+use common::config::Env;
+use common::http::Shared;
+
+const USAGE: &str = "usage: product-service [seed --products N]";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let seed = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => None,
+        ["seed", "--products", n] => Some(n.parse::<usize>().unwrap_or_else(|_| usage())),
+        _ => usage(),
+    };
+    let config = product::Config::from_env(&Env::from_process()).unwrap_or_else(|err| {
+        eprintln!("product-service: {err}");
+        std::process::exit(2);
+    });
+    common::telemetry::init_tracing(config.common.app_env);
+    if let Some(count) = seed {
+        product::migrate(&config.common.database_url).await?;
+        let db = product::connect(&config).await?;
+        product::seed::seed(&db, count, true).await?;
+        println!("seeded {count} products");
+        return Ok(());
+    }
+    if let Err(err) = config.common.require_shared_infrastructure() {
+        eprintln!("product-service: {err}");
+        std::process::exit(2);
+    }
+    let shared = Shared::connect(&config.common).await?;
+    let service = product::start(&config, &shared).await?;
+    common::http::run(config.common.port, common::http::app(vec![service], shared)).await
+}
+
+fn usage() -> ! {
+    eprintln!("{USAGE}");
+    std::process::exit(2)
+}

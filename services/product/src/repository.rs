@@ -1,0 +1,469 @@
+//! SQL for the `catalog` schema. Fixed queries are checked at compile time; the listing,
+//! whose filters vary, is built with `QueryBuilder` so each combination gets a plan that
+//! uses its index.
+
+use common::events;
+use common::money::Money;
+use rust_decimal::Decimal;
+use serde_json::json;
+use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::TOPIC;
+use crate::domain::{
+    Category, CategoryName, Cursor, Listing, NewProduct, Page, Product, ProductChanges, ReservationEvent,
+    ReservationLine, ReservationStatus, Sku, Sort,
+};
+use crate::error::{Error, on_constraint};
+
+const PRODUCT_COLUMNS: &str = "id, sku, name, description, price, currency, stock, category_id, created_at, updated_at";
+
+#[tracing::instrument(skip_all)]
+pub async fn insert_category(
+    db: impl PgExecutor<'_>,
+    name: &CategoryName,
+    parent_id: Option<Uuid>,
+) -> Result<Category, Error> {
+    sqlx::query_as!(
+        Category,
+        "INSERT INTO catalog.categories (id, name, parent_id) VALUES ($1, $2, $3)
+         RETURNING id, name, parent_id, created_at",
+        Uuid::now_v7(),
+        name.as_str(),
+        parent_id
+    )
+    .fetch_one(db)
+    .await
+    .map_err(on_constraint)
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn categories(db: &PgPool) -> Result<Vec<Category>, Error> {
+    Ok(sqlx::query_as!(
+        Category,
+        "SELECT id, name, parent_id, created_at FROM catalog.categories ORDER BY lower(name), id"
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn insert_product(tx: &mut PgConnection, product: &NewProduct) -> Result<Product, Error> {
+    let id = Uuid::now_v7();
+    let sku = product.sku.clone().unwrap_or_else(|| Sku::generate(id));
+    let created = sqlx::query_as!(
+        Product,
+        r#"INSERT INTO catalog.products (id, sku, name, description, price, stock, category_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           RETURNING id, sku, name, description, price AS "price: Money", currency, stock, category_id,
+                     created_at, updated_at"#,
+        id,
+        sku.as_str(),
+        product.name.as_str(),
+        product.description.as_str(),
+        product.price.amount(),
+        product.stock.get(),
+        product.category_id
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(on_constraint)?;
+    events::emit(tx, TOPIC, "product.created", created.id, &created).await?;
+    Ok(created)
+}
+
+/// A live (not deleted) product.
+#[tracing::instrument(skip_all)]
+pub async fn find_product(db: &PgPool, id: Uuid) -> Result<Option<Product>, Error> {
+    Ok(sqlx::query_as!(
+        Product,
+        r#"SELECT id, sku, name, description, price AS "price: Money", currency, stock, category_id,
+                  created_at, updated_at
+           FROM catalog.products WHERE id = $1 AND deleted_at IS NULL"#,
+        id
+    )
+    .fetch_optional(db)
+    .await?)
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn update_product(tx: &mut PgConnection, id: Uuid, changes: &ProductChanges) -> Result<Product, Error> {
+    let updated = sqlx::query_as!(
+        Product,
+        r#"UPDATE catalog.products
+           SET sku = COALESCE($2, sku),
+               name = COALESCE($3, name),
+               description = COALESCE($4, description),
+               price = COALESCE($5, price),
+               stock = COALESCE($6, stock),
+               category_id = COALESCE($7, category_id),
+               updated_at = now()
+           WHERE id = $1 AND deleted_at IS NULL
+           RETURNING id, sku, name, description, price AS "price: Money", currency, stock, category_id,
+                     created_at, updated_at"#,
+        id,
+        changes.sku.as_ref().map(Sku::as_str),
+        changes.name.as_ref().map(|n| n.as_str()),
+        changes.description.as_ref().map(|d| d.as_str()),
+        changes.price.map(|p| p.amount()),
+        changes.stock.map(|s| s.get()),
+        changes.category_id
+    )
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(on_constraint)?
+    .ok_or(Error::NotFound)?;
+    events::emit(tx, TOPIC, "product.updated", updated.id, &json!({"product": updated, "deleted": false})).await?;
+    if changes.stock.is_some() {
+        stock_changed(tx, &updated, None, "set").await?;
+    }
+    Ok(updated)
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn soft_delete(tx: &mut PgConnection, id: Uuid) -> Result<Product, Error> {
+    let deleted = sqlx::query_as!(
+        Product,
+        r#"UPDATE catalog.products SET deleted_at = now(), updated_at = now()
+           WHERE id = $1 AND deleted_at IS NULL
+           RETURNING id, sku, name, description, price AS "price: Money", currency, stock, category_id,
+                     created_at, updated_at"#,
+        id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(Error::NotFound)?;
+    events::emit(tx, TOPIC, "product.updated", deleted.id, &json!({"product": deleted, "deleted": true})).await?;
+    Ok(deleted)
+}
+
+async fn stock_changed(
+    tx: &mut PgConnection,
+    product: &Product,
+    order_id: Option<Uuid>,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    let data = json!({"product_id": product.id, "stock": product.stock, "reason": reason, "order_id": order_id});
+    events::emit(tx, TOPIC, "product.stock_changed", product.id, &data).await?;
+    Ok(())
+}
+
+/// Moves stock by `delta`, never below zero: the guard is in the `UPDATE` itself, so
+/// concurrent deltas cannot race past it.
+#[tracing::instrument(skip_all)]
+pub async fn adjust_stock(tx: &mut PgConnection, id: Uuid, delta: i32) -> Result<Product, Error> {
+    let adjusted = sqlx::query_as!(
+        Product,
+        r#"UPDATE catalog.products SET stock = stock + $2, updated_at = now()
+           WHERE id = $1 AND deleted_at IS NULL AND stock + $2 >= 0 AND stock + $2 <= 1000000000
+           RETURNING id, sku, name, description, price AS "price: Money", currency, stock, category_id,
+                     created_at, updated_at"#,
+        id,
+        delta
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    match adjusted {
+        Some(product) => {
+            stock_changed(tx, &product, None, "adjusted").await?;
+            Ok(product)
+        }
+        None => {
+            let available =
+                sqlx::query_scalar!("SELECT stock FROM catalog.products WHERE id = $1 AND deleted_at IS NULL", id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(Error::NotFound)?;
+            Err(Error::InsufficientStock { product_id: id, available })
+        }
+    }
+}
+
+/// One reserved line, as the order service needs it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ReservedItem {
+    pub product_id: Uuid,
+    pub name: String,
+    pub quantity: i32,
+    /// The product's price at reservation time, which the order keeps.
+    pub unit_price: Money,
+    #[schema(example = "USD")]
+    pub currency: String,
+}
+
+/// The outcome of a reservation request.
+#[derive(Debug)]
+pub struct Reservation {
+    pub status: ReservationStatus,
+    pub items: Vec<ReservedItem>,
+    /// `false` when an earlier request for the same order made it.
+    pub created: bool,
+}
+
+async fn reserved_items(tx: &mut PgConnection, order_id: Uuid) -> Result<Vec<ReservedItem>, Error> {
+    Ok(sqlx::query_as!(
+        ReservedItem,
+        r#"SELECT ri.product_id, p.name, ri.quantity, ri.unit_price AS "unit_price: Money", p.currency
+           FROM catalog.reservation_items ri JOIN catalog.products p ON p.id = ri.product_id
+           WHERE ri.order_id = $1 ORDER BY ri.product_id"#,
+        order_id
+    )
+    .fetch_all(&mut *tx)
+    .await?)
+}
+
+/// Reserves every line or none. The reservation row is claimed first, so a retry for the
+/// same order finds it and reserves nothing more; each decrement guards on the stock it
+/// needs, so the database, not this code, decides who gets the last unit. `line_index`
+/// maps a merged line back to the request's first line for that product.
+#[tracing::instrument(skip_all, fields(%order_id))]
+pub async fn reserve(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    lines: &[ReservationLine],
+    line_index: impl Fn(Uuid) -> usize,
+) -> Result<(Reservation, Vec<Product>), Error> {
+    let claimed = sqlx::query!(
+        "INSERT INTO catalog.reservations (order_id, status) VALUES ($1, 'reserved') ON CONFLICT (order_id) DO NOTHING",
+        order_id
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if claimed == 0 {
+        let status = sqlx::query_scalar!("SELECT status FROM catalog.reservations WHERE order_id = $1", order_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let status = ReservationStatus::parse(&status).ok_or(Error::ReservationReleased)?;
+        if status == ReservationStatus::Released {
+            return Err(Error::ReservationReleased);
+        }
+        let items = reserved_items(tx, order_id).await?;
+        return Ok((Reservation { status, items, created: false }, Vec::new()));
+    }
+    let mut items = Vec::with_capacity(lines.len());
+    let mut changed = Vec::with_capacity(lines.len());
+    for line in lines {
+        let taken = sqlx::query_as!(
+            Product,
+            r#"UPDATE catalog.products SET stock = stock - $2, updated_at = now()
+               WHERE id = $1 AND deleted_at IS NULL AND stock >= $2
+               RETURNING id, sku, name, description, price AS "price: Money", currency, stock, category_id,
+                         created_at, updated_at"#,
+            line.product_id,
+            line.quantity
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(product) = taken else {
+            let available = sqlx::query_scalar!(
+                "SELECT stock FROM catalog.products WHERE id = $1 AND deleted_at IS NULL",
+                line.product_id
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            return Err(match available {
+                Some(available) => Error::InsufficientStock { product_id: line.product_id, available },
+                None => Error::UnknownProduct { line: line_index(line.product_id) },
+            });
+        };
+        sqlx::query!(
+            "INSERT INTO catalog.reservation_items (order_id, product_id, quantity, unit_price) VALUES ($1, $2, $3, $4)",
+            order_id,
+            product.id,
+            line.quantity,
+            product.price.amount()
+        )
+        .execute(&mut *tx)
+        .await?;
+        stock_changed(tx, &product, Some(order_id), "reserved").await?;
+        items.push(ReservedItem {
+            product_id: product.id,
+            name: product.name.clone(),
+            quantity: line.quantity,
+            unit_price: product.price,
+            currency: product.currency.clone(),
+        });
+        changed.push(product);
+    }
+    Ok((Reservation { status: ReservationStatus::Reserved, items, created: true }, changed))
+}
+
+/// Applies an order's fate to its reservation: paid commits it, cancelled or expired
+/// releases it and puts its units back. Returns the products whose stock changed.
+/// An order that ended before any reservation arrived leaves a released marker, so a late
+/// reservation for it is refused instead of holding stock forever.
+#[tracing::instrument(skip_all, fields(%order_id))]
+pub async fn settle_reservation(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    event: ReservationEvent,
+) -> Result<Vec<Uuid>, Error> {
+    let status =
+        sqlx::query_scalar!("SELECT status FROM catalog.reservations WHERE order_id = $1 FOR UPDATE", order_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(status) = status.as_deref().and_then(ReservationStatus::parse) else {
+        if event == ReservationEvent::Ended {
+            sqlx::query!(
+                "INSERT INTO catalog.reservations (order_id, status) VALUES ($1, 'released') ON CONFLICT DO NOTHING",
+                order_id
+            )
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            tracing::warn!(%order_id, "an order was paid without a reservation");
+        }
+        return Ok(Vec::new());
+    };
+    let Some(next) = status.after(event) else { return Ok(Vec::new()) };
+    sqlx::query!(
+        "UPDATE catalog.reservations SET status = $2, updated_at = now() WHERE order_id = $1",
+        order_id,
+        next.as_str()
+    )
+    .execute(&mut *tx)
+    .await?;
+    if next != ReservationStatus::Released {
+        return Ok(Vec::new());
+    }
+    let restocked = sqlx::query_as!(
+        Product,
+        r#"UPDATE catalog.products p SET stock = p.stock + ri.quantity, updated_at = now()
+           FROM catalog.reservation_items ri
+           WHERE ri.order_id = $1 AND p.id = ri.product_id
+           RETURNING p.id, p.sku, p.name, p.description, p.price AS "price: Money", p.currency, p.stock,
+                     p.category_id, p.created_at, p.updated_at"#,
+        order_id
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for product in &restocked {
+        stock_changed(tx, product, Some(order_id), "released").await?;
+    }
+    Ok(restocked.into_iter().map(|p| p.id).collect())
+}
+
+/// The products of an order's reservation (for cache invalidation after a settlement).
+pub async fn reservation_products(db: &PgPool, order_id: Uuid) -> Result<Vec<Uuid>, Error> {
+    Ok(sqlx::query_scalar!("SELECT product_id FROM catalog.reservation_items WHERE order_id = $1", order_id)
+        .fetch_all(db)
+        .await?)
+}
+
+#[derive(sqlx::FromRow)]
+struct ListedRow {
+    #[sqlx(flatten)]
+    product: ProductRow,
+    rank: Option<f32>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ProductRow {
+    id: Uuid,
+    sku: String,
+    name: String,
+    description: String,
+    price: Money,
+    currency: String,
+    stock: i32,
+    category_id: Uuid,
+    created_at: chrono::DateTime<chrono::Utc>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<ProductRow> for Product {
+    fn from(r: ProductRow) -> Self {
+        Product {
+            id: r.id,
+            sku: r.sku,
+            name: r.name,
+            description: r.description,
+            price: r.price,
+            currency: r.currency,
+            stock: r.stock,
+            category_id: r.category_id,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// The SQL of one listing page, after `prefix` (`EXPLAIN …` in the plan tests).
+pub fn list_query<'a>(listing: &'a Listing, prefix: &str) -> QueryBuilder<'a, Postgres> {
+    let mut query = QueryBuilder::<Postgres>::new(prefix);
+    query.push("SELECT ");
+    query.push(PRODUCT_COLUMNS);
+    match &listing.q {
+        Some(q) => {
+            query.push(", ts_rank(search, websearch_to_tsquery('english', ");
+            query.push_bind(q.clone());
+            query.push(")) AS rank FROM catalog.products WHERE deleted_at IS NULL AND search @@ websearch_to_tsquery('english', ");
+            query.push_bind(q.clone());
+            query.push(")");
+        }
+        None => {
+            query.push(", NULL::real AS rank FROM catalog.products WHERE deleted_at IS NULL");
+        }
+    }
+    if let Some(category_id) = listing.category_id {
+        query.push(" AND category_id = ").push_bind(category_id);
+    }
+    if let Some(min) = listing.min_price {
+        query.push(" AND price >= ").push_bind(min);
+    }
+    if let Some(max) = listing.max_price {
+        query.push(" AND price <= ").push_bind(max);
+    }
+    if listing.in_stock {
+        query.push(" AND stock > 0");
+    }
+    match (&listing.cursor, listing.sort) {
+        (Some(Cursor::Newest { created_at, id }), Sort::Newest) => {
+            query.push(" AND (created_at, id) < (").push_bind(*created_at).push(", ").push_bind(*id).push(")");
+        }
+        (Some(Cursor::Price { price, id }), Sort::PriceAsc) => {
+            query.push(" AND (price, id) > (").push_bind(*price).push(", ").push_bind(*id).push(")");
+        }
+        (Some(Cursor::Price { price, id }), Sort::PriceDesc) => {
+            query.push(" AND (price, id) < (").push_bind(*price).push(", ").push_bind(*id).push(")");
+        }
+        (Some(Cursor::Relevance { rank, id }), Sort::Relevance) => {
+            let q = listing.q.clone().unwrap_or_default();
+            query.push(" AND (ts_rank(search, websearch_to_tsquery('english', ").push_bind(q);
+            query.push(")), id) < (").push_bind(*rank).push("::real, ").push_bind(*id).push(")");
+        }
+        _ => {}
+    }
+    query.push(match listing.sort {
+        Sort::Relevance => " ORDER BY rank DESC, id DESC",
+        Sort::Newest => " ORDER BY created_at DESC, id DESC",
+        Sort::PriceAsc => " ORDER BY price ASC, id ASC",
+        Sort::PriceDesc => " ORDER BY price DESC, id DESC",
+    });
+    query.push(" LIMIT ").push_bind(listing.limit + 1);
+    query
+}
+
+/// One page of live products in the listing's order, after its cursor.
+#[tracing::instrument(skip_all)]
+pub async fn list(db: &PgPool, listing: &Listing) -> Result<Page<Product>, Error> {
+    let mut query = list_query(listing, "");
+    let mut rows: Vec<ListedRow> = query.build_query_as().fetch_all(db).await?;
+    let more = rows.len() as i64 > listing.limit;
+    rows.truncate(listing.limit as usize);
+    let next_cursor = if more {
+        rows.last().map(|last| {
+            let p = &last.product;
+            match listing.sort {
+                Sort::Relevance => Cursor::Relevance { rank: last.rank.unwrap_or_default(), id: p.id },
+                Sort::Newest => Cursor::Newest { created_at: p.created_at, id: p.id },
+                Sort::PriceAsc | Sort::PriceDesc => Cursor::Price { price: Decimal::from(p.price), id: p.id },
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    Ok(Page { items: rows.into_iter().map(|r| r.product.into()).collect(), next_cursor })
+}
