@@ -9,7 +9,7 @@
 use common::config::{CommonConfig, ConfigError, Env};
 use common::http::Shared;
 
-const USAGE: &str = "usage: shop [migrate]\n\n  (no command)  create the database if missing, migrate, and serve the whole API\n  migrate       create the database if missing and apply every migration\n\nConfigured by environment variables; see README.md.";
+const USAGE: &str = "usage: shop [migrate | seed --products N]\n\n  (no command)          create the database if missing, migrate, and serve the whole API\n  migrate               create the database if missing and apply every migration\n  seed --products N     migrate, then add N generated products to the catalogue\n\nConfigured by environment variables; see README.md.";
 
 /// The default port of the all-in-one binary.
 const DEFAULT_PORT: u16 = 8080;
@@ -17,11 +17,16 @@ const DEFAULT_PORT: u16 = 8080;
 struct Config {
     common: CommonConfig,
     user: user::Config,
+    product: product::Config,
 }
 
 fn config(env: &Env) -> Result<Config, ConfigError> {
     let common = CommonConfig::from_env(env, DEFAULT_PORT)?;
-    Ok(Config { user: user::Config::with_common(common.clone(), env)?, common })
+    Ok(Config {
+        user: user::Config::with_common(common.clone(), env)?,
+        product: product::Config { common: common.clone() },
+        common,
+    })
 }
 
 #[tokio::main]
@@ -30,6 +35,13 @@ async fn main() -> anyhow::Result<()> {
     let command = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] => Command::Serve,
         ["migrate"] => Command::Migrate,
+        ["seed", "--products", n] => match n.parse() {
+            Ok(count) => Command::Seed(count),
+            Err(_) => {
+                eprintln!("{USAGE}");
+                std::process::exit(2);
+            }
+        },
         ["-h" | "--help" | "help"] => {
             println!("{USAGE}");
             return Ok(());
@@ -47,8 +59,15 @@ async fn main() -> anyhow::Result<()> {
     common::db::ensure_database(&config.common.database_url).await?;
     match command {
         Command::Migrate => {
-            user::migrate(&config.common.database_url).await?;
+            migrate(&config).await?;
             tracing::info!("every schema is migrated");
+            Ok(())
+        }
+        Command::Seed(count) => {
+            migrate(&config).await?;
+            let db = product::connect(&config.product).await?;
+            product::seed::seed(&db, count, true).await?;
+            println!("seeded {count} products");
             Ok(())
         }
         Command::Serve => {
@@ -56,13 +75,20 @@ async fn main() -> anyhow::Result<()> {
             if config.common.redis_url.is_none() {
                 tracing::info!("REDIS_URL is not set: cache, revocations and rate limits are in-process");
             }
-            let services = vec![user::start(&config.user, &shared).await?];
+            let services =
+                vec![user::start(&config.user, &shared).await?, product::start(&config.product, &shared).await?];
             common::http::run(config.common.port, common::http::app(services, shared)).await
         }
     }
 }
 
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    user::migrate(&config.common.database_url).await?;
+    product::migrate(&config.common.database_url).await
+}
+
 enum Command {
     Serve,
     Migrate,
+    Seed(usize),
 }

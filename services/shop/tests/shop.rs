@@ -55,6 +55,11 @@ async fn shop_creates_its_database_migrates_serves_and_stops_gracefully() {
 
     let ready = client.get(format!("{base}/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+    let checks: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(checks["checks"]["database:user"], "up");
+    assert_eq!(checks["checks"]["database:product"], "up");
+    let products = client.get(format!("{base}/api/products")).send().await.unwrap();
+    assert_eq!(products.status(), 200, "the product service is nested too");
     let res = client
         .post(format!("{base}/api/auth/register"))
         .json(&json!({"username": "jane", "email": "jane@example.com", "password": "correct horse"}))
@@ -85,6 +90,22 @@ async fn shop_migrate_only_migrates_and_is_repeatable() {
         let status = shop(&db, free_port()).arg("migrate").status().unwrap();
         assert!(status.success());
     }
+}
+
+#[tokio::test]
+async fn shop_seed_fills_the_catalogue() {
+    let db = TestDb::reserve();
+    let out = shop(&db, free_port()).args(["seed", "--products", "1200"]).stdout(Stdio::piped()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "seeded 1200 products");
+    let mut conn: sqlx::PgConnection = sqlx::Connection::connect(db.url()).await.unwrap();
+    let (products, categories): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT category_id) FROM catalog.products")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(products, 1200);
+    assert!(categories >= 10, "{categories}");
 }
 
 #[tokio::test]
