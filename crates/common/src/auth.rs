@@ -29,6 +29,21 @@ use crate::error::{ApiError, ErrorCode};
 pub const ISSUER: &str = "shop";
 /// `aud` of every access token: the public API.
 pub const AUDIENCE: &str = "shop-api";
+/// `aud` of service tokens: `/internal/*`, which no user token opens.
+pub const INTERNAL_AUDIENCE: &str = "shop-internal";
+/// How long a service token lives; callers sign a fresh one per request.
+const SERVICE_TOKEN_TTL: i64 = 60;
+
+/// The claims of a service-to-service token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceClaims {
+    /// The calling service (`order`, `payment`).
+    pub sub: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub iss: String,
+    pub aud: String,
+}
 
 /// What a user may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
@@ -59,6 +74,7 @@ pub struct Authenticator {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    internal_validation: Validation,
     access_ttl: Duration,
     revocations: Cache,
 }
@@ -88,10 +104,13 @@ impl Authenticator {
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
         validation.leeway = 0;
         validation.validate_nbf = true;
+        let mut internal_validation = validation.clone();
+        internal_validation.set_audience(&[INTERNAL_AUDIENCE]);
         Self {
             encoding: EncodingKey::from_secret(key),
             decoding: DecodingKey::from_secret(key),
             validation,
+            internal_validation,
             access_ttl,
             revocations,
         }
@@ -134,6 +153,25 @@ impl Authenticator {
             return Err(ApiError::unauthorized("the access token has been revoked"));
         }
         Ok(data.claims)
+    }
+
+    /// A short-lived token with which `service` calls another service's `/internal/*`.
+    pub fn service_token(&self, service: &str) -> Result<String, ApiError> {
+        let now = Utc::now().timestamp();
+        let claims = ServiceClaims {
+            sub: service.to_owned(),
+            iat: now,
+            exp: now + SERVICE_TOKEN_TTL,
+            iss: ISSUER.to_owned(),
+            aud: INTERNAL_AUDIENCE.to_owned(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(ApiError::internal)
+    }
+
+    pub fn verify_service(&self, token: &str) -> Result<ServiceClaims, ApiError> {
+        jsonwebtoken::decode::<ServiceClaims>(token, &self.decoding, &self.internal_validation)
+            .map(|data| data.claims)
+            .map_err(|_| ApiError::unauthorized("a valid service token is required"))
     }
 
     /// Revokes one access token until it would have expired anyway. Fails (503) when
@@ -205,6 +243,23 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let user = AuthUser::from_request_parts(parts, state).await?;
         if user.is_admin() { Ok(Self(user)) } else { Err(ApiError::new(ErrorCode::Forbidden)) }
+    }
+}
+
+/// Another service of the platform calling `/internal/*` with a service token.
+#[derive(Debug, Clone)]
+pub struct ServiceCaller(pub ServiceClaims);
+
+impl<S> FromRequestParts<S> for ServiceCaller
+where
+    Arc<Authenticator>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or_else(|| ApiError::unauthorized("a valid service token is required"))?;
+        Ok(Self(Arc::<Authenticator>::from_ref(state).verify_service(token)?))
     }
 }
 
@@ -294,6 +349,18 @@ mod tests {
         let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
         let unsigned = format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), b64(&payload));
         assert!(ours.verify(&unsigned).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn service_tokens_open_internal_routes_and_user_tokens_do_not() {
+        let auth = authenticator("s3cret-s3cret-s3cret-s3cret-s3cret");
+        let service = auth.service_token("order").unwrap();
+        assert_eq!(auth.verify_service(&service).unwrap().sub, "order");
+        let user = auth.issue(Uuid::now_v7(), Role::Admin, Uuid::now_v7()).unwrap();
+        assert!(auth.verify_service(&user.token).is_err(), "a user token is not a service token");
+        assert!(auth.verify(&service).await.is_err(), "a service token is not a user token");
+        let other = authenticator("another-key-another-key-another-key");
+        assert!(other.verify_service(&service).is_err());
     }
 
     #[tokio::test]

@@ -72,7 +72,23 @@ impl Expiry<String, Entry> for PerEntryTtl {
 }
 
 /// A load in progress, shared by every request that misses the same key meanwhile.
-type Flight = Shared<BoxFuture<'static, Result<Arc<[u8]>, Arc<str>>>>;
+type Flight = Shared<BoxFuture<'static, Result<Arc<[u8]>, LoadError>>>;
+
+/// Why [`Cache::load`] failed. Shared between the requests that waited for the same load,
+/// so it keeps only what they need: the message, and whether the database was away (a
+/// 503 worth retrying) or something else went wrong.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct LoadError {
+    pub transient: bool,
+    message: Arc<str>,
+}
+
+impl LoadError {
+    fn from_anyhow(err: &anyhow::Error) -> Self {
+        Self { transient: crate::db::is_transient(err), message: format!("{err:#}").into() }
+    }
+}
 
 /// A namespaced JSON cache. Cheap to clone.
 #[derive(Clone)]
@@ -83,6 +99,36 @@ pub struct Cache {
     flights: Arc<Mutex<HashMap<String, Flight>>>,
     /// Counters of the in-process backend (Redis keeps its own).
     counters: Arc<Mutex<HashMap<String, i64>>>,
+    /// Makes the in-process compare-and-set of versioned writes atomic.
+    versioned_writes: Arc<tokio::sync::Mutex<()>>,
+    /// The compare-and-set of versioned writes, run inside Redis.
+    put_if_newer: Arc<redis::Script>,
+}
+
+/// Sets KEYS[1] to ARGV[2] (for ARGV[3] ms) unless it holds a version >= ARGV[1].
+const PUT_IF_NEWER: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current then
+  local version = tonumber(string.match(current, '^(%-?%d+):'))
+  if version and version >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+/// Every entry is stored as `<version>:<json>` (version 0 when unversioned).
+fn versioned(version: i64, json: &[u8]) -> Vec<u8> {
+    let mut bytes = format!("{version}:").into_bytes();
+    bytes.extend_from_slice(json);
+    bytes
+}
+
+fn unversioned(bytes: &[u8]) -> (i64, &[u8]) {
+    let Some(colon) = bytes.iter().position(|b| *b == b':') else { return (0, bytes) };
+    match std::str::from_utf8(&bytes[..colon]).ok().and_then(|v| v.parse().ok()) {
+        Some(version) => (version, &bytes[colon + 1..]),
+        None => (0, bytes),
+    }
 }
 
 impl std::fmt::Debug for Cache {
@@ -119,18 +165,24 @@ async fn redis_call<T>(op: &'static str, call: impl Future<Output = redis::Redis
 }
 
 impl Cache {
+    fn with_backend(backend: Backend, prefix: &str) -> Self {
+        Self {
+            backend,
+            prefix: prefix.into(),
+            flights: Arc::default(),
+            counters: Arc::default(),
+            versioned_writes: Arc::default(),
+            put_if_newer: Arc::new(redis::Script::new(PUT_IF_NEWER)),
+        }
+    }
+
     pub fn redis(conn: ConnectionManager, prefix: &str) -> Self {
-        Self { backend: Backend::Redis(conn), prefix: prefix.into(), flights: Arc::default(), counters: Arc::default() }
+        Self::with_backend(Backend::Redis(conn), prefix)
     }
 
     pub fn local(prefix: &str) -> Self {
         let cache = moka::future::Cache::builder().max_capacity(LOCAL_CAPACITY).expire_after(PerEntryTtl).build();
-        Self {
-            backend: Backend::Local(cache),
-            prefix: prefix.into(),
-            flights: Arc::default(),
-            counters: Arc::default(),
-        }
+        Self::with_backend(Backend::Local(cache), prefix)
     }
 
     /// Redis when a connection is given, in-process otherwise.
@@ -159,14 +211,15 @@ impl Cache {
     /// The cached value, or `None` on a miss, an undecodable entry or a cache outage.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
         let bytes = self.get_bytes(key).await;
-        let hit = bytes.as_deref().and_then(|b| serde_json::from_slice(b).ok());
+        let hit = bytes.as_deref().and_then(|b| serde_json::from_slice(unversioned(b).1).ok());
         let outcome = if hit.is_some() { "hit" } else { "miss" };
         metrics::counter!("cache_requests_total", "outcome" => outcome).increment(1);
         hit
     }
 
-    async fn set_bytes(&self, key: &str, bytes: Vec<u8>, ttl: Duration, only_if_absent: bool) {
+    async fn set_bytes(&self, key: &str, json: Vec<u8>, ttl: Duration, only_if_absent: bool) {
         let key = self.key(key);
+        let bytes = versioned(0, &json);
         let ttl = jittered(ttl);
         match &self.backend {
             Backend::Local(cache) => {
@@ -194,6 +247,32 @@ impl Cache {
     pub async fn put<T: Serialize>(&self, key: &str, value: &T, ttl: Duration) {
         if let Ok(bytes) = serde_json::to_vec(value) {
             self.set_bytes(key, bytes, ttl, false).await;
+        }
+    }
+
+    /// Stores `value` as version `version` unless the cache already holds a newer (or the
+    /// same) version. Writers use it with the version of the row they just committed, so
+    /// two writers finishing in the wrong order cannot leave the older value behind, and a
+    /// reader's earlier fill (always version 0) never outlives the write.
+    pub async fn put_versioned<T: Serialize>(&self, key: &str, version: i64, value: &T, ttl: Duration) {
+        let Ok(json) = serde_json::to_vec(value) else { return };
+        let bytes = versioned(version, &json);
+        let key = self.key(key);
+        let ttl = jittered(ttl);
+        match &self.backend {
+            Backend::Local(cache) => {
+                let _guard = self.versioned_writes.lock().await;
+                let current = cache.get(&key).await.map(|e| unversioned(&e.bytes).0);
+                if current.is_none_or(|current| current < version) {
+                    cache.insert(key, Entry { bytes: bytes.into(), ttl }).await;
+                }
+            }
+            Backend::Redis(conn) => {
+                let mut conn = conn.clone();
+                let mut invocation = self.put_if_newer.key(&key);
+                invocation.arg(version).arg(bytes).arg(ttl.as_millis() as u64);
+                redis_call("put_versioned", invocation.invoke_async::<i64>(&mut conn)).await;
+            }
         }
     }
 
@@ -251,7 +330,7 @@ impl Cache {
     /// request runs `loader` and fills the cache (for `ttl(&value)`, so misses can be
     /// cached briefly) while concurrent requests for the same key wait for its result
     /// instead of each querying the database.
-    pub async fn load<T, F, Fut>(&self, key: &str, ttl: fn(&T) -> Duration, loader: F) -> anyhow::Result<T>
+    pub async fn load<T, F, Fut>(&self, key: &str, ttl: fn(&T) -> Duration, loader: F) -> Result<T, LoadError>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
         F: FnOnce() -> Fut,
@@ -275,7 +354,7 @@ impl Cache {
                             Ok::<_, anyhow::Error>(Arc::<[u8]>::from(serde_json::to_vec(&value)?))
                         }
                         .await
-                        .map_err(|e| Arc::<str>::from(format!("{e:#}")));
+                        .map_err(|e| LoadError::from_anyhow(&e));
                         cache.flights.lock().unwrap_or_else(|e| e.into_inner()).remove(&owned_key);
                         outcome
                     }
@@ -286,8 +365,8 @@ impl Cache {
                 }
             }
         };
-        let bytes = flight.await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(serde_json::from_slice(&bytes)?)
+        let bytes = flight.await?;
+        serde_json::from_slice(&bytes).map_err(|e| LoadError::from_anyhow(&e.into()))
     }
 
     /// Forgets loads in flight for `key`, so a request after a write never joins a load
@@ -383,6 +462,18 @@ mod tests {
         assert!(results.iter().all(|r| *r.as_ref().unwrap() == 7));
         assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(cache.get::<u32>("k").await, Some(7));
+    }
+
+    #[tokio::test]
+    async fn versioned_writes_never_go_back_in_time() {
+        let cache = Cache::local("t");
+        cache.fill("k", &"read before the writes", Duration::from_secs(60)).await;
+        cache.put_versioned("k", 20, &"second write", Duration::from_secs(60)).await;
+        cache.put_versioned("k", 10, &"first write, arriving late", Duration::from_secs(60)).await;
+        cache.fill("k", &"another stale read", Duration::from_secs(60)).await;
+        assert_eq!(cache.get::<String>("k").await.as_deref(), Some("second write"));
+        assert_eq!(unversioned(b"12:{}"), (12, &b"{}"[..]));
+        assert_eq!(unversioned(b"{\"a\":1}"), (0, &b"{\"a\":1}"[..]));
     }
 
     #[tokio::test]

@@ -139,6 +139,17 @@ pub fn record_pool_metrics(service: &'static str, pool: &PgPool) {
         .set(f64::from(pool.options().get_max_connections()));
 }
 
+/// An error of the connection to the database (it is away or overloaded) rather than of
+/// the statement: worth retrying, and a 503 rather than a 500 for a client.
+pub fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+        )
+    })
+}
+
 /// `true` when `err` is a violation of the named unique constraint (or unique index),
 /// so repositories can turn it into a specific API error without string matching.
 pub fn is_unique_violation(err: &sqlx::Error, constraint: &str) -> bool {

@@ -42,6 +42,41 @@ use crate::{db, telemetry, trace};
 /// How long a readiness check may take before its dependency counts as down.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A service's handler state: its `Inner` behind an `Arc`, so cloning per request is
+/// cheap. Services name theirs `type AppState = common::http::AppState<Inner>`.
+pub struct AppState<T>(Arc<T>);
+
+impl<T> AppState<T> {
+    pub fn new(inner: T) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl<T> Clone for AppState<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T> std::ops::Deref for AppState<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// A state that can check access tokens, which is what the auth extractors need.
+pub trait HasAuthenticator {
+    fn authenticator(&self) -> &Arc<Authenticator>;
+}
+
+impl<T: HasAuthenticator> axum::extract::FromRef<AppState<T>> for Arc<Authenticator> {
+    fn from_ref(state: &AppState<T>) -> Self {
+        state.authenticator().clone()
+    }
+}
+
 /// What one service brings to the process.
 pub struct Service {
     pub name: &'static str,

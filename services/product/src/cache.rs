@@ -1,8 +1,8 @@
 //! Cache-aside for the hot reads: a product by id (with short-lived entries for unknown
 //! ids) and listing pages.
 //!
-//! Every write puts the fresh product in the cache after its transaction commits and
-//! bumps the listing version, which is part of every listing key: pages cached before the
+//! Every write puts the fresh product in the cache after its transaction commits (never
+//! over a later state of it) and bumps the listing version, which is part of every listing key: pages cached before the
 //! write are never read again and expire on their own. So a read after a write always
 //! sees the write, by id and in listings. With the cache away, reads go to the database.
 
@@ -68,25 +68,15 @@ impl CatalogCache {
     }
 
     /// After a committed write: the fresh product replaces the cached one (or, deleted,
-    /// becomes unknown) and every listing page is retired.
+    /// becomes unknown) unless the cache already holds a later state of it, and every
+    /// listing page is retired. The version is the row's `updated_at`, which the database
+    /// sets when the row is written, so a later commit always has the later version.
     pub async fn written(&self, product: &Product, deleted: bool) {
         let key = product_key(product.id);
         self.cache.forget_flight(&key);
         let value = (!deleted).then(|| product.clone());
-        self.cache.put(&key, &value, product_ttl(&value)).await;
+        self.cache.put_versioned(&key, product.updated_at.timestamp_micros(), &value, product_ttl(&value)).await;
         self.cache.bump(LISTING_VERSION).await;
-    }
-
-    /// After a committed change to products whose new state is not at hand.
-    pub async fn invalidate(&self, ids: &[Uuid]) {
-        for id in ids {
-            let key = product_key(*id);
-            self.cache.forget_flight(&key);
-            self.cache.delete(&key).await;
-        }
-        if !ids.is_empty() {
-            self.cache.bump(LISTING_VERSION).await;
-        }
     }
 }
 

@@ -200,12 +200,20 @@ impl Cursor {
     pub fn decode(raw: &str, sort: Sort) -> Option<Self> {
         let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
         let cursor: Cursor = serde_json::from_slice(&bytes).ok()?;
-        let fits = matches!(
-            (&cursor, sort),
-            (Cursor::Relevance { .. }, Sort::Relevance)
-                | (Cursor::Newest { .. }, Sort::Newest)
-                | (Cursor::Price { .. }, Sort::PriceAsc | Sort::PriceDesc)
-        );
+        // A cursor is only ever one of ours, but it comes back from the client: values a
+        // column cannot hold would fail in the database instead of here.
+        let in_range = match &cursor {
+            Cursor::Relevance { rank, .. } => rank.is_finite(),
+            Cursor::Newest { created_at, .. } => (1970..=9999).contains(&chrono::Datelike::year(created_at)),
+            Cursor::Price { price, .. } => Money::new(*price).is_ok(),
+        };
+        let fits = in_range
+            && matches!(
+                (&cursor, sort),
+                (Cursor::Relevance { .. }, Sort::Relevance)
+                    | (Cursor::Newest { .. }, Sort::Newest)
+                    | (Cursor::Price { .. }, Sort::PriceAsc | Sort::PriceDesc)
+            );
         fits.then_some(cursor)
     }
 }
@@ -366,6 +374,11 @@ mod tests {
         assert_eq!(Cursor::decode(&raw, Sort::Newest), None);
         assert_eq!(Cursor::decode("garbage!", Sort::Newest), None);
         assert_eq!(Cursor::decode("", Sort::Newest), None);
+        let ancient =
+            r#"{"Newest":{"created_at":"-10000-01-01T00:00:00Z","id":"00000000-0000-0000-0000-000000000000"}}"#;
+        assert_eq!(Cursor::decode(&URL_SAFE_NO_PAD.encode(ancient), Sort::Newest), None);
+        let huge = r#"{"Price":{"price":"1e20","id":"00000000-0000-0000-0000-000000000000"}}"#;
+        assert_eq!(Cursor::decode(&URL_SAFE_NO_PAD.encode(huge), Sort::PriceAsc), None);
     }
 
     #[test]

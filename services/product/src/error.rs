@@ -19,12 +19,15 @@ pub enum Error {
     UnknownProduct { line: usize },
     #[error("only {available} left of product {product_id}")]
     InsufficientStock { product_id: Uuid, available: i32 },
+    /// Adding the delta would take stock past the most a product may hold.
+    #[error("stock would exceed 1000000000")]
+    StockCapExceeded,
     #[error("the reservation of this order was released")]
     ReservationReleased,
     #[error("database error")]
     Database(#[from] sqlx::Error),
-    #[error("cache error")]
-    Cache(#[source] anyhow::Error),
+    #[error("loading through the cache failed")]
+    Cache(#[source] common::cache::LoadError),
 }
 
 impl From<Error> for ApiError {
@@ -42,9 +45,11 @@ impl From<Error> for ApiError {
             err @ Error::InsufficientStock { .. } => {
                 ApiError::new(ErrorCode::InsufficientStock).with_detail(err.to_string())
             }
+            Error::StockCapExceeded => ApiError::invalid_field("delta", "would take stock past 1000000000"),
             Error::ReservationReleased => ApiError::new(ErrorCode::Conflict)
                 .with_detail("the reservation of this order was released; use a new order id"),
             Error::Database(e) => ApiError::from(e),
+            Error::Cache(e) if e.transient => ApiError::unavailable(e),
             Error::Cache(e) => ApiError::internal(e),
         }
     }

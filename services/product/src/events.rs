@@ -39,8 +39,12 @@ impl EventHandler for OrderEvents {
         Box::pin(async move {
             if reservation_event(&event.event_type) == Some(ReservationEvent::Ended) {
                 match repository::reservation_products(&self.db, event.aggregate_id).await {
-                    Ok(ids) => self.catalog.invalidate(&ids).await,
-                    Err(err) => tracing::warn!(error = %err, "could not invalidate restocked products"),
+                    Ok(products) => {
+                        for (product, deleted) in &products {
+                            self.catalog.written(product, *deleted).await;
+                        }
+                    }
+                    Err(err) => tracing::warn!(error = %err, "could not refresh restocked products in the cache"),
                 }
             }
         })

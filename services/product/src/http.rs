@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use common::auth::AdminUser;
+use common::auth::{AdminUser, ServiceCaller};
 use common::error::Problem;
 use common::extract::{Json, Path, Query};
 use common::money::Money;
@@ -304,7 +304,7 @@ async fn adjust_stock(
     Path(id): Path<Uuid>,
     Json(req): Json<StockDelta>,
 ) -> Result<Json<Product>, ApiError> {
-    if req.delta == 0 || req.delta.abs() > MAX_STOCK {
+    if req.delta == 0 || req.delta.unsigned_abs() > MAX_STOCK as u64 {
         return Err(ApiError::validation(field_errors(
             "delta",
             "must be a non-zero number from -1000000000 to 1000000000",
@@ -386,11 +386,14 @@ pub struct ReservationResponse {
     items: Vec<ReservedItem>,
 }
 
-/// Reserve stock for an order: every item or none (service to service; not routed by the gateway).
+/// Reserve stock for an order: every item or none (service to service with a service
+/// token; not routed by the gateway).
 #[utoipa::path(
     post, path = "/internal/reservations", tag = "internal",
     request_body = ReserveRequest,
+    security(("bearer" = [])),
     responses(
+        (status = 401, description = "No valid service token (user tokens are refused)", body = Problem, content_type = "application/problem+json"),
         (status = 201, description = "Reserved, with each item's current unit price", body = ReservationResponse),
         (status = 200, description = "This order's reservation already existed: returned as it is", body = ReservationResponse),
         (status = 409, description = "`insufficient_stock` naming the product (nothing reserved), or `conflict`: the order's reservation was released", body = Problem, content_type = "application/problem+json"),
@@ -400,8 +403,10 @@ pub struct ReservationResponse {
 #[tracing::instrument(skip_all, fields(order_id = %req.order_id))]
 async fn reserve(
     State(state): State<AppState>,
+    ServiceCaller(caller): ServiceCaller,
     Json(req): Json<ReserveRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    tracing::debug!(caller = %caller.sub, "reservation requested");
     let requested: Vec<(Uuid, i64)> = req.items.iter().map(|i| (i.product_id, i.quantity)).collect();
     let lines = reservation_lines(&requested).map_err(|bad_lines| {
         let mut errors = FieldErrors::default();

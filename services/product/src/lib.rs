@@ -17,15 +17,13 @@ pub mod http;
 pub mod repository;
 pub mod seed;
 
-use std::ops::Deref;
 use std::sync::Arc;
 
-use axum::extract::FromRef;
 use common::auth::Authenticator;
 use common::config::{CommonConfig, ConfigError, Env};
 use common::db::{self, Schema};
 use common::events::Subscription;
-use common::http::{Service, Shared};
+use common::http::{HasAuthenticator, Service, Shared};
 use secrecy::SecretString;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -51,8 +49,7 @@ impl Config {
     }
 }
 
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
+pub type AppState = common::http::AppState<Inner>;
 
 pub struct Inner {
     /// The pool of the `catalog` schema.
@@ -63,17 +60,9 @@ pub struct Inner {
     pub catalog: CatalogCache,
 }
 
-impl Deref for AppState {
-    type Target = Inner;
-
-    fn deref(&self) -> &Inner {
-        &self.0
-    }
-}
-
-impl FromRef<AppState> for Arc<Authenticator> {
-    fn from_ref(state: &AppState) -> Self {
-        state.auth.clone()
+impl HasAuthenticator for Inner {
+    fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.auth
     }
 }
 
@@ -92,7 +81,7 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
     migrate(&config.common.database_url).await?;
     let db = connect(config).await?;
     let catalog = CatalogCache::new(shared.cache.clone(), db.clone());
-    let state = AppState(Arc::new(Inner { db: db.clone(), auth: shared.auth.clone(), catalog: catalog.clone() }));
+    let state = AppState::new(Inner { db: db.clone(), auth: shared.auth.clone(), catalog: catalog.clone() });
     shared.events.ensure_topics(&[TOPIC.to_owned()]).await;
     shared.events.spawn_relay(SERVICE, db.clone());
     shared

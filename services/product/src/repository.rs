@@ -97,7 +97,7 @@ pub async fn update_product(tx: &mut PgConnection, id: Uuid, changes: &ProductCh
                price = COALESCE($5, price),
                stock = COALESCE($6, stock),
                category_id = COALESCE($7, category_id),
-               updated_at = now()
+               updated_at = clock_timestamp()
            WHERE id = $1 AND deleted_at IS NULL
            RETURNING id, sku, name, description, price AS "price: Money", currency, stock, category_id,
                      created_at, updated_at"#,
@@ -124,7 +124,7 @@ pub async fn update_product(tx: &mut PgConnection, id: Uuid, changes: &ProductCh
 pub async fn soft_delete(tx: &mut PgConnection, id: Uuid) -> Result<Product, Error> {
     let deleted = sqlx::query_as!(
         Product,
-        r#"UPDATE catalog.products SET deleted_at = now(), updated_at = now()
+        r#"UPDATE catalog.products SET deleted_at = now(), updated_at = clock_timestamp()
            WHERE id = $1 AND deleted_at IS NULL
            RETURNING id, sku, name, description, price AS "price: Money", currency, stock, category_id,
                      created_at, updated_at"#,
@@ -154,7 +154,7 @@ async fn stock_changed(
 pub async fn adjust_stock(tx: &mut PgConnection, id: Uuid, delta: i32) -> Result<Product, Error> {
     let adjusted = sqlx::query_as!(
         Product,
-        r#"UPDATE catalog.products SET stock = stock + $2, updated_at = now()
+        r#"UPDATE catalog.products SET stock = stock + $2, updated_at = clock_timestamp()
            WHERE id = $1 AND deleted_at IS NULL AND stock + $2 >= 0 AND stock + $2 <= 1000000000
            RETURNING id, sku, name, description, price AS "price: Money", currency, stock, category_id,
                      created_at, updated_at"#,
@@ -174,6 +174,9 @@ pub async fn adjust_stock(tx: &mut PgConnection, id: Uuid, delta: i32) -> Result
                     .fetch_optional(&mut *tx)
                     .await?
                     .ok_or(Error::NotFound)?;
+            if delta > 0 {
+                return Err(Error::StockCapExceeded);
+            }
             Err(Error::InsufficientStock { product_id: id, available })
         }
     }
@@ -246,7 +249,7 @@ pub async fn reserve(
     for line in lines {
         let taken = sqlx::query_as!(
             Product,
-            r#"UPDATE catalog.products SET stock = stock - $2, updated_at = now()
+            r#"UPDATE catalog.products SET stock = stock - $2, updated_at = clock_timestamp()
                WHERE id = $1 AND deleted_at IS NULL AND stock >= $2
                RETURNING id, sku, name, description, price AS "price: Money", currency, stock, category_id,
                          created_at, updated_at"#,
@@ -299,26 +302,31 @@ pub async fn settle_reservation(
     order_id: Uuid,
     event: ReservationEvent,
 ) -> Result<Vec<Uuid>, Error> {
-    let status =
-        sqlx::query_scalar!("SELECT status FROM catalog.reservations WHERE order_id = $1 FOR UPDATE", order_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some(status) = status.as_deref().and_then(ReservationStatus::parse) else {
-        if event == ReservationEvent::Ended {
-            sqlx::query!(
-                "INSERT INTO catalog.reservations (order_id, status) VALUES ($1, 'released') ON CONFLICT DO NOTHING",
-                order_id
-            )
-            .execute(&mut *tx)
-            .await?;
-        } else {
-            tracing::warn!(%order_id, "an order was paid without a reservation");
+    let lock =
+        || sqlx::query_scalar!("SELECT status FROM catalog.reservations WHERE order_id = $1 FOR UPDATE", order_id);
+    let mut status = lock().fetch_optional(&mut *tx).await?;
+    if status.is_none() && event == ReservationEvent::Ended {
+        let marked = sqlx::query!(
+            "INSERT INTO catalog.reservations (order_id, status) VALUES ($1, 'released') ON CONFLICT DO NOTHING",
+            order_id
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if marked == 1 {
+            return Ok(Vec::new());
         }
+        // A reservation for the order committed while the marker waited for it: settle
+        // that one, or its units would stay held for an order that is over.
+        status = lock().fetch_optional(&mut *tx).await?;
+    }
+    let Some(status) = status.as_deref().and_then(ReservationStatus::parse) else {
+        tracing::warn!(%order_id, "an order was paid without a reservation");
         return Ok(Vec::new());
     };
     let Some(next) = status.after(event) else { return Ok(Vec::new()) };
     sqlx::query!(
-        "UPDATE catalog.reservations SET status = $2, updated_at = now() WHERE order_id = $1",
+        "UPDATE catalog.reservations SET status = $2, updated_at = clock_timestamp() WHERE order_id = $1",
         order_id,
         next.as_str()
     )
@@ -329,7 +337,7 @@ pub async fn settle_reservation(
     }
     let restocked = sqlx::query_as!(
         Product,
-        r#"UPDATE catalog.products p SET stock = p.stock + ri.quantity, updated_at = now()
+        r#"UPDATE catalog.products p SET stock = p.stock + ri.quantity, updated_at = clock_timestamp()
            FROM catalog.reservation_items ri
            WHERE ri.order_id = $1 AND p.id = ri.product_id
            RETURNING p.id, p.sku, p.name, p.description, p.price AS "price: Money", p.currency, p.stock,
@@ -344,11 +352,24 @@ pub async fn settle_reservation(
     Ok(restocked.into_iter().map(|p| p.id).collect())
 }
 
-/// The products of an order's reservation (for cache invalidation after a settlement).
-pub async fn reservation_products(db: &PgPool, order_id: Uuid) -> Result<Vec<Uuid>, Error> {
-    Ok(sqlx::query_scalar!("SELECT product_id FROM catalog.reservation_items WHERE order_id = $1", order_id)
-        .fetch_all(db)
-        .await?)
+/// The products of an order's reservation as they are now, deleted or not (to refresh
+/// the cache after a settlement).
+pub async fn reservation_products(db: &PgPool, order_id: Uuid) -> Result<Vec<(Product, bool)>, Error> {
+    let rows: Vec<ProductState> = sqlx::query_as(&format!(
+        "SELECT {PRODUCT_COLUMNS}, deleted_at IS NOT NULL AS deleted FROM catalog.products
+         WHERE id IN (SELECT product_id FROM catalog.reservation_items WHERE order_id = $1)"
+    ))
+    .bind(order_id)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.product.into(), r.deleted)).collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct ProductState {
+    #[sqlx(flatten)]
+    product: ProductRow,
+    deleted: bool,
 }
 
 #[derive(sqlx::FromRow)]

@@ -228,14 +228,19 @@ async fn refresh(State(state): State<AppState>, Json(req): Json<RefreshRequest>)
         RefreshVerdict::Revoked => return Err(Error::RefreshToken("revoked").into()),
         RefreshVerdict::Expired => return Err(Error::RefreshToken("expired").into()),
     }
+    // Everything that can fail happens before the commit: once the old token is retired,
+    // the client must get the new ones, or its retry would look like a replay.
     let next = tokens::generate();
+    // Through the transaction's own connection: every other refresh of this token holds a
+    // pooled connection while it waits for our row lock.
+    let user = repository::find_by_id(&mut *tx, stored.user_id).await?.ok_or(Error::NotFound)?;
+    let tokens = tokens_for(&state, user, stored.family_id, next.clone())?;
     repository::mark_rotated(&mut *tx, stored.id).await?;
     let expires_at = Utc::now() + state.refresh_token_ttl;
     repository::insert_refresh_token(&mut *tx, stored.family_id, stored.user_id, &tokens::digest(&next), expires_at)
         .await?;
     tx.commit().await?;
-    let user = load_user(&state, stored.user_id).await?;
-    Ok(Json(tokens_for(&state, user, stored.family_id, next)?))
+    Ok(Json(tokens))
 }
 
 /// Log out: the access token and the session's refresh token stop working at once.
@@ -282,7 +287,9 @@ async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<User>,
 /// Change the caller's username, email or password.
 ///
 /// `current_password` is required for every change; a wrong one is
-/// `401 invalid_credentials` (and counts against the same per-minute limit as logins).
+/// `401 invalid_credentials`. Every update counts against a per-user limit of
+/// `LOGIN_RATE_LIMIT` a minute, so the current password cannot be guessed faster than a
+/// login could.
 /// A new password ends the caller's other sessions; the current one stays logged in.
 #[utoipa::path(
     patch, path = "/api/users/me", tag = "users",
@@ -322,12 +329,13 @@ async fn update_me(
     };
 
     let mut tx = state.db.begin().await?;
-    let updated = repository::update_profile(&mut *tx, user.id, &changes, new_hash.as_deref()).await?;
+    let (updated, version) = repository::update_profile(&mut *tx, user.id, &changes, new_hash.as_deref()).await?;
     if new_hash.is_some() {
         repository::revoke_other_families(&mut *tx, user.id, user.claims.sid).await?;
     }
     tx.commit().await?;
-    state.cache.put(&profile_key(user.id), &updated, PROFILE_TTL).await;
+    // Never over a later update's value, whichever of two concurrent updates lands last.
+    state.cache.put_versioned(&profile_key(user.id), version.timestamp_micros(), &updated, PROFILE_TTL).await;
     Ok(Json(updated))
 }
 

@@ -16,15 +16,13 @@ pub mod http;
 pub mod repository;
 mod tokens;
 
-use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::FromRef;
 use common::auth::{Authenticator, PasswordHasher};
 use common::cache::Cache;
 use common::db::{self, Schema};
-use common::http::{Service, Shared};
+use common::http::{HasAuthenticator, Service, Shared};
 use common::ratelimit::Limiter;
 use secrecy::SecretString;
 use sqlx::PgPool;
@@ -48,8 +46,7 @@ pub const TOPIC: &str = "user.events";
 pub const PROFILE_TTL: Duration = Duration::from_secs(300);
 
 /// Everything a handler needs; cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
+pub type AppState = common::http::AppState<Inner>;
 
 pub struct Inner {
     /// The pool of the `users` schema.
@@ -67,25 +64,18 @@ pub struct Inner {
     pub refresh_token_ttl: Duration,
 }
 
-impl Deref for AppState {
-    type Target = Inner;
-
-    fn deref(&self) -> &Inner {
-        &self.0
+impl HasAuthenticator for Inner {
+    fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.auth
     }
 }
 
-impl FromRef<AppState> for Arc<Authenticator> {
-    fn from_ref(state: &AppState) -> Self {
-        state.auth.clone()
-    }
-}
-
-impl AppState {
-    pub async fn new(config: &Config, shared: &Shared, db: PgPool) -> anyhow::Result<Self> {
+impl Inner {
+    /// The service's state, built once at start-up.
+    pub async fn state(config: &Config, shared: &Shared, db: PgPool) -> anyhow::Result<AppState> {
         let per_minute = config.login_attempts_per_minute;
         let minute = Duration::from_secs(60);
-        Ok(Self(Arc::new(Inner {
+        Ok(common::http::AppState::new(Inner {
             db,
             auth: shared.auth.clone(),
             passwords: PasswordHasher::new(config.bcrypt_cost).await?,
@@ -93,7 +83,7 @@ impl AppState {
             login_limiter: shared.limiter("login", per_minute, minute),
             password_check_limiter: shared.limiter("password-check", per_minute, minute),
             refresh_token_ttl: config.refresh_token_ttl,
-        })))
+        }))
     }
 }
 
@@ -106,7 +96,7 @@ pub async fn migrate(database_url: &SecretString) -> anyhow::Result<()> {
 pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> {
     migrate(&config.common.database_url).await?;
     let db = db::connect(&config.common.database_url, SCHEMA, config.common.db_max_connections).await?;
-    let state = AppState::new(config, shared, db.clone()).await?;
+    let state = Inner::state(config, shared, db.clone()).await?;
     ensure_admin(&state, config).await?;
     shared.events.ensure_topics(&[TOPIC.to_owned()]).await;
     shared.events.spawn_relay(SERVICE, db.clone());

@@ -31,7 +31,7 @@ pub async fn insert_user(
 }
 
 #[tracing::instrument(skip_all)]
-pub async fn find_by_id(db: &PgPool, id: Uuid) -> Result<Option<User>, Error> {
+pub async fn find_by_id(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<User>, Error> {
     Ok(sqlx::query_as!(
         User,
         r#"SELECT id, username, email, role AS "role: Role", created_at FROM users.users WHERE id = $1"#,
@@ -63,21 +63,21 @@ pub async fn password_hash(db: &PgPool, id: Uuid) -> Result<Option<String>, Erro
 }
 
 #[tracing::instrument(skip_all)]
+/// Returns the user and the row's new `updated_at` (a version for the cache).
 pub async fn update_profile(
     db: impl PgExecutor<'_>,
     id: Uuid,
     changes: &ProfileChanges,
     new_password_hash: Option<&str>,
-) -> Result<User, Error> {
-    sqlx::query_as!(
-        User,
+) -> Result<(User, DateTime<Utc>), Error> {
+    let row = sqlx::query!(
         r#"UPDATE users.users
            SET username = COALESCE($2, username),
                email = COALESCE($3, email),
                password_hash = COALESCE($4, password_hash),
-               updated_at = now()
+               updated_at = clock_timestamp()
            WHERE id = $1
-           RETURNING id, username, email, role AS "role: Role", created_at"#,
+           RETURNING id, username, email, role AS "role: Role", created_at, updated_at"#,
         id,
         changes.username.as_ref().map(Username::as_str),
         changes.email.as_ref().map(Email::as_str),
@@ -86,7 +86,10 @@ pub async fn update_profile(
     .fetch_optional(db)
     .await
     .map_err(on_unique_violation)?
-    .ok_or(Error::NotFound)
+    .ok_or(Error::NotFound)?;
+    let user =
+        User { id: row.id, username: row.username, email: row.email, role: row.role, created_at: row.created_at };
+    Ok((user, row.updated_at))
 }
 
 #[tracing::instrument(skip_all)]

@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 pub use relay::Relay;
 
+use crate::db::is_transient;
 use crate::trace;
 
 /// The JSON value of every event record (API.md, "Events").
@@ -117,17 +118,6 @@ pub enum Delivery {
 pub const MAX_ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
-/// An error of the database connection rather than of the handler's logic: worth
-/// retrying for as long as it takes, never a reason to dead-letter a record.
-fn is_transient(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<sqlx::Error>(),
-            Some(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
-        )
-    })
-}
-
 /// Applies `event` once: the inbox row and the handler's effect commit together, so a
 /// second delivery of the same id finds the row and changes nothing.
 pub async fn apply_once(
@@ -177,6 +167,7 @@ pub async fn deliver(
                         .increment(1);
                     return Ok(delivery);
                 }
+                // The database is away: no attempt is used up; the caller retries later.
                 Err(err) if is_transient(&err) => return Err(err),
                 Err(err) if attempt >= MAX_ATTEMPTS => {
                     metrics::counter!("events_dead_lettered_total", "topic" => topic.to_owned()).increment(1);

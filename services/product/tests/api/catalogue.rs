@@ -187,11 +187,22 @@ async fn stock_deltas_never_take_stock_below_zero() {
         problem(res).await,
         expected(409, "insufficient_stock", "Insufficient stock", Some(&format!("only 0 left of product {id}")))
     );
-    for bad in [json!({"delta": 0}), json!({"delta": 2_000_000_000i64}), json!({"delta": "5"}), json!({})] {
+    for bad in [
+        json!({"delta": 0}),
+        json!({"delta": 2_000_000_000i64}),
+        json!({"delta": i64::MIN}),
+        json!({"delta": "5"}),
+        json!({}),
+    ] {
         assert_eq!(app.post_as_admin(&path, &bad).await.status(), 422, "{bad}");
     }
     let res = app.post_as_admin(&format!("/api/products/{}/stock", Uuid::now_v7()), &json!({"delta": 1})).await;
     assert_eq!(res.status(), 404);
+    let res = app.post_as_admin(&path, &json!({"delta": 1_000_000_000})).await;
+    assert_eq!(res.status(), 200);
+    let res = app.post_as_admin(&path, &json!({"delta": 1})).await;
+    assert_eq!(problem(res).await, validation(json!({"delta": ["would take stock past 1000000000"]})));
+    app.post_as_admin(&path, &json!({"delta": -1_000_000_000})).await;
 
     // Concurrent takes of the last units: the database lets exactly the stock through.
     app.post_as_admin(&path, &json!({"delta": 5})).await;

@@ -144,6 +144,7 @@ async fn bad_listing_parameters_are_400_saying_what_is_wrong() {
         ("min_price=cheap", "min_price must be a decimal amount such as \"19.99\""),
         ("in_stock=maybe", "in_stock must be true or false"),
         ("category_id=furniture", "category_id must be a UUID"),
+        ("q=desk%00", "query parameters must not contain the NUL character (%00)"),
     ];
     for (query, detail) in cases {
         let res = app.get(&format!("/api/products?{query}")).await;

@@ -96,8 +96,26 @@ async fn bad_reservation_requests_are_422() {
     assert_eq!(problem(res).await, validation(json!({"items[1].quantity": ["must be between 1 and 10000"]})));
     let res = app.reserve(Uuid::now_v7(), json!([{"product_id": Uuid::now_v7(), "quantity": 1}])).await;
     assert_eq!(res.status(), 422);
-    let res = app.server.post("/internal/reservations", &json!({"items": []}), None).await;
+    let token = app.shared.auth.service_token("order").unwrap();
+    let res = app.server.post("/internal/reservations", &json!({"items": []}), Some(&token)).await;
     assert_eq!(problem(res).await, validation(json!({"order_id": ["is required"]})));
+}
+
+#[tokio::test]
+async fn only_services_may_reserve() {
+    let app = TestApp::spawn().await;
+    let category = app.category("Furniture").await;
+    let id = app.product(category, json!({"stock": 10})).await["id"].as_str().unwrap().to_owned();
+    let body = json!({"order_id": Uuid::now_v7(), "items": [{"product_id": id, "quantity": 5}]});
+    for token in [None, Some(app.customer.as_str()), Some(app.admin.as_str()), Some("not.a.token")] {
+        let res = app.server.post("/internal/reservations", &body, token).await;
+        assert_eq!(res.status(), 401, "{token:?}");
+        assert_eq!(
+            problem(res).await,
+            expected(401, "unauthorized", "Unauthorized", Some("a valid service token is required"))
+        );
+    }
+    assert_eq!(app.stock_of(&id).await, 10);
 }
 
 fn order_event(event_type: &str, order_id: Uuid) -> Envelope {
