@@ -223,6 +223,9 @@ pub struct Problem {
 #[derive(Debug)]
 pub struct ApiError {
     code: ErrorCode,
+    /// For the codes the contract answers with more than one status
+    /// (`upstream_unavailable`: 502 from a failing upstream, 503 from an open breaker).
+    status: Option<StatusCode>,
     detail: Option<String>,
     errors: Option<FieldErrors>,
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -232,11 +235,22 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode) -> Self {
-        Self { code, detail: None, errors: None, headers: Vec::new(), source: None }
+        Self { code, status: None, detail: None, errors: None, headers: Vec::new(), source: None }
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// What went wrong underneath, for the log (never the response).
+    pub fn with_source(mut self, source: impl Into<anyhow::Error>) -> Self {
+        self.source = Some(source.into());
         self
     }
 
@@ -303,14 +317,14 @@ impl ApiError {
     }
 
     pub fn status(&self) -> StatusCode {
-        self.code.status()
+        self.status.unwrap_or(self.code.status())
     }
 
     pub fn problem(&self) -> Problem {
         Problem {
             type_uri: format!("{TYPE_BASE}{}", self.code.as_str()),
             title: self.code.title(),
-            status: self.code.status().as_u16(),
+            status: self.status().as_u16(),
             code: self.code.as_str(),
             detail: self.detail.clone(),
             request_id: request_id::current(),
@@ -343,7 +357,7 @@ impl From<sqlx::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.code.status();
+        let status = self.status();
         if let Some(source) = &self.source {
             // The one place internal failures are logged; we are inside the request's span,
             // so the line carries the request id.

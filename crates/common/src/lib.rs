@@ -9,6 +9,7 @@
 //! - [`telemetry`]: logs and the Prometheus recorder;
 //! - [`db`]: pools, one schema and role per service, migrations;
 //! - [`cache`]: cache-aside storage in Redis or in-process;
+//! - [`client`]: calls to other services, with timeouts, retries and circuit breakers;
 //! - [`money`]: amounts as decimal strings;
 //! - [`ratelimit`]: limits shared across replicas through Redis;
 //! - [`auth`]: access tokens, their revocation, auth extractors, password hashing;
@@ -19,6 +20,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod client;
 pub mod config;
 pub mod db;
 pub mod error;

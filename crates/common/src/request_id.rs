@@ -20,6 +20,12 @@ tokio::task_local! {
     static CURRENT: String;
 }
 
+/// Runs `work` as part of the request `id` (for work started outside the middleware,
+/// such as a background job acting for a request, or a test).
+pub async fn scope<F: Future>(id: String, work: F) -> F::Output {
+    CURRENT.scope(id, work).await
+}
+
 /// The id of the request whose task is running, if any.
 pub fn current() -> Option<String> {
     CURRENT.try_with(Clone::clone).ok()
