@@ -148,6 +148,14 @@ async fn stock_changed(
     Ok(())
 }
 
+/// What is left of a live product, after a guarded decrement refused: to tell "not
+/// enough" (with the count) from "no such product".
+async fn available_stock(tx: &mut PgConnection, id: Uuid) -> Result<Option<i32>, Error> {
+    Ok(sqlx::query_scalar!("SELECT stock FROM catalog.products WHERE id = $1 AND deleted_at IS NULL", id)
+        .fetch_optional(tx)
+        .await?)
+}
+
 /// Moves stock by `delta`, never below zero: the guard is in the `UPDATE` itself, so
 /// concurrent deltas cannot race past it.
 #[tracing::instrument(skip_all)]
@@ -169,11 +177,7 @@ pub async fn adjust_stock(tx: &mut PgConnection, id: Uuid, delta: i32) -> Result
             Ok(product)
         }
         None => {
-            let available =
-                sqlx::query_scalar!("SELECT stock FROM catalog.products WHERE id = $1 AND deleted_at IS NULL", id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .ok_or(Error::NotFound)?;
+            let available = available_stock(tx, id).await?.ok_or(Error::NotFound)?;
             if delta > 0 {
                 return Err(Error::StockCapExceeded);
             }
@@ -259,13 +263,7 @@ pub async fn reserve(
         .fetch_optional(&mut *tx)
         .await?;
         let Some(product) = taken else {
-            let available = sqlx::query_scalar!(
-                "SELECT stock FROM catalog.products WHERE id = $1 AND deleted_at IS NULL",
-                line.product_id
-            )
-            .fetch_optional(&mut *tx)
-            .await?;
-            return Err(match available {
+            return Err(match available_stock(tx, line.product_id).await? {
                 Some(available) => Error::InsufficientStock { product_id: line.product_id, available },
                 None => Error::UnknownProduct { line: line_index(line.product_id) },
             });
