@@ -46,16 +46,20 @@ where
             return Err(ApiError::new(ErrorCode::UnsupportedMediaType)
                 .with_detail("expected a body with Content-Type: application/json"));
         }
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(ErrorCode::PayloadTooLarge)
-                    .with_detail(format!("request bodies are limited to {} KiB", BODY_LIMIT / 1024))
-            } else {
-                ApiError::bad_request("the request body could not be read")
-            }
-        })?;
-        parse(&bytes).map(Json)
+        parse(&read_body(request, state).await?).map(Json)
     }
+}
+
+/// The whole body, within [`BODY_LIMIT`] (413 beyond it).
+pub async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(request, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(ErrorCode::PayloadTooLarge)
+                .with_detail(format!("request bodies are limited to {} KiB", BODY_LIMIT / 1024))
+        } else {
+            ApiError::bad_request("the request body could not be read")
+        }
+    })
 }
 
 impl<T: Serialize> IntoResponse for Json<T> {

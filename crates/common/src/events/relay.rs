@@ -139,7 +139,8 @@ impl Relay {
     }
 }
 
-/// Publishes the outbox backlog as a gauge and deletes rows published long ago.
+/// Publishes the outbox backlog as a gauge and deletes what has outlived its use:
+/// outbox rows published long ago and expired idempotency keys (both in every schema).
 async fn housekeeping(service: &'static str, db: PgPool) {
     let mut last_cleanup = Instant::now();
     loop {
@@ -155,6 +156,12 @@ async fn housekeeping(service: &'static str, db: PgPool) {
                     .await;
             if let Err(err) = deleted {
                 tracing::warn!(service, error = %err, "could not clean up the outbox");
+            }
+            let expired = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
+                .execute(&db)
+                .await;
+            if let Err(err) = expired {
+                tracing::warn!(service, error = %err, "could not delete expired idempotency keys");
             }
             last_cleanup = Instant::now();
         }

@@ -1,0 +1,136 @@
+//! `Idempotency-Key` (API.md, "Conventions"): the same key with the same body replays the
+//! first response (with `Idempotent-Replayed: true`); the same key with another body is
+//! `422 idempotency_key_reused`; the same key while the first request is still running is
+//! `409 request_in_progress`. Keys are scoped (per user) and live 24 hours.
+//!
+//! The handler runs its effect in one transaction and calls [`Idempotency::begin`] first in
+//! it: a transaction-scoped advisory lock on (scope, key) marks the request as running
+//! (a concurrent one fails to take it and gets the 409; a crash releases it), and the
+//! stored response, if any, is replayed. [`Idempotency::finish`] stores the response in
+//! the same transaction as the effect, so the record exists exactly when the effect does.
+
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::extract::{Json, read_body};
+
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// A JSON body with its `Idempotency-Key`, if the client sent one, and a fingerprint of
+/// what was asked (method, path and the exact body bytes).
+#[derive(Debug)]
+pub struct Idempotent<T> {
+    pub body: T,
+    pub key: Option<Idempotency>,
+}
+
+/// A valid key, ready to be scoped to a caller.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    key: String,
+    fingerprint: Vec<u8>,
+}
+
+/// What [`Idempotency::begin`] found.
+#[derive(Debug)]
+pub enum Begin {
+    /// First time: do the work, then [`Idempotency::finish`].
+    Fresh,
+    /// Done before: answer this.
+    Replay(Response),
+}
+
+impl<S, T> FromRequest<S> for Idempotent<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let key = match request.headers().get(&IDEMPOTENCY_KEY) {
+            None => None,
+            Some(value) => {
+                let key = value.to_str().ok().filter(|k| (1..=255).contains(&k.len())).ok_or_else(|| {
+                    ApiError::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters")
+                })?;
+                Some(key.to_owned())
+            }
+        };
+        let mut hasher = Sha256::new();
+        hasher.update(request.method().as_str());
+        hasher.update([0]);
+        hasher.update(request.uri().path());
+        hasher.update([0]);
+        let (parts, body) = request.into_parts();
+        let bytes = read_body(Request::from_parts(parts.clone(), body), state).await?;
+        hasher.update(&bytes);
+        let fingerprint = hasher.finalize().to_vec();
+        let Json(body) =
+            Json::<T>::from_request(Request::from_parts(parts, axum::body::Body::from(bytes)), state).await?;
+        Ok(Self { body, key: key.map(|key| Idempotency { key, fingerprint }) })
+    }
+}
+
+impl Idempotency {
+    /// Claims the key for `scope` (the caller) inside `tx`, the transaction of the effect.
+    pub async fn begin(&self, tx: &mut PgConnection, scope: &str) -> Result<Begin, ApiError> {
+        let claimed: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended(current_schema() || '\u{1f}' || $1 || '\u{1f}' || $2, 0))")
+            .bind(scope)
+            .bind(&self.key)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !claimed {
+            return Err(ApiError::new(ErrorCode::RequestInProgress)
+                .with_detail("a request with this Idempotency-Key is still running; retry shortly"));
+        }
+        let stored: Option<(Vec<u8>, i16, Vec<u8>)> = sqlx::query_as(
+            "SELECT fingerprint, status, body FROM idempotency_keys
+             WHERE scope = $1 AND key = $2 AND created_at > now() - interval '24 hours'",
+        )
+        .bind(scope)
+        .bind(&self.key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((fingerprint, status, body)) = stored else { return Ok(Begin::Fresh) };
+        if fingerprint != self.fingerprint {
+            return Err(ApiError::new(ErrorCode::IdempotencyKeyReused)
+                .with_detail("this Idempotency-Key was used with a different request"));
+        }
+        let status = StatusCode::from_u16(status as u16).map_err(ApiError::internal)?;
+        let mut response = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
+        response.headers_mut().insert(IDEMPOTENT_REPLAYED.clone(), HeaderValue::from_static("true"));
+        Ok(Begin::Replay(response))
+    }
+
+    /// Stores the response to replay, in the transaction of the effect. A record older
+    /// than 24 hours under the same key is replaced.
+    pub async fn finish(
+        &self,
+        tx: &mut PgConnection,
+        scope: &str,
+        status: StatusCode,
+        body: &impl serde::Serialize,
+    ) -> Result<(), ApiError> {
+        let body = serde_json::to_vec(body).map_err(ApiError::internal)?;
+        sqlx::query(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, status, body) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (scope, key) DO UPDATE
+             SET fingerprint = EXCLUDED.fingerprint, status = EXCLUDED.status, body = EXCLUDED.body, created_at = now()",
+        )
+        .bind(scope)
+        .bind(&self.key)
+        .bind(&self.fingerprint)
+        .bind(status.as_u16() as i16)
+        .bind(body)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! Idempotency-Key semantics against real PostgreSQL, through a minimal endpoint that
+//! records an effect per request.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use common::ApiError;
+use common::db::{self, Schema};
+use common::idempotency::{Begin, Idempotent};
+use common::testing::{TestDb, TestServer, problem};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use uuid::Uuid;
+
+const SCHEMA: Schema = Schema { name: "idemtest", role: "idemtest_svc" };
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct Charge {
+    amount: i32,
+}
+
+/// Charges once per request, or replays; `x-user` scopes the key, `x-delay-ms` keeps the
+/// request running for a while.
+async fn charge(
+    State(db): State<PgPool>,
+    headers: HeaderMap,
+    Idempotent { body, key }: Idempotent<Charge>,
+) -> Result<Response, ApiError> {
+    let user = headers.get("x-user").and_then(|v| v.to_str().ok()).unwrap_or("anonymous").to_owned();
+    let mut tx = db.begin().await?;
+    if let Some(key) = &key
+        && let Begin::Replay(response) = key.begin(&mut tx, &user).await?
+    {
+        return Ok(response);
+    }
+    if let Some(delay) = headers.get("x-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let id = Uuid::now_v7();
+    sqlx::query("INSERT INTO effects (id, amount) VALUES ($1, $2)")
+        .bind(id)
+        .bind(body.amount)
+        .execute(&mut *tx)
+        .await?;
+    let response = json!({"id": id, "amount": body.amount});
+    if let Some(key) = &key {
+        key.finish(&mut tx, &user, StatusCode::CREATED, &response).await?;
+    }
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, axum::Json(response)).into_response())
+}
+
+struct App {
+    server: TestServer,
+    db: PgPool,
+    _database: TestDb,
+}
+
+impl App {
+    async fn spawn() -> Self {
+        let database = TestDb::create().await;
+        db::migrate(&database.url, SCHEMA, &Migrator::DEFAULT).await.unwrap();
+        let db = db::connect(&database.url, SCHEMA, 10).await.unwrap();
+        sqlx::query("CREATE TABLE effects (id UUID PRIMARY KEY, amount INT NOT NULL)").execute(&db).await.unwrap();
+        let router = Router::new().route("/charges", post(charge)).with_state(db.clone());
+        Self { server: TestServer::spawn(router).await, db, _database: database }
+    }
+
+    async fn charge(&self, key: Option<&str>, user: &str, body: Value, delay_ms: u64) -> reqwest::Response {
+        let mut req = self
+            .server
+            .client
+            .post(self.server.url("/charges"))
+            .header("x-user", user)
+            .header("x-delay-ms", delay_ms.to_string())
+            .json(&body);
+        if let Some(key) = key {
+            req = req.header("idempotency-key", key);
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn effects(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM effects").fetch_one(&self.db).await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn the_same_key_and_body_replays_the_first_response() {
+    let app = App::spawn().await;
+    let first = app.charge(Some("k1"), "jane", json!({"amount": 5}), 0).await;
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+
+    let again = app.charge(Some("k1"), "jane", json!({"amount": 5}), 0).await;
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    assert_eq!(app.effects().await, 1);
+}
+
+#[tokio::test]
+async fn the_same_key_with_another_body_is_refused() {
+    let app = App::spawn().await;
+    assert_eq!(app.charge(Some("k1"), "jane", json!({"amount": 5}), 0).await.status(), 201);
+    let res = app.charge(Some("k1"), "jane", json!({"amount": 6}), 0).await;
+    assert_eq!(res.status(), 422);
+    assert_eq!(problem(res).await["code"], "idempotency_key_reused");
+    assert_eq!(app.effects().await, 1);
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_key_take_effect_once() {
+    let app = App::spawn().await;
+    let outcomes =
+        futures::future::join_all((0..8).map(|_| app.charge(Some("same"), "jane", json!({"amount": 5}), 300))).await;
+    let mut created = 0;
+    for res in outcomes {
+        match res.status().as_u16() {
+            201 => created += 1,
+            409 => assert_eq!(problem(res).await["code"], "request_in_progress"),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(created >= 1);
+    assert_eq!(app.effects().await, 1, "one effect, whatever the interleaving");
+    // Once the first has finished, the key replays.
+    let res = app.charge(Some("same"), "jane", json!({"amount": 5}), 0).await;
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+}
+
+#[tokio::test]
+async fn keys_are_scoped_per_caller_and_live_a_day() {
+    let app = App::spawn().await;
+    assert_eq!(app.charge(Some("k1"), "jane", json!({"amount": 5}), 0).await.status(), 201);
+    let other = app.charge(Some("k1"), "john", json!({"amount": 5}), 0).await;
+    assert!(other.headers().get("idempotent-replayed").is_none(), "another caller's key is another key");
+    assert_eq!(app.effects().await, 2);
+
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'").execute(&app.db).await.unwrap();
+    let later = app.charge(Some("k1"), "jane", json!({"amount": 5}), 0).await;
+    assert_eq!(later.status(), 201);
+    assert!(later.headers().get("idempotent-replayed").is_none(), "an expired key is new again");
+    assert_eq!(app.effects().await, 3);
+}
+
+#[tokio::test]
+async fn without_a_key_every_request_counts_and_bad_keys_are_400() {
+    let app = App::spawn().await;
+    for _ in 0..2 {
+        assert_eq!(app.charge(None, "jane", json!({"amount": 5}), 0).await.status(), 201);
+    }
+    assert_eq!(app.effects().await, 2);
+    let res = app.charge(Some(&"k".repeat(256)), "jane", json!({"amount": 5}), 0).await;
+    assert_eq!(res.status(), 400);
+    let res = app.charge(Some("k1"), "jane", json!({"amount": "five"}), 0).await;
+    assert_eq!(res.status(), 422, "the body is still validated");
+}
