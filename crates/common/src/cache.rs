@@ -284,22 +284,6 @@ impl Cache {
         }
     }
 
-    /// Removes the key. Returns `false` if the cache could not be reached, for callers
-    /// (like token revocation) that must know the write happened.
-    pub async fn delete(&self, key: &str) -> bool {
-        let key = self.key(key);
-        match &self.backend {
-            Backend::Local(cache) => {
-                cache.invalidate(&key).await;
-                true
-            }
-            Backend::Redis(conn) => {
-                let mut conn = conn.clone();
-                redis_call("delete", conn.del::<_, ()>(&key)).await.is_some()
-            }
-        }
-    }
-
     /// Stores a marker that must be written for the caller to go on (a revoked token):
     /// unlike [`Cache::put`], a failure is reported.
     pub async fn put_required(&self, key: &str, ttl: Duration) -> anyhow::Result<()> {
@@ -439,8 +423,6 @@ mod tests {
         cache.put("k", &"fresh", Duration::from_secs(60)).await;
         cache.fill("k", &"stale", Duration::from_secs(60)).await;
         assert_eq!(cache.get::<String>("k").await.as_deref(), Some("fresh"));
-        assert!(cache.delete("k").await);
-        assert_eq!(cache.get::<String>("k").await, None);
         cache.put_required("revoked", Duration::from_secs(60)).await.unwrap();
         assert!(cache.exists("revoked").await);
     }

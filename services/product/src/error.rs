@@ -1,6 +1,6 @@
 //! The product service's failures, and the one place they become API errors.
 
-use common::{ApiError, ErrorCode, FieldErrors};
+use common::{ApiError, ErrorCode};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -74,11 +74,4 @@ pub(crate) fn on_constraint(err: sqlx::Error) -> Error {
         }
     }
     Error::Database(err)
-}
-
-/// A field error for the request's `field`, for handlers that collect several.
-pub(crate) fn field_errors(field: &str, message: &str) -> FieldErrors {
-    let mut errors = FieldErrors::default();
-    errors.add(field, message);
-    errors
 }

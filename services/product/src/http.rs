@@ -21,7 +21,7 @@ use crate::domain::{
     Category, CategoryName, Cursor, Description, Listing, MAX_STOCK, NewProduct, Page, Price, Product, ProductChanges,
     ProductName, ReservationStatus, Sku, Sort, Stock, parse_currency, reservation_lines,
 };
-use crate::error::{Error, field_errors};
+use crate::error::Error;
 use crate::repository::{self, ReservedItem};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -305,10 +305,7 @@ async fn adjust_stock(
     Json(req): Json<StockDelta>,
 ) -> Result<Json<Product>, ApiError> {
     if req.delta == 0 || req.delta.unsigned_abs() > MAX_STOCK as u64 {
-        return Err(ApiError::validation(field_errors(
-            "delta",
-            "must be a non-zero number from -1000000000 to 1000000000",
-        )));
+        return Err(ApiError::invalid_field("delta", "must be a non-zero number from -1000000000 to 1000000000"));
     }
     let mut tx = state.db.begin().await?;
     let product = repository::adjust_stock(&mut tx, id, req.delta as i32).await?;
@@ -359,7 +356,7 @@ async fn create_category(
     _admin: AdminUser,
     Json(req): Json<CreateCategory>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let name = CategoryName::parse(req.name).map_err(|e| ApiError::validation(field_errors("name", e)))?;
+    let name = CategoryName::parse(req.name).map_err(|e| ApiError::invalid_field("name", e))?;
     let category = repository::insert_category(&state.db, &name, req.parent_id).await?;
     Ok((StatusCode::CREATED, Json(category)))
 }
