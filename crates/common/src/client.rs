@@ -42,6 +42,10 @@ pub enum UpstreamError {
     Open(&'static str),
     #[error("{0} did not answer in time")]
     Timeout(&'static str),
+    /// No connection could be made (nothing listens, or it went away mid-request).
+    #[error("{0} can't be reached: {1}")]
+    Unreachable(&'static str, String),
+    /// It answered with a server error.
     #[error("{0} is unavailable: {1}")]
     Unavailable(&'static str, String),
 }
@@ -49,7 +53,8 @@ pub enum UpstreamError {
 impl From<UpstreamError> for ApiError {
     fn from(err: UpstreamError) -> Self {
         match &err {
-            UpstreamError::Open(_) => ApiError::new(ErrorCode::UpstreamUnavailable)
+            // 503: the upstream is not there (or known to be down); retrying later helps.
+            UpstreamError::Open(_) | UpstreamError::Unreachable(..) => ApiError::new(ErrorCode::UpstreamUnavailable)
                 .with_status(StatusCode::SERVICE_UNAVAILABLE)
                 .with_detail("a service this request needs is unavailable; retry later")
                 .with_source(err),
@@ -188,6 +193,8 @@ impl Upstream {
     fn classify(&self, err: reqwest::Error) -> UpstreamError {
         if err.is_timeout() {
             UpstreamError::Timeout(self.name)
+        } else if err.is_connect() || err.is_request() {
+            UpstreamError::Unreachable(self.name, err.without_url().to_string())
         } else {
             UpstreamError::Unavailable(self.name, err.without_url().to_string())
         }

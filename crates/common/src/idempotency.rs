@@ -79,6 +79,22 @@ where
 }
 
 impl Idempotency {
+    /// The key as the client sent it.
+    pub fn as_str(&self) -> &str {
+        &self.key
+    }
+
+    /// What was asked with it (method, path, body), to tell a retry from a reuse.
+    pub fn fingerprint(&self) -> &[u8] {
+        &self.fingerprint
+    }
+
+    /// The `422 idempotency_key_reused` answer.
+    pub fn reused() -> ApiError {
+        ApiError::new(ErrorCode::IdempotencyKeyReused)
+            .with_detail("this Idempotency-Key was used with a different request")
+    }
+
     /// Claims the key for `scope` (the caller) inside `tx`, the transaction of the effect.
     pub async fn begin(&self, tx: &mut PgConnection, scope: &str) -> Result<Begin, ApiError> {
         let claimed: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended(current_schema() || '\u{1f}' || $1 || '\u{1f}' || $2, 0))")
@@ -100,8 +116,7 @@ impl Idempotency {
         .await?;
         let Some((fingerprint, status, body)) = stored else { return Ok(Begin::Fresh) };
         if fingerprint != self.fingerprint {
-            return Err(ApiError::new(ErrorCode::IdempotencyKeyReused)
-                .with_detail("this Idempotency-Key was used with a different request"));
+            return Err(Self::reused());
         }
         let status = StatusCode::from_u16(status as u16).map_err(ApiError::internal)?;
         let mut response = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();

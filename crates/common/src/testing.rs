@@ -89,7 +89,13 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn spawn(app: Router) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
+        Self::spawn_at(SocketAddr::from(([127, 0, 0, 1], 0)), app).await
+    }
+
+    /// Serves on a given address: a fixed port, to bring a server back where its clients
+    /// expect it after [`TestServer::shutdown`].
+    pub async fn spawn_at(addr: SocketAddr, app: Router) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind the address");
         let addr = listener.local_addr().expect("a bound address");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(crate::http::serve(listener, app, async {

@@ -130,7 +130,9 @@ async fn the_breaker_opens_on_an_outage_answers_at_once_and_closes_when_the_upst
     // Nobody listens: each non-retried call fails; five in a row open the breaker.
     for _ in 0..5 {
         let err = upstream.call::<()>(Method::GET, "/flaky", None, false).await.unwrap_err();
-        assert!(matches!(err, UpstreamError::Unavailable(..)), "{err:?}");
+        assert!(matches!(err, UpstreamError::Unreachable(..)), "{err:?}");
+        let api: ApiError = err.into();
+        assert_eq!((api.status(), api.code()), (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::UpstreamUnavailable));
     }
     let started = Instant::now();
     let err = upstream.call::<()>(Method::GET, "/flaky", None, true).await.unwrap_err();
