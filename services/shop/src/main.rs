@@ -4,7 +4,8 @@
 //!   every service's routes on `PORT` (default 8080);
 //! - `shop migrate` only creates the database and migrates.
 //!
-//! With no `REDIS_URL` the cache, revocations and rate limits live in-process.
+//! With no `REDIS_URL` the cache, revocations, rate limits and WebSocket fan-out live
+//! in-process; with no `KAFKA_BROKERS` events go to the other services in-process.
 
 use common::config::{CommonConfig, ConfigError, Env};
 use common::http::Shared;
@@ -18,13 +19,17 @@ struct Config {
     common: CommonConfig,
     user: user::Config,
     product: product::Config,
+    order: order::Config,
 }
 
 fn config(env: &Env) -> Result<Config, ConfigError> {
     let common = CommonConfig::from_env(env, DEFAULT_PORT)?;
+    // The order service calls the product service, which is this very process.
+    let itself = format!("http://127.0.0.1:{}", common.port);
     Ok(Config {
         user: user::Config::with_common(common.clone(), env)?,
         product: product::Config { common: common.clone() },
+        order: order::Config::with_common(common.clone(), env, &itself)?,
         common,
     })
 }
@@ -75,8 +80,11 @@ async fn main() -> anyhow::Result<()> {
             if config.common.redis_url.is_none() {
                 tracing::info!("REDIS_URL is not set: cache, revocations and rate limits are in-process");
             }
-            let services =
-                vec![user::start(&config.user, &shared).await?, product::start(&config.product, &shared).await?];
+            let services = vec![
+                user::start(&config.user, &shared).await?,
+                product::start(&config.product, &shared).await?,
+                order::start(&config.order, &shared).await?,
+            ];
             common::http::run(config.common.port, common::http::app(services, shared)).await
         }
     }
@@ -84,7 +92,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
     user::migrate(&config.common.database_url).await?;
-    product::migrate(&config.common.database_url).await
+    product::migrate(&config.common.database_url).await?;
+    order::migrate(&config.common.database_url).await
 }
 
 enum Command {

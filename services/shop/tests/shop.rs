@@ -58,6 +58,7 @@ async fn shop_creates_its_database_migrates_serves_and_stops_gracefully() {
     let checks: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(checks["checks"]["database:user"], "up");
     assert_eq!(checks["checks"]["database:product"], "up");
+    assert_eq!(checks["checks"]["database:order"], "up");
     let products = client.get(format!("{base}/api/products")).send().await.unwrap();
     assert_eq!(products.status(), 200, "the product service is nested too");
     let res = client
@@ -122,4 +123,102 @@ async fn bad_configuration_stops_with_the_variables_name() {
     let out = shop(&db, free_port()).arg("frobnicate").stderr(Stdio::piped()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage: shop"));
+}
+
+/// Logs in and returns the access token.
+async fn login(client: &reqwest::Client, base: &str, email: &str, password: &str) -> String {
+    let res = client
+        .post(format!("{base}/api/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let tokens: serde_json::Value = res.json().await.unwrap();
+    tokens["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn shop_runs_a_whole_checkout_in_one_process_without_redis_or_kafka() {
+    let db = TestDb::reserve();
+    let port = free_port();
+    let mut child = shop(&db, port).env("ORDER_PAYMENT_TIMEOUT", "2s").spawn().unwrap();
+    wait_until_up(&mut child, port).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let admin = login(&client, &base, "admin@shop.local", "admin-password-dev-only").await;
+    let category: serde_json::Value = client
+        .post(format!("{base}/api/categories"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "Desks"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let product: serde_json::Value = client
+        .post(format!("{base}/api/products"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "Oak desk", "price": "250.00", "stock": 3, "category_id": category["id"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let res = client
+        .post(format!("{base}/api/auth/register"))
+        .json(&json!({"username": "kim", "email": "kim@example.com", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let kim = login(&client, &base, "kim@example.com", "correct horse").await;
+
+    let res = client
+        .put(format!("{base}/api/cart/items/{}", product["id"].as_str().unwrap()))
+        .bearer_auth(&kim)
+        .json(&json!({"quantity": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "the order service reaches the product service in the same process");
+    let address = json!({"name": "Kim", "line1": "1 Main St", "city": "Oslo", "postal_code": "0150", "country": "NO"});
+    let res = client
+        .post(format!("{base}/api/orders"))
+        .bearer_auth(&kim)
+        .json(&json!({"shipping_address": address}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let order: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(order["total"], "500.00");
+    let stock = |client: reqwest::Client| {
+        let url = format!("{base}/api/products/{}", product["id"].as_str().unwrap());
+        async move { client.get(url).send().await.unwrap().json::<serde_json::Value>().await.unwrap()["stock"].clone() }
+    };
+    assert_eq!(stock(client.clone()).await, 1);
+
+    // Unpaid, it expires; the in-process events put its units back.
+    let mut restocked = false;
+    for _ in 0..100 {
+        if stock(client.clone()).await == 3 {
+            restocked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(restocked, "the expired order's stock came back");
+    let res = client
+        .get(format!("{base}/api/orders/{}", order["id"].as_str().unwrap()))
+        .bearer_auth(&kim)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.json::<serde_json::Value>().await.unwrap()["status"], "cancelled");
+    terminate(&child);
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
 }

@@ -1,0 +1,151 @@
+//! Placing an order: the first step of the checkout saga.
+//!
+//! 1. The checkout is recorded (its order id, lines and Idempotency-Key) and committed
+//!    before anything is reserved.
+//! 2. The product service reserves every line under that order id (idempotent, so retried).
+//! 3. One transaction deletes the checkout record, stores the order as `pending_payment`
+//!    with the reserved prices, empties those lines from the cart, writes `order.created`
+//!    and the Idempotency-Key's response.
+//!
+//! If the process dies between 1 and 3, the checkout record remains: a retry with the same
+//! Idempotency-Key finishes it under the same order id (the reservation replays), and
+//! otherwise the recovery job releases it with `order.cancelled`, which frees whatever was
+//! reserved. A reservation is never left without an order or a release, nor an order
+//! without a reservation.
+//!
+//! With an Idempotency-Key, the key's lock is held (in the transaction of step 3, opened
+//! first) for the whole checkout, so a concurrent request with the same key gets
+//! `409 request_in_progress`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{SubsecRound, Utc};
+use common::ApiError;
+use common::extract::Json;
+use common::idempotency::{Begin, Idempotency};
+use common::money::CURRENCY;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::domain::{Line, Order, OrderLine, OrderStatus, ShippingAddress, merge_lines, total};
+use crate::error::Error;
+use crate::repository::{self, Checkout};
+
+/// What the customer asked for, parsed.
+#[derive(Debug)]
+pub struct Request {
+    /// `None`: order the cart.
+    pub lines: Option<Vec<Line>>,
+    pub shipping_address: ShippingAddress,
+}
+
+/// Places the order and answers `201` with it (or replays the first answer to this key).
+pub async fn place(
+    state: &AppState,
+    user_id: Uuid,
+    request: Request,
+    key: Option<&Idempotency>,
+) -> Result<Response, ApiError> {
+    let scope = user_id.to_string();
+    let mut held = None;
+    if let Some(key) = key {
+        let mut tx = state.db.begin().await?;
+        if let Begin::Replay(response) = key.begin(&mut tx, &scope).await? {
+            return Ok(response);
+        }
+        held = Some(tx);
+    }
+    let checkout = start(state, user_id, request.lines, key).await?;
+    let reserved = match state.products.reserve(checkout.order_id, &checkout.items).await {
+        Ok(reserved) => reserved,
+        Err(err) => {
+            if err.nothing_reserved() {
+                repository::delete_checkout(&state.db, checkout.order_id).await?;
+            }
+            // Otherwise the outcome is unknown: the record stays, for a retry with the same
+            // key to finish or for the recovery job to release.
+            return Err(err.into());
+        }
+    };
+    let lines: Result<Vec<OrderLine>, _> =
+        reserved.into_iter().map(|i| OrderLine::new(i.product_id, i.name, i.unit_price, i.quantity)).collect();
+    let (lines, total) = match lines.and_then(|lines| total(&lines).map(|total| (lines, total))) {
+        Ok(priced) => priced,
+        Err(too_large) => {
+            // Reserved, but no order can hold it: release at once.
+            repository::abandon_checkout(&state.db, checkout.order_id, user_id).await?;
+            return Err(Error::from(too_large).into());
+        }
+    };
+
+    let mut tx = match held {
+        Some(tx) => tx,
+        None => state.db.begin().await?,
+    };
+    if !repository::take_checkout(&mut tx, checkout.order_id).await? {
+        return Err(Error::CheckoutReleased.into());
+    }
+    // PostgreSQL keeps microseconds; so does the answer, or a re-read would differ.
+    let now = Utc::now().trunc_subsecs(6);
+    let expires_at = now + chrono::Duration::from_std(state.payment_timeout).map_err(ApiError::internal)?;
+    let order = Order {
+        id: checkout.order_id,
+        user_id,
+        status: OrderStatus::PendingPayment,
+        items: lines,
+        total,
+        currency: CURRENCY.to_owned(),
+        shipping_address: request.shipping_address,
+        created_at: now,
+        updated_at: now,
+        expires_at: Some(expires_at),
+    };
+    repository::insert_order(&mut tx, &order).await?;
+    if checkout.from_cart {
+        let ordered: Vec<Uuid> = order.items.iter().map(|i| i.product_id).collect();
+        repository::remove_cart_items(&mut *tx, user_id, &ordered).await?;
+    }
+    if let Some(key) = key {
+        key.finish(&mut tx, &scope, StatusCode::CREATED, &order).await?;
+    }
+    tx.commit().await?;
+    metrics::counter!("orders_placed_total").increment(1);
+    Ok((StatusCode::CREATED, Json(order)).into_response())
+}
+
+/// The checkout record: the unfinished one of an earlier attempt with this key, or a new
+/// one, committed before the reservation is asked for.
+async fn start(
+    state: &AppState,
+    user_id: Uuid,
+    lines: Option<Vec<Line>>,
+    key: Option<&Idempotency>,
+) -> Result<Checkout, ApiError> {
+    if let Some(key) = key
+        && let Some(earlier) = repository::find_checkout(&state.db, user_id, key.as_str()).await?
+    {
+        if earlier.fingerprint.as_deref() != Some(key.fingerprint()) {
+            return Err(Idempotency::reused());
+        }
+        return Ok(earlier);
+    }
+    let (items, from_cart) = match lines {
+        Some(lines) => (merge_lines(lines), false),
+        None => {
+            let cart = repository::cart(&state.db, user_id).await?;
+            if cart.is_empty() {
+                return Err(Error::NothingToOrder.into());
+            }
+            (cart, true)
+        }
+    };
+    let checkout =
+        Checkout { order_id: Uuid::now_v7(), items, from_cart, fingerprint: key.map(|k| k.fingerprint().to_vec()) };
+    if !repository::insert_checkout(&state.db, user_id, key.map(Idempotency::as_str), &checkout).await? {
+        // Only a request holding the same key's lock could have written it.
+        return Err(ApiError::internal(anyhow::anyhow!(
+            "a checkout with this Idempotency-Key appeared while its lock was held"
+        )));
+    }
+    Ok(checkout)
+}

@@ -1,0 +1,432 @@
+//! The rules of orders and carts, with no SQL and no HTTP: the status machine, valid
+//! quantities and addresses, totals in decimal arithmetic, and list cursors.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use common::money::{CURRENCY, Money};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Where an order is in its life (API.md, "Order service").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    PendingPayment,
+    Paid,
+    Shipped,
+    Delivered,
+    Cancelled,
+}
+
+/// What can happen to an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `payment.succeeded` arrived.
+    Pay,
+    Ship,
+    Deliver,
+    /// By the customer or an admin; a paid order is refunded by the payment service.
+    Cancel,
+    /// The payment window passed.
+    Expire,
+}
+
+impl Action {
+    /// The event that announces the move.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Action::Pay => "order.paid",
+            Action::Ship => "order.shipped",
+            Action::Deliver => "order.delivered",
+            Action::Cancel => "order.cancelled",
+            Action::Expire => "order.expired",
+        }
+    }
+}
+
+/// A move the status machine does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an order that is {} can't be {}", from.as_str(), action_word(*action))]
+pub struct IllegalTransition {
+    pub from: OrderStatus,
+    pub action: Action,
+}
+
+fn action_word(action: Action) -> &'static str {
+    match action {
+        Action::Pay => "paid",
+        Action::Ship => "shipped",
+        Action::Deliver => "delivered",
+        Action::Cancel => "cancelled",
+        Action::Expire => "expired",
+    }
+}
+
+impl OrderStatus {
+    /// The one transition function: the status after `action`, or why it can't happen.
+    pub fn transition(self, action: Action) -> Result<OrderStatus, IllegalTransition> {
+        use {Action::*, OrderStatus::*};
+        match (self, action) {
+            (PendingPayment, Pay) => Ok(Paid),
+            (Paid, Ship) => Ok(Shipped),
+            (Shipped, Deliver) => Ok(Delivered),
+            (PendingPayment | Paid, Cancel) => Ok(Cancelled),
+            (PendingPayment, Expire) => Ok(Cancelled),
+            (from, action) => Err(IllegalTransition { from, action }),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::PendingPayment => "pending_payment",
+            OrderStatus::Paid => "paid",
+            OrderStatus::Shipped => "shipped",
+            OrderStatus::Delivered => "delivered",
+            OrderStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "pending_payment" => OrderStatus::PendingPayment,
+            "paid" => OrderStatus::Paid,
+            "shipped" => OrderStatus::Shipped,
+            "delivered" => OrderStatus::Delivered,
+            "cancelled" => OrderStatus::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// Units of one product in a cart or an order line: 1 to 100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quantity(i32);
+
+impl Quantity {
+    pub const MAX: i64 = 100;
+
+    pub fn parse(raw: i64) -> Result<Self, &'static str> {
+        if (1..=Self::MAX).contains(&raw) { Ok(Self(raw as i32)) } else { Err("must be between 1 and 100") }
+    }
+
+    pub fn get(self) -> i32 {
+        self.0
+    }
+}
+
+/// The most products one cart or order holds.
+pub const MAX_LINES: usize = 50;
+
+/// One product and how many of it, as a checkout asks the product service to reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    pub product_id: Uuid,
+    pub quantity: i32,
+}
+
+/// The lines of a checkout, each product once (repeated products are added up).
+pub fn merge_lines(lines: impl IntoIterator<Item = Line>) -> Vec<Line> {
+    let mut merged: Vec<Line> = Vec::new();
+    for line in lines {
+        match merged.iter_mut().find(|l| l.product_id == line.product_id) {
+            Some(existing) => existing.quantity += line.quantity,
+            None => merged.push(line),
+        }
+    }
+    merged
+}
+
+/// Where an order goes. Parsed from the request, so every stored address is valid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShippingAddress {
+    #[schema(example = "Ada Lovelace")]
+    pub name: String,
+    #[schema(example = "12 St James's Square")]
+    pub line1: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line2: Option<String>,
+    #[schema(example = "London")]
+    pub city: String,
+    #[schema(example = "SW1Y 4JH")]
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2.
+    #[schema(example = "GB")]
+    pub country: String,
+}
+
+/// ISO 3166-1 alpha-2, every officially assigned code.
+const COUNTRIES: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR \
+BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ \
+FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE \
+JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR \
+MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU \
+RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG \
+UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";
+
+/// A trimmed text of `min..=max` characters with no control characters.
+fn text(raw: &str, min: usize, max: usize) -> Result<String, String> {
+    let value = raw.trim();
+    let length = value.chars().count();
+    if length < min || length > max {
+        return Err(if min > 0 {
+            format!("must be {min} to {max} characters")
+        } else {
+            format!("must be at most {max} characters")
+        });
+    }
+    if value.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(value.to_owned())
+}
+
+impl ShippingAddress {
+    /// The address with every field checked; the errors name their fields (under
+    /// `shipping_address.`).
+    pub fn parse(raw: ShippingAddress) -> Result<Self, Vec<(&'static str, String)>> {
+        let mut errors = Vec::new();
+        let mut field = |name: &'static str, result: Result<String, String>| match result {
+            Ok(value) => value,
+            Err(message) => {
+                errors.push((name, message));
+                String::new()
+            }
+        };
+        let name = field("shipping_address.name", text(&raw.name, 1, 100));
+        let line1 = field("shipping_address.line1", text(&raw.line1, 1, 200));
+        let line2 = raw.line2.as_deref().map(|l| field("shipping_address.line2", text(l, 0, 200)));
+        let city = field("shipping_address.city", text(&raw.city, 1, 100));
+        let postal_code = field("shipping_address.postal_code", text(&raw.postal_code, 1, 20));
+        let country = raw.country.trim().to_ascii_uppercase();
+        let is_code = country.len() == 2 && COUNTRIES.split(' ').any(|c| c == country);
+        if !is_code {
+            errors.push(("shipping_address.country", "must be an ISO 3166-1 alpha-2 code such as \"US\"".into()));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Self { name, line1, line2: line2.filter(|l| !l.is_empty()), city, postal_code, country })
+    }
+}
+
+/// One line of a cart or an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OrderLine {
+    pub product_id: Uuid,
+    pub name: String,
+    pub unit_price: Money,
+    pub quantity: i32,
+    /// `unit_price × quantity`.
+    pub line_total: Money,
+}
+
+/// A total too large for an amount (`NUMERIC(12,2)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the total is larger than the largest amount, 9999999999.99")]
+pub struct TotalTooLarge;
+
+impl OrderLine {
+    pub fn new(product_id: Uuid, name: String, unit_price: Money, quantity: i32) -> Result<Self, TotalTooLarge> {
+        let line_total = Money::new(unit_price.amount() * Decimal::from(quantity)).map_err(|_| TotalTooLarge)?;
+        Ok(Self { product_id, name, unit_price, quantity, line_total })
+    }
+}
+
+/// The sum of the lines, in decimal arithmetic.
+pub fn total(lines: &[OrderLine]) -> Result<Money, TotalTooLarge> {
+    let sum: Decimal = lines.iter().map(|l| l.line_total.amount()).sum();
+    Money::new(sum).map_err(|_| TotalTooLarge)
+}
+
+/// A user's cart, with the product service's current names and prices.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Cart {
+    pub items: Vec<OrderLine>,
+    pub total: Money,
+    #[schema(example = "USD")]
+    pub currency: &'static str,
+}
+
+impl Cart {
+    pub fn new(items: Vec<OrderLine>) -> Result<Self, TotalTooLarge> {
+        Ok(Self { total: total(&items)?, items, currency: CURRENCY })
+    }
+}
+
+/// An order as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Order {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub status: OrderStatus,
+    pub items: Vec<OrderLine>,
+    pub total: Money,
+    #[schema(example = "USD")]
+    pub currency: String,
+    pub shipping_address: ShippingAddress,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// While the order awaits payment: when it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A page of a list.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Where the next page of orders starts: after this id (ids are UUIDv7, so newest first
+/// is descending id order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor(pub Uuid);
+
+impl Cursor {
+    pub fn encode(self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0.as_bytes())
+    }
+
+    pub fn decode(raw: &str) -> Option<Self> {
+        let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
+        Some(Self(Uuid::from_slice(&bytes).ok()?))
+    }
+}
+
+/// What the WebSocket pushes on every status change (API.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChanged {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub order_id: Uuid,
+    pub status: OrderStatus,
+    pub at: DateTime<Utc>,
+}
+
+impl StatusChanged {
+    pub fn new(order_id: Uuid, status: OrderStatus, at: DateTime<Utc>) -> Self {
+        Self { kind: "order.status_changed".into(), order_id, status, at }
+    }
+
+    pub fn of(order: &Order) -> Self {
+        Self::new(order.id, order.status, order.updated_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_machine_allows_exactly_the_moves_of_the_contract() {
+        use {Action::*, OrderStatus::*};
+        let all = [PendingPayment, Paid, Shipped, Delivered, Cancelled];
+        let allowed = [
+            (PendingPayment, Pay, Paid),
+            (PendingPayment, Cancel, Cancelled),
+            (PendingPayment, Expire, Cancelled),
+            (Paid, Ship, Shipped),
+            (Paid, Cancel, Cancelled),
+            (Shipped, Deliver, Delivered),
+        ];
+        for from in all {
+            for action in [Pay, Ship, Deliver, Cancel, Expire] {
+                let expected = allowed.iter().find(|(f, a, _)| *f == from && *a == action).map(|(_, _, to)| *to);
+                assert_eq!(from.transition(action).ok(), expected, "{from:?} + {action:?}");
+            }
+        }
+        let err = Delivered.transition(Cancel).unwrap_err();
+        assert_eq!(err.to_string(), "an order that is delivered can't be cancelled");
+    }
+
+    #[test]
+    fn statuses_round_trip_through_their_names() {
+        for status in [
+            OrderStatus::PendingPayment,
+            OrderStatus::Paid,
+            OrderStatus::Shipped,
+            OrderStatus::Delivered,
+            OrderStatus::Cancelled,
+        ] {
+            assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+        assert_eq!(OrderStatus::parse("lost"), None);
+    }
+
+    #[test]
+    fn quantities_are_one_to_a_hundred() {
+        assert!(Quantity::parse(0).is_err());
+        assert_eq!(Quantity::parse(1).unwrap().get(), 1);
+        assert_eq!(Quantity::parse(100).unwrap().get(), 100);
+        assert!(Quantity::parse(101).is_err());
+        assert!(Quantity::parse(i64::MIN).is_err());
+    }
+
+    #[test]
+    fn totals_are_exact_decimals() {
+        let price = Money::parse("0.10").unwrap();
+        let lines = vec![
+            OrderLine::new(Uuid::now_v7(), "a".into(), price, 3).unwrap(),
+            OrderLine::new(Uuid::now_v7(), "b".into(), Money::parse("19.99").unwrap(), 2).unwrap(),
+        ];
+        assert_eq!(lines[0].line_total.to_string(), "0.30");
+        assert_eq!(total(&lines).unwrap().to_string(), "40.28");
+        let huge = Money::parse("9999999999.99").unwrap();
+        assert_eq!(OrderLine::new(Uuid::now_v7(), "c".into(), huge, 2), Err(TotalTooLarge));
+    }
+
+    #[test]
+    fn repeated_products_are_added_up() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let merged = merge_lines([
+            Line { product_id: a, quantity: 1 },
+            Line { product_id: b, quantity: 2 },
+            Line { product_id: a, quantity: 3 },
+        ]);
+        assert_eq!(merged, vec![Line { product_id: a, quantity: 4 }, Line { product_id: b, quantity: 2 }]);
+    }
+
+    fn address(country: &str) -> ShippingAddress {
+        ShippingAddress {
+            name: " Ada ".into(),
+            line1: "1 Main St".into(),
+            line2: Some("".into()),
+            city: "Springfield".into(),
+            postal_code: "12345".into(),
+            country: country.into(),
+        }
+    }
+
+    #[test]
+    fn addresses_need_every_field_and_a_real_country() {
+        let parsed = ShippingAddress::parse(address("us")).unwrap();
+        assert_eq!((parsed.name.as_str(), parsed.country.as_str(), parsed.line2), ("Ada", "US", None));
+        assert_eq!(COUNTRIES.split(' ').count(), 249);
+        let errors = ShippingAddress::parse(address("XX")).unwrap_err();
+        assert_eq!(errors.iter().map(|(f, _)| *f).collect::<Vec<_>>(), ["shipping_address.country"]);
+        let mut empty = address("USA");
+        empty.name = " ".into();
+        empty.city = "x".repeat(101);
+        empty.line1 = "a\u{0}b".into();
+        let fields: Vec<_> = ShippingAddress::parse(empty).unwrap_err().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            fields,
+            ["shipping_address.name", "shipping_address.line1", "shipping_address.city", "shipping_address.country"]
+        );
+    }
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let cursor = Cursor(Uuid::now_v7());
+        assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
+        assert_eq!(Cursor::decode("not a cursor"), None);
+        assert_eq!(Cursor::decode("AAAA"), None);
+    }
+}

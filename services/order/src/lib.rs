@@ -1,0 +1,153 @@
+//! The order service: carts, checkout, the order lifecycle, and live status updates.
+//!
+//! - [`domain`]: the status machine, quantities, addresses, totals and cursors;
+//! - [`repository`]: the SQL of the `ordering` schema, where every move is guarded;
+//! - [`checkout`]: placing an order, the first step of the saga, safe against crashes;
+//! - [`products`]: what it asks the product service (prices, reservations);
+//! - [`http`]: the handlers of `/api/cart/*`, `/api/orders/*` and `/internal/orders/*`;
+//! - [`live`]: status changes pushed to WebSocket clients on every replica;
+//! - [`events`]: payments that succeed pay their order;
+//! - [`jobs`]: expiring unpaid orders and releasing checkouts that died half way.
+
+pub mod checkout;
+pub mod domain;
+pub mod error;
+pub mod events;
+pub mod http;
+pub mod jobs;
+pub mod live;
+pub mod products;
+pub mod repository;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::auth::Authenticator;
+use common::client::Upstream;
+use common::config::{CommonConfig, ConfigError, Env};
+use common::db::{self, Schema};
+use common::events::Subscription;
+use common::http::{HasAuthenticator, Service, Shared};
+use secrecy::SecretString;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+use crate::live::Live;
+use crate::products::Products;
+
+pub const SERVICE: &str = "order";
+pub const TOPIC: &str = "order.events";
+pub const SCHEMA: Schema = Schema { name: "ordering", role: "ordering_svc" };
+pub const DEFAULT_PORT: u16 = 8083;
+/// Where the product service is when nothing says otherwise.
+pub const DEFAULT_PRODUCT_SERVICE_URL: &str = "http://127.0.0.1:8082";
+
+static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/ordering");
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: CommonConfig,
+    /// `PRODUCT_SERVICE_URL`: the product service's base URL.
+    pub product_service_url: String,
+    /// `ORDER_PAYMENT_TIMEOUT` (15m): unpaid orders expire after this.
+    pub payment_timeout: Duration,
+    /// `UPSTREAM_TIMEOUT` (2s): the longest one call to another service may take.
+    pub upstream_timeout: Duration,
+    /// `CHECKOUT_RECOVERY_AFTER` (1m): a checkout unfinished this long is released.
+    pub checkout_recovery_after: Duration,
+    /// `WS_HEARTBEAT` (20s): how often WebSocket clients are pinged.
+    pub ws_heartbeat: Duration,
+}
+
+impl Config {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Self::with_common(CommonConfig::from_env(env, DEFAULT_PORT)?, env, DEFAULT_PRODUCT_SERVICE_URL)
+    }
+
+    /// The order service's variables on top of `common`; `product_default` is where the
+    /// product service is unless `PRODUCT_SERVICE_URL` says (in `shop`: the same process).
+    pub fn with_common(common: CommonConfig, env: &Env, product_default: &str) -> Result<Self, ConfigError> {
+        let product_service_url = env.raw("PRODUCT_SERVICE_URL").unwrap_or(product_default).trim().to_owned();
+        if !(product_service_url.starts_with("http://") || product_service_url.starts_with("https://")) {
+            return Err(ConfigError::new("PRODUCT_SERVICE_URL", "must be an http:// or https:// URL"));
+        }
+        let upstream_timeout = env.duration("UPSTREAM_TIMEOUT", Duration::from_secs(2))?;
+        let checkout_recovery_after = env.duration("CHECKOUT_RECOVERY_AFTER", Duration::from_secs(60))?;
+        // A checkout still waiting for its (retried) reservation must not be released
+        // under it.
+        if checkout_recovery_after < upstream_timeout * 4 {
+            return Err(ConfigError::new(
+                "CHECKOUT_RECOVERY_AFTER",
+                "must be at least four times UPSTREAM_TIMEOUT (a reservation is tried three times)",
+            ));
+        }
+        Ok(Self {
+            common,
+            product_service_url,
+            payment_timeout: env.duration("ORDER_PAYMENT_TIMEOUT", Duration::from_secs(15 * 60))?,
+            upstream_timeout,
+            checkout_recovery_after,
+            ws_heartbeat: env.duration("WS_HEARTBEAT", Duration::from_secs(20))?,
+        })
+    }
+}
+
+pub type AppState = common::http::AppState<Inner>;
+
+pub struct Inner {
+    /// The pool of the `ordering` schema.
+    pub db: PgPool,
+    /// Checks access tokens and signs the service tokens of upstream calls.
+    pub auth: Arc<Authenticator>,
+    /// The product service, behind its circuit breaker.
+    pub products: Products,
+    /// Where status changes go for WebSocket clients.
+    pub live: Live,
+    pub payment_timeout: Duration,
+    pub ws_heartbeat: Duration,
+}
+
+impl HasAuthenticator for Inner {
+    fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.auth
+    }
+}
+
+pub async fn migrate(database_url: &SecretString) -> anyhow::Result<()> {
+    db::migrate(database_url, SCHEMA, &MIGRATOR).await
+}
+
+/// Migrates, connects, starts the relay, the payment-events consumer and the jobs, and
+/// returns the service.
+pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> {
+    migrate(&config.common.database_url).await?;
+    let db = db::connect(&config.common.database_url, SCHEMA, config.common.db_max_connections).await?;
+    let live = match (&config.common.redis_url, &shared.redis) {
+        (Some(url), Some(publisher)) => Live::redis(url, publisher.clone(), &shared.redis_prefix)?,
+        _ => Live::local(),
+    };
+    let upstream =
+        Upstream::new("product", &config.product_service_url, SERVICE, config.upstream_timeout, shared.auth.clone());
+    let state = AppState::new(Inner {
+        db: db.clone(),
+        auth: shared.auth.clone(),
+        products: Products::new(upstream),
+        live: live.clone(),
+        payment_timeout: config.payment_timeout,
+        ws_heartbeat: config.ws_heartbeat,
+    });
+    shared.events.ensure_topics(&[TOPIC.to_owned()]).await;
+    shared.events.spawn_relay(SERVICE, db.clone());
+    shared
+        .events
+        .subscribe(Subscription {
+            group: SERVICE.to_owned(),
+            topics: vec![events::PAYMENT_TOPIC.to_owned()],
+            db: db.clone(),
+            handler: Arc::new(events::PaymentEvents { db: db.clone(), live: live.clone() }),
+        })
+        .await;
+    tokio::spawn(jobs::run(db.clone(), live, config.checkout_recovery_after));
+    let (router, openapi) = http::routes().split_for_parts();
+    Ok(Service { name: SERVICE, router: router.with_state(state), openapi, db })
+}

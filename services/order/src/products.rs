@@ -1,0 +1,149 @@
+//! What the order service asks the product service, through `common::client` (timeout,
+//! retries for idempotent calls, a circuit breaker): current names and prices for carts,
+//! and stock reservations for checkouts.
+
+use std::collections::BTreeMap;
+
+use axum::http::StatusCode;
+use common::client::{Upstream, UpstreamError};
+use common::money::Money;
+use common::{ApiError, ErrorCode, FieldErrors};
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::Line;
+use crate::error::Error;
+
+/// What a cart shows of a product.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProductView {
+    pub id: Uuid,
+    pub name: String,
+    pub price: Money,
+}
+
+/// One reserved line, with the price the order keeps.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReservedItem {
+    pub product_id: Uuid,
+    pub name: String,
+    pub quantity: i32,
+    pub unit_price: Money,
+}
+
+#[derive(Deserialize)]
+struct Reservation {
+    items: Vec<ReservedItem>,
+}
+
+#[derive(Serialize)]
+struct ReserveRequest<'a> {
+    order_id: Uuid,
+    items: &'a [Line],
+}
+
+/// The problem body of a refusal, as far as it is passed on.
+#[derive(Deserialize)]
+struct UpstreamProblem {
+    code: String,
+    detail: Option<String>,
+    #[serde(default)]
+    errors: BTreeMap<String, Vec<String>>,
+}
+
+/// Why a reservation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReserveError {
+    /// The product service answered no: nothing is reserved.
+    #[error(transparent)]
+    Refused(#[from] Error),
+    /// No answer: the reservation may or may not exist (unless the breaker kept the call
+    /// from being made at all).
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl ReserveError {
+    /// Whether the product service certainly holds nothing for the order.
+    pub fn nothing_reserved(&self) -> bool {
+        matches!(self, ReserveError::Refused(_) | ReserveError::Upstream(UpstreamError::Open(_)))
+    }
+}
+
+impl From<ReserveError> for ApiError {
+    fn from(err: ReserveError) -> Self {
+        match err {
+            ReserveError::Refused(e) => e.into(),
+            ReserveError::Upstream(e) => e.into(),
+        }
+    }
+}
+
+/// The product service, seen from the order service.
+#[derive(Debug, Clone)]
+pub struct Products {
+    upstream: Upstream,
+}
+
+fn unexpected(what: &str, status: StatusCode) -> ApiError {
+    ApiError::internal(anyhow::anyhow!("the product service answered {what} with {status}"))
+}
+
+impl Products {
+    pub fn new(upstream: Upstream) -> Self {
+        Self { upstream }
+    }
+
+    /// A product that can be ordered, or `None` if there is no such product (or it was
+    /// deleted).
+    pub async fn product(&self, id: Uuid) -> Result<Option<ProductView>, ApiError> {
+        let answer = self.upstream.call::<()>(Method::GET, &format!("/api/products/{id}"), None, true).await?;
+        match answer.status {
+            StatusCode::OK => Ok(Some(answer.json()?)),
+            StatusCode::NOT_FOUND => Ok(None),
+            status => Err(unexpected("a product read", status)),
+        }
+    }
+
+    /// Reserves every line for `order_id`, or none. Idempotent per order id, so it is
+    /// retried like a read: a retry returns the reservation the first attempt made.
+    pub async fn reserve(&self, order_id: Uuid, lines: &[Line]) -> Result<Vec<ReservedItem>, ReserveError> {
+        let body = ReserveRequest { order_id, items: lines };
+        let answer = self.upstream.call(Method::POST, "/internal/reservations", Some(&body), true).await?;
+        match answer.status {
+            StatusCode::CREATED | StatusCode::OK => {
+                Ok(answer.json::<Reservation>().map_err(|e| ReserveError::Refused(Error::Refused(e)))?.items)
+            }
+            StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY => {
+                let problem: UpstreamProblem = answer.json().map_err(|e| ReserveError::Refused(Error::Refused(e)))?;
+                Err(ReserveError::Refused(refusal(problem)))
+            }
+            status => Err(ReserveError::Refused(Error::Refused(unexpected("a reservation", status)))),
+        }
+    }
+}
+
+/// The product service's "no", as this service's error.
+fn refusal(problem: UpstreamProblem) -> Error {
+    match problem.code.as_str() {
+        "insufficient_stock" => {
+            let mut err = ApiError::new(ErrorCode::InsufficientStock);
+            if let Some(detail) = problem.detail {
+                err = err.with_detail(detail);
+            }
+            Error::Refused(err)
+        }
+        "conflict" => Error::CheckoutReleased,
+        "validation_failed" => {
+            let mut errors = FieldErrors::default();
+            for (field, messages) in problem.errors {
+                for message in messages {
+                    errors.add(field.clone(), message);
+                }
+            }
+            Error::Refused(ApiError::validation(errors))
+        }
+        other => Error::Refused(ApiError::internal(anyhow::anyhow!("the product service refused with {other}"))),
+    }
+}

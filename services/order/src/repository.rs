@@ -1,0 +1,487 @@
+//! SQL for the `ordering` schema: carts, checkouts in flight, orders and their lines.
+//! Every status change is an `UPDATE … WHERE status = <the status it was read in>`, so of
+//! two concurrent moves of one order only one can win, and it writes its event in the
+//! same transaction.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::events;
+use common::money::Money;
+use serde::Serialize;
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgExecutor, PgPool};
+use uuid::Uuid;
+
+use crate::TOPIC;
+use crate::domain::{Action, Line, MAX_LINES, Order, OrderLine, OrderStatus, ShippingAddress};
+use crate::error::Error;
+
+/// The largest possible id, where a first page starts (ids are compared with `<`).
+const AFTER_ALL: Uuid = Uuid::max();
+
+/// The data of every `order.*` event: the order's id, owner and new status, with what
+/// the consumers need of the rest (the total for refunds; the lines on creation).
+#[derive(Debug, Serialize)]
+pub struct OrderEvent<'a> {
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub status: OrderStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_status: Option<OrderStatus>,
+    /// Why it was cancelled: `customer`, `admin`, `payment_timeout`, `checkout_failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<Money>,
+    pub currency: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<&'a [OrderLine]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<Uuid>,
+}
+
+// --- carts -----------------------------------------------------------------------------
+
+/// The cart's lines, oldest first.
+#[tracing::instrument(skip_all)]
+pub async fn cart(db: impl PgExecutor<'_>, user_id: Uuid) -> Result<Vec<Line>, Error> {
+    Ok(sqlx::query_as!(
+        Line,
+        "SELECT product_id, quantity FROM ordering.cart_items WHERE user_id = $1 ORDER BY added_at, product_id",
+        user_id
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// Sets a product's quantity in the cart, adding the line if needed, unless that would
+/// make more than [`MAX_LINES`] lines.
+#[tracing::instrument(skip_all)]
+pub async fn put_cart_item(db: &PgPool, user_id: Uuid, product_id: Uuid, quantity: i32) -> Result<(), Error> {
+    let written = sqlx::query!(
+        "INSERT INTO ordering.cart_items (user_id, product_id, quantity)
+         SELECT $1, $2, $3
+         WHERE (SELECT count(*) FROM ordering.cart_items WHERE user_id = $1) < $4
+            OR EXISTS (SELECT 1 FROM ordering.cart_items WHERE user_id = $1 AND product_id = $2)
+         ON CONFLICT (user_id, product_id) DO UPDATE SET quantity = EXCLUDED.quantity",
+        user_id,
+        product_id,
+        quantity,
+        MAX_LINES as i64
+    )
+    .execute(db)
+    .await?
+    .rows_affected();
+    if written == 0 {
+        return Err(Error::CartFull(MAX_LINES));
+    }
+    Ok(())
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn remove_cart_items(db: impl PgExecutor<'_>, user_id: Uuid, product_ids: &[Uuid]) -> Result<(), Error> {
+    sqlx::query!("DELETE FROM ordering.cart_items WHERE user_id = $1 AND product_id = ANY($2)", user_id, product_ids)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn clear_cart(db: &PgPool, user_id: Uuid) -> Result<(), Error> {
+    sqlx::query!("DELETE FROM ordering.cart_items WHERE user_id = $1", user_id).execute(db).await?;
+    Ok(())
+}
+
+// --- checkouts in flight ---------------------------------------------------------------
+
+/// A checkout recorded before its reservation was asked for.
+#[derive(Debug, Clone)]
+pub struct Checkout {
+    pub order_id: Uuid,
+    pub items: Vec<Line>,
+    pub from_cart: bool,
+    /// The fingerprint of the request that started it, when it had an Idempotency-Key.
+    pub fingerprint: Option<Vec<u8>>,
+}
+
+/// The unfinished checkout a request with this Idempotency-Key started, if any.
+#[tracing::instrument(skip_all)]
+pub async fn find_checkout(db: &PgPool, user_id: Uuid, key: &str) -> Result<Option<Checkout>, Error> {
+    let row = sqlx::query!(
+        r#"SELECT order_id, items AS "items: Json<Vec<Line>>", from_cart, fingerprint
+           FROM ordering.checkouts WHERE user_id = $1 AND idempotency_key = $2"#,
+        user_id,
+        key
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| Checkout {
+        order_id: r.order_id,
+        items: r.items.0,
+        from_cart: r.from_cart,
+        fingerprint: r.fingerprint,
+    }))
+}
+
+/// Records a checkout before its reservation is asked for (committed on its own, so it
+/// survives a crash during the call). `false` when a concurrent request with the same
+/// Idempotency-Key recorded one first.
+#[tracing::instrument(skip_all, fields(order_id = %checkout.order_id))]
+pub async fn insert_checkout(
+    db: &PgPool,
+    user_id: Uuid,
+    key: Option<&str>,
+    checkout: &Checkout,
+) -> Result<bool, Error> {
+    let inserted = sqlx::query!(
+        "INSERT INTO ordering.checkouts (order_id, user_id, idempotency_key, fingerprint, items, from_cart)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        checkout.order_id,
+        user_id,
+        key,
+        checkout.fingerprint.as_deref(),
+        Json(&checkout.items) as _,
+        checkout.from_cart
+    )
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Deletes the checkout in the transaction that stores its order. `false` when it is
+/// gone: the recovery job released its reservation, so the order must not be stored.
+pub async fn take_checkout(tx: &mut PgConnection, order_id: Uuid) -> Result<bool, Error> {
+    let taken =
+        sqlx::query!("DELETE FROM ordering.checkouts WHERE order_id = $1", order_id).execute(tx).await?.rows_affected();
+    Ok(taken == 1)
+}
+
+/// Forgets a checkout whose reservation certainly does not exist.
+pub async fn delete_checkout(db: &PgPool, order_id: Uuid) -> Result<(), Error> {
+    sqlx::query!("DELETE FROM ordering.checkouts WHERE order_id = $1", order_id).execute(db).await?;
+    Ok(())
+}
+
+/// Releases checkouts that never became orders within `after`: each is deleted with an
+/// `order.cancelled` (reason `checkout_failed`), on which the product service puts back
+/// whatever was reserved under its order id, or refuses a reservation still on its way.
+/// Replicas share the work with `SKIP LOCKED`.
+#[tracing::instrument(skip_all)]
+pub async fn release_stale_checkouts(db: &PgPool, after: Duration, limit: i64) -> Result<Vec<Uuid>, Error> {
+    let mut tx = db.begin().await?;
+    let released = sqlx::query!(
+        "DELETE FROM ordering.checkouts WHERE order_id IN (
+             SELECT order_id FROM ordering.checkouts WHERE created_at < now() - make_interval(secs => $1)
+             ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING order_id, user_id",
+        after.as_secs_f64(),
+        limit
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for row in &released {
+        checkout_failed(&mut tx, row.order_id, row.user_id).await?;
+    }
+    tx.commit().await?;
+    Ok(released.into_iter().map(|r| r.order_id).collect())
+}
+
+/// Releases one checkout now (it was reserved, but can't become an order).
+pub async fn abandon_checkout(db: &PgPool, order_id: Uuid, user_id: Uuid) -> Result<(), Error> {
+    let mut tx = db.begin().await?;
+    if take_checkout(&mut tx, order_id).await? {
+        checkout_failed(&mut tx, order_id, user_id).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The `order.cancelled` of a checkout that never became an order.
+async fn checkout_failed(tx: &mut PgConnection, order_id: Uuid, user_id: Uuid) -> Result<(), Error> {
+    let event = OrderEvent {
+        order_id,
+        user_id,
+        status: OrderStatus::Cancelled,
+        previous_status: None,
+        reason: Some("checkout_failed"),
+        total: None,
+        currency: common::money::CURRENCY,
+        items: None,
+        payment_id: None,
+    };
+    events::emit(tx, TOPIC, Action::Cancel.event_type(), order_id, &event).await?;
+    Ok(())
+}
+
+// --- orders ----------------------------------------------------------------------------
+
+struct OrderRow {
+    id: Uuid,
+    user_id: Uuid,
+    status: String,
+    total: Money,
+    currency: String,
+    shipping_address: Json<ShippingAddress>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+impl OrderRow {
+    fn into_order(self, items: Vec<OrderLine>) -> Result<Order, Error> {
+        let status = OrderStatus::parse(&self.status)
+            .ok_or_else(|| Error::Database(sqlx::Error::Decode(format!("order status {:?}", self.status).into())))?;
+        Ok(Order {
+            id: self.id,
+            user_id: self.user_id,
+            status,
+            items,
+            total: self.total,
+            currency: self.currency,
+            shipping_address: self.shipping_address.0,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            expires_at: (status == OrderStatus::PendingPayment).then_some(self.expires_at),
+        })
+    }
+}
+
+struct ItemRow {
+    order_id: Uuid,
+    product_id: Uuid,
+    name: String,
+    unit_price: Money,
+    quantity: i32,
+}
+
+/// The lines of `orders`, by order id.
+async fn items_of(db: impl PgExecutor<'_>, orders: &[Uuid]) -> Result<HashMap<Uuid, Vec<OrderLine>>, Error> {
+    let rows = sqlx::query_as!(
+        ItemRow,
+        r#"SELECT order_id, product_id, name, unit_price AS "unit_price: Money", quantity
+           FROM ordering.order_items WHERE order_id = ANY($1) ORDER BY order_id, product_id"#,
+        orders
+    )
+    .fetch_all(db)
+    .await?;
+    let mut items: HashMap<Uuid, Vec<OrderLine>> = HashMap::new();
+    for row in rows {
+        let line = OrderLine::new(row.product_id, row.name, row.unit_price, row.quantity)
+            .map_err(|e| Error::Database(sqlx::Error::Decode(e.into())))?;
+        items.entry(row.order_id).or_default().push(line);
+    }
+    Ok(items)
+}
+
+/// Stores a new order with its lines and its `order.created`.
+#[tracing::instrument(skip_all, fields(order_id = %order.id))]
+pub async fn insert_order(tx: &mut PgConnection, order: &Order) -> Result<(), Error> {
+    let expires_at = order.expires_at.unwrap_or(order.created_at);
+    sqlx::query!(
+        "INSERT INTO ordering.orders (id, user_id, status, total, currency, shipping_address, created_at, updated_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
+        order.id,
+        order.user_id,
+        order.status.as_str(),
+        order.total.amount(),
+        order.currency,
+        Json(&order.shipping_address) as _,
+        order.created_at,
+        expires_at
+    )
+    .execute(&mut *tx)
+    .await?;
+    let product_ids: Vec<Uuid> = order.items.iter().map(|i| i.product_id).collect();
+    let names: Vec<String> = order.items.iter().map(|i| i.name.clone()).collect();
+    let prices: Vec<rust_decimal::Decimal> = order.items.iter().map(|i| i.unit_price.amount()).collect();
+    let quantities: Vec<i32> = order.items.iter().map(|i| i.quantity).collect();
+    sqlx::query!(
+        "INSERT INTO ordering.order_items (order_id, product_id, name, unit_price, quantity)
+         SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::numeric[], $5::int[])",
+        order.id,
+        &product_ids,
+        &names,
+        &prices,
+        &quantities
+    )
+    .execute(&mut *tx)
+    .await?;
+    let event = OrderEvent {
+        order_id: order.id,
+        user_id: order.user_id,
+        status: order.status,
+        previous_status: None,
+        reason: None,
+        total: Some(order.total),
+        currency: &order.currency,
+        items: Some(&order.items),
+        payment_id: None,
+    };
+    events::emit(tx, TOPIC, "order.created", order.id, &event).await?;
+    Ok(())
+}
+
+pub async fn find_order(db: &PgPool, id: Uuid) -> Result<Option<Order>, Error> {
+    find_order_in(&mut *db.acquire().await?, id).await
+}
+
+#[tracing::instrument(skip_all, fields(%id))]
+pub async fn find_order_in(conn: &mut PgConnection, id: Uuid) -> Result<Option<Order>, Error> {
+    let row = sqlx::query_as!(
+        OrderRow,
+        r#"SELECT id, user_id, status, total AS "total: Money", currency,
+                  shipping_address AS "shipping_address: Json<ShippingAddress>", created_at, updated_at, expires_at
+           FROM ordering.orders WHERE id = $1"#,
+        id
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut items = items_of(&mut *conn, &[id]).await?;
+    Ok(Some(row.into_order(items.remove(&id).unwrap_or_default())?))
+}
+
+/// A page of orders, newest first: one user's, or everyone's (`user_id` `None`), after
+/// the cursor's id. Fetches one more than `limit` to tell whether there is a next page.
+#[tracing::instrument(skip_all)]
+pub async fn list_orders(
+    db: &PgPool,
+    user_id: Option<Uuid>,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Order>, Error> {
+    let after = after.unwrap_or(AFTER_ALL);
+    // Two fixed queries rather than one with `$1 IS NULL OR …`, so each has the plan of
+    // its index.
+    let rows = match user_id {
+        Some(user_id) => {
+            sqlx::query_as!(
+                OrderRow,
+                r#"SELECT id, user_id, status, total AS "total: Money", currency,
+                          shipping_address AS "shipping_address: Json<ShippingAddress>", created_at, updated_at,
+                          expires_at
+                   FROM ordering.orders WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"#,
+                user_id,
+                after,
+                limit + 1
+            )
+            .fetch_all(db)
+            .await?
+        }
+        None => {
+            sqlx::query_as!(
+                OrderRow,
+                r#"SELECT id, user_id, status, total AS "total: Money", currency,
+                          shipping_address AS "shipping_address: Json<ShippingAddress>", created_at, updated_at,
+                          expires_at
+                   FROM ordering.orders WHERE id < $1 ORDER BY id DESC LIMIT $2"#,
+                after,
+                limit + 1
+            )
+            .fetch_all(db)
+            .await?
+        }
+    };
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let mut items = items_of(db, &ids).await?;
+    rows.into_iter()
+        .map(|row| {
+            let lines = items.remove(&row.id).unwrap_or_default();
+            row.into_order(lines)
+        })
+        .collect()
+}
+
+/// Why a move happened, for its event.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cause<'a> {
+    pub reason: Option<&'a str>,
+    pub payment_id: Option<Uuid>,
+}
+
+/// Applies `action` to `order` (as it was read) and writes its event, guarded on the
+/// status it was read in: if another request moved the order since, nothing changes.
+#[tracing::instrument(skip_all, fields(order_id = %order.id, ?action))]
+pub async fn move_order(
+    tx: &mut PgConnection,
+    order: &Order,
+    action: Action,
+    cause: Cause<'_>,
+) -> Result<Order, Error> {
+    let next = order.status.transition(action)?;
+    let updated_at = sqlx::query_scalar!(
+        "UPDATE ordering.orders SET status = $3, updated_at = clock_timestamp() WHERE id = $1 AND status = $2
+         RETURNING updated_at",
+        order.id,
+        order.status.as_str(),
+        next.as_str()
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(updated_at) = updated_at else {
+        let now = sqlx::query_scalar!("SELECT status FROM ordering.orders WHERE id = $1", order.id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let now = OrderStatus::parse(&now).map_or("unknown", OrderStatus::as_str);
+        return Err(Error::ChangedConcurrently(now));
+    };
+    let moved = Order { status: next, updated_at, expires_at: None, ..order.clone() };
+    let event = OrderEvent {
+        order_id: moved.id,
+        user_id: moved.user_id,
+        status: next,
+        previous_status: Some(order.status),
+        reason: cause.reason,
+        total: Some(moved.total),
+        currency: &moved.currency,
+        items: None,
+        payment_id: cause.payment_id,
+    };
+    events::emit(tx, TOPIC, action.event_type(), moved.id, &event).await?;
+    Ok(moved)
+}
+
+/// An order the expiry job cancelled.
+#[derive(Debug, Clone)]
+pub struct Expired {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Cancels up to `limit` unpaid orders whose payment window has passed, each with an
+/// `order.expired`. Replicas running this at once take different orders (`SKIP LOCKED`);
+/// an order paid meanwhile no longer matches `status = 'pending_payment'`.
+#[tracing::instrument(skip_all)]
+pub async fn expire_due(db: &PgPool, limit: i64) -> Result<Vec<Expired>, Error> {
+    let mut tx = db.begin().await?;
+    let expired = sqlx::query!(
+        r#"UPDATE ordering.orders SET status = 'cancelled', updated_at = clock_timestamp()
+           WHERE id IN (SELECT id FROM ordering.orders WHERE status = 'pending_payment' AND expires_at <= now()
+                        ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+             AND status = 'pending_payment'
+           RETURNING id, user_id, total AS "total: Money", currency, updated_at"#,
+        limit
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for row in &expired {
+        let event = OrderEvent {
+            order_id: row.id,
+            user_id: row.user_id,
+            status: OrderStatus::Cancelled,
+            previous_status: Some(OrderStatus::PendingPayment),
+            reason: Some("payment_timeout"),
+            total: Some(row.total),
+            currency: &row.currency,
+            items: None,
+            payment_id: None,
+        };
+        events::emit(&mut tx, TOPIC, Action::Expire.event_type(), row.id, &event).await?;
+    }
+    tx.commit().await?;
+    Ok(expired.into_iter().map(|r| Expired { id: r.id, user_id: r.user_id, updated_at: r.updated_at }).collect())
+}
