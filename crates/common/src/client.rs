@@ -38,6 +38,7 @@ type Breaker = StateMachine<ConsecutiveFailures<EqualJittered>, ()>;
 /// upstream's answer, and the caller decides what it means).
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
+    /// The breaker is open and the request was not sent at all.
     #[error("the circuit breaker of {0} is open")]
     Open(&'static str),
     #[error("{0} did not answer in time")]
@@ -138,13 +139,16 @@ impl Upstream {
         let attempts = if idempotent { 3 } else { 1 };
         let mut delay = RETRY_BASE;
         let mut attempt = 1;
+        let mut last = None;
         loop {
             let outcome = self.breaker.call_with(is_failure, self.attempt(method.clone(), path, body)).await;
             let err = match outcome {
                 Ok(answer) => return Ok(answer),
                 Err(failsafe::Error::Rejected) => {
                     metrics::counter!("upstream_rejected_total", "upstream" => self.name).increment(1);
-                    return Err(UpstreamError::Open(self.name));
+                    // `Open` promises that nothing was sent; after an attempt that was,
+                    // what that attempt met is the answer.
+                    return Err(last.unwrap_or(UpstreamError::Open(self.name)));
                 }
                 Err(failsafe::Error::Inner(err)) => err,
             };
@@ -152,9 +156,10 @@ impl Upstream {
             if attempt >= attempts {
                 return Err(err);
             }
+            tracing::warn!(upstream = self.name, attempt, error = %err, "retrying an upstream call");
+            last = Some(err);
             // Full jitter: replicas retrying the same outage spread out instead of in step.
             let pause = Duration::from_millis(rand::rng().random_range(0..=delay.as_millis() as u64));
-            tracing::warn!(upstream = self.name, attempt, error = %err, "retrying an upstream call");
             tokio::time::sleep(pause).await;
             delay = (delay * 2).min(RETRY_MAX);
             attempt += 1;
