@@ -42,9 +42,10 @@ CREATE TABLE order_items (
 
 -- A checkout that has asked (or is about to ask) the product service to reserve stock
 -- under `order_id`, written before that call. It is deleted in the transaction that stores
--- the order; one still here after a while belongs to a checkout that died or failed half
--- way, and the recovery job releases its reservation (if any) with `order.cancelled`. A
--- retry with the same Idempotency-Key finds it and finishes it under the same order id.
+-- the order; one still here after a while, with no request working on it, belongs to a
+-- checkout that died or failed half way, and the recovery job releases its reservation (if
+-- any) with `order.cancelled`. A retry with the same Idempotency-Key finds it and finishes
+-- it under the same order id.
 CREATE TABLE checkouts (
     order_id         UUID PRIMARY KEY,
     user_id          UUID NOT NULL,
@@ -56,6 +57,10 @@ CREATE TABLE checkouts (
     items            JSONB NOT NULL,
     -- Whether the lines came from the cart, which the order then empties of them.
     from_cart        BOOLEAN NOT NULL,
+    -- Until when a request is working on it (a lease): another request with the same key
+    -- meanwhile is `409 request_in_progress`, and the recovery job leaves it alone. A
+    -- request that gives up ends its lease, so a retry can resume at once.
+    running_until    TIMESTAMPTZ NOT NULL DEFAULT now(),
     created_at       TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 

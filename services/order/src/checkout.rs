@@ -13,22 +13,24 @@
 //! reserved. A reservation is never left without an order or a release, nor an order
 //! without a reservation.
 //!
-//! With an Idempotency-Key, the key's lock is held (in the transaction of step 3, opened
-//! first) for the whole checkout, so a concurrent request with the same key gets
-//! `409 request_in_progress`.
+//! No database connection is held while the product service is called. The checkout
+//! record is leased to the request working on it: a concurrent request with the same key
+//! finds the lease and gets `409 request_in_progress`, and the recovery job waits for it
+//! to end.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{SubsecRound, Utc};
-use common::ApiError;
 use common::extract::Json;
 use common::idempotency::{Begin, Idempotency};
 use common::money::CURRENCY;
+use common::{ApiError, ErrorCode};
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::domain::{Line, Order, OrderLine, OrderStatus, ShippingAddress, merge_lines, total};
 use crate::error::Error;
+use crate::products::ReserveError;
 use crate::repository::{self, Checkout};
 
 /// What the customer asked for, parsed.
@@ -47,13 +49,12 @@ pub async fn place(
     key: Option<&Idempotency>,
 ) -> Result<Response, ApiError> {
     let scope = user_id.to_string();
-    let mut held = None;
     if let Some(key) = key {
+        // Done before: replay it (the key's lock lasts only for this look).
         let mut tx = state.db.begin().await?;
         if let Begin::Replay(response) = key.begin(&mut tx, &scope).await? {
             return Ok(response);
         }
-        held = Some(tx);
     }
     let checkout = start(state, user_id, request.lines, key).await?;
     let reserved = match state.products.reserve(checkout.order_id, &checkout.items).await {
@@ -61,9 +62,15 @@ pub async fn place(
         Err(err) => {
             if err.nothing_reserved() {
                 repository::delete_checkout(&state.db, checkout.order_id).await?;
+            } else if key.is_some() && matches!(err, ReserveError::Upstream(_)) {
+                // The outcome is unknown: the record stays, for a retry with the same key
+                // to finish (or, if none comes, for the recovery job to release).
+                repository::release_checkout(&state.db, checkout.order_id).await?;
+            } else {
+                // Nobody can resume it: release whatever may have been reserved now, rather
+                // than holding stock until the recovery job comes by.
+                repository::abandon_checkout(&state.db, checkout.order_id, user_id).await?;
             }
-            // Otherwise the outcome is unknown: the record stays, for a retry with the same
-            // key to finish or for the recovery job to release.
             return Err(err.into());
         }
     };
@@ -78,11 +85,15 @@ pub async fn place(
         }
     };
 
-    let mut tx = match held {
-        Some(tx) => tx,
-        None => state.db.begin().await?,
-    };
+    let mut tx = state.db.begin().await?;
     if !repository::take_checkout(&mut tx, checkout.order_id).await? {
+        // Our lease ran out: a retry with the same key may have finished the order (then
+        // its answer is ours too), or the recovery job released it.
+        if let Some(key) = key
+            && let Begin::Replay(response) = key.begin(&mut tx, &scope).await?
+        {
+            return Ok(response);
+        }
         return Err(Error::CheckoutReleased.into());
     }
     // PostgreSQL keeps microseconds; so does the answer, or a re-read would differ.
@@ -113,6 +124,11 @@ pub async fn place(
     Ok((StatusCode::CREATED, Json(order)).into_response())
 }
 
+fn in_progress() -> ApiError {
+    ApiError::new(ErrorCode::RequestInProgress)
+        .with_detail("a request with this Idempotency-Key is still running; retry shortly")
+}
+
 /// The checkout record: the unfinished one of an earlier attempt with this key, or a new
 /// one, committed before the reservation is asked for.
 async fn start(
@@ -126,6 +142,9 @@ async fn start(
     {
         if earlier.fingerprint.as_deref() != Some(key.fingerprint()) {
             return Err(Idempotency::reused());
+        }
+        if !repository::claim_checkout(&state.db, earlier.order_id, state.checkout_lease).await? {
+            return Err(in_progress());
         }
         return Ok(earlier);
     }
@@ -141,11 +160,10 @@ async fn start(
     };
     let checkout =
         Checkout { order_id: Uuid::now_v7(), items, from_cart, fingerprint: key.map(|k| k.fingerprint().to_vec()) };
-    if !repository::insert_checkout(&state.db, user_id, key.map(Idempotency::as_str), &checkout).await? {
-        // Only a request holding the same key's lock could have written it.
-        return Err(ApiError::internal(anyhow::anyhow!(
-            "a checkout with this Idempotency-Key appeared while its lock was held"
-        )));
+    let lease = state.checkout_lease;
+    if !repository::insert_checkout(&state.db, user_id, key.map(Idempotency::as_str), &checkout, lease).await? {
+        // A concurrent request with the same key recorded its checkout first.
+        return Err(in_progress());
     }
     Ok(checkout)
 }

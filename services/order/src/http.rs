@@ -13,7 +13,7 @@ use common::error::Problem;
 use common::extract::{Json, Path, Query};
 use common::idempotency::Idempotent;
 use common::money::Money;
-use common::{ApiError, FieldErrors};
+use common::{ApiError, ErrorCode, FieldErrors};
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -426,14 +426,30 @@ async fn order_updates(
         .ok_or_else(|| ApiError::unauthorized("a bearer access token (header or access_token) is required"))?;
     let claims = state.auth.verify(&token).await?;
     let upgrade = upgrade.map_err(|_| ApiError::bad_request("this endpoint speaks WebSocket only"))?;
-    let heartbeat = state.ws_heartbeat;
-    let live = state.live.clone();
-    Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, live, claims.sub, heartbeat)))
+    if state.live.hub().count(claims.sub) >= MAX_SOCKETS_PER_USER {
+        return Err(ApiError::new(ErrorCode::RateLimited)
+            .with_detail(format!("at most {MAX_SOCKETS_PER_USER} live connections per user")));
+    }
+    let socket = Socket { live: state.live.clone(), auth: state.auth.clone(), token, heartbeat: state.ws_heartbeat };
+    Ok(upgrade.on_upgrade(move |ws| serve_socket(ws, socket, claims.sub)))
 }
 
-async fn serve_socket(socket: WebSocket, live: crate::live::Live, user_id: Uuid, heartbeat: Duration) {
+/// Open sockets one user may hold (tabs, devices), so one token can't hold unbounded tasks.
+const MAX_SOCKETS_PER_USER: usize = 10;
+
+/// What a socket's task needs.
+struct Socket {
+    live: crate::live::Live,
+    auth: std::sync::Arc<common::auth::Authenticator>,
+    /// Checked again at every heartbeat: a socket ends with its token (expiry, logout).
+    token: String,
+    heartbeat: Duration,
+}
+
+async fn serve_socket(ws: WebSocket, socket: Socket, user_id: Uuid) {
+    let Socket { live, auth, token, heartbeat } = socket;
     let mut registration = live.hub().register(user_id);
-    let (mut sink, mut stream) = socket.split();
+    let (mut sink, mut stream) = ws.split();
     let mut ping = tokio::time::interval(heartbeat);
     ping.tick().await;
     let mut last_heard = Instant::now();
@@ -461,6 +477,11 @@ async fn serve_socket(socket: WebSocket, live: crate::live::Live, user_id: Uuid,
             _ = ping.tick() => {
                 if last_heard.elapsed() > heartbeat * 2 {
                     let _ = tokio::time::timeout(SEND_TIMEOUT, sink.send(close(close_code::POLICY, "no pong"))).await;
+                    break;
+                }
+                if auth.verify(&token).await.is_err() {
+                    let reason = "the access token expired or was revoked";
+                    let _ = tokio::time::timeout(SEND_TIMEOUT, sink.send(close(close_code::POLICY, reason))).await;
                     break;
                 }
                 if !matches!(tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Ping(Default::default()))).await, Ok(Ok(()))) {

@@ -81,10 +81,14 @@ impl Config {
                 "must be at least four times UPSTREAM_TIMEOUT (a reservation is tried three times)",
             ));
         }
+        let payment_timeout = env.duration("ORDER_PAYMENT_TIMEOUT", Duration::from_secs(15 * 60))?;
+        if payment_timeout > Duration::from_secs(30 * 24 * 3600) {
+            return Err(ConfigError::new("ORDER_PAYMENT_TIMEOUT", "must be at most 30 days"));
+        }
         Ok(Self {
             common,
             product_service_url,
-            payment_timeout: env.duration("ORDER_PAYMENT_TIMEOUT", Duration::from_secs(15 * 60))?,
+            payment_timeout,
             upstream_timeout,
             checkout_recovery_after,
             ws_heartbeat: env.duration("WS_HEARTBEAT", Duration::from_secs(20))?,
@@ -104,6 +108,9 @@ pub struct Inner {
     /// Where status changes go for WebSocket clients.
     pub live: Live,
     pub payment_timeout: Duration,
+    /// How long a request may work on a checkout before others may take it over: the
+    /// longest a (retried) reservation can take.
+    pub checkout_lease: Duration,
     pub ws_heartbeat: Duration,
 }
 
@@ -134,6 +141,7 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
         products: Products::new(upstream),
         live: live.clone(),
         payment_timeout: config.payment_timeout,
+        checkout_lease: config.upstream_timeout * 4,
         ws_heartbeat: config.ws_heartbeat,
     });
     shared.events.ensure_topics(&[TOPIC.to_owned()]).await;

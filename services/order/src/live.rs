@@ -55,6 +55,11 @@ impl Hub {
         Registration { id, user_id, messages }
     }
 
+    /// How many sockets `user_id` has open here.
+    pub fn count(&self, user_id: Uuid) -> usize {
+        self.lock().get(&user_id).map_or(0, Vec::len)
+    }
+
     pub fn unregister(&self, registration: &Registration) {
         let mut sockets = self.lock();
         if let Some(list) = sockets.get_mut(&registration.user_id) {

@@ -62,6 +62,9 @@ pub enum ReserveError {
     /// from being made at all).
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// A success answer this service cannot read: the reservation exists, unusable.
+    #[error("the product service answered a reservation with a body this service can't read")]
+    Garbled(#[source] anyhow::Error),
 }
 
 impl ReserveError {
@@ -76,6 +79,7 @@ impl From<ReserveError> for ApiError {
         match err {
             ReserveError::Refused(e) => e.into(),
             ReserveError::Upstream(e) => e.into(),
+            ReserveError::Garbled(e) => ApiError::internal(e),
         }
     }
 }
@@ -112,9 +116,9 @@ impl Products {
         let body = ReserveRequest { order_id, items: lines };
         let answer = self.upstream.call(Method::POST, "/internal/reservations", Some(&body), true).await?;
         match answer.status {
-            StatusCode::CREATED | StatusCode::OK => {
-                Ok(answer.json::<Reservation>().map_err(|e| ReserveError::Refused(Error::Refused(e)))?.items)
-            }
+            status if status.is_success() => serde_json::from_slice::<Reservation>(&answer.body)
+                .map(|r| r.items)
+                .map_err(|e| ReserveError::Garbled(anyhow::anyhow!("{status}: {e}"))),
             StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY => {
                 let problem: UpstreamProblem = answer.json().map_err(|e| ReserveError::Refused(Error::Refused(e)))?;
                 Err(ReserveError::Refused(refusal(problem)))

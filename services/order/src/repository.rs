@@ -126,29 +126,55 @@ pub async fn find_checkout(db: &PgPool, user_id: Uuid, key: &str) -> Result<Opti
 }
 
 /// Records a checkout before its reservation is asked for (committed on its own, so it
-/// survives a crash during the call). `false` when a concurrent request with the same
-/// Idempotency-Key recorded one first.
+/// survives a crash during the call), leased to this request for `lease`. `false` when a
+/// concurrent request with the same Idempotency-Key recorded one first.
 #[tracing::instrument(skip_all, fields(order_id = %checkout.order_id))]
 pub async fn insert_checkout(
     db: &PgPool,
     user_id: Uuid,
     key: Option<&str>,
     checkout: &Checkout,
+    lease: Duration,
 ) -> Result<bool, Error> {
     let inserted = sqlx::query!(
-        "INSERT INTO ordering.checkouts (order_id, user_id, idempotency_key, fingerprint, items, from_cart)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        "INSERT INTO ordering.checkouts (order_id, user_id, idempotency_key, fingerprint, items, from_cart, running_until)
+         VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7)) ON CONFLICT DO NOTHING",
         checkout.order_id,
         user_id,
         key,
         checkout.fingerprint.as_deref(),
         Json(&checkout.items) as _,
-        checkout.from_cart
+        checkout.from_cart,
+        lease.as_secs_f64()
     )
     .execute(db)
     .await?
     .rows_affected();
     Ok(inserted == 1)
+}
+
+/// Takes the lease of an unfinished checkout to resume it. `false` while another request
+/// holds it.
+pub async fn claim_checkout(db: &PgPool, order_id: Uuid, lease: Duration) -> Result<bool, Error> {
+    let claimed = sqlx::query!(
+        "UPDATE ordering.checkouts SET running_until = now() + make_interval(secs => $2)
+         WHERE order_id = $1 AND running_until <= now()",
+        order_id,
+        lease.as_secs_f64()
+    )
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(claimed == 1)
+}
+
+/// Ends this request's lease on a checkout it gives up on (its outcome unknown), so that
+/// a retry can resume it, or the recovery job release it, without waiting.
+pub async fn release_checkout(db: &PgPool, order_id: Uuid) -> Result<(), Error> {
+    sqlx::query!("UPDATE ordering.checkouts SET running_until = now() WHERE order_id = $1", order_id)
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 /// Deletes the checkout in the transaction that stores its order. `false` when it is
@@ -165,7 +191,8 @@ pub async fn delete_checkout(db: &PgPool, order_id: Uuid) -> Result<(), Error> {
     Ok(())
 }
 
-/// Releases checkouts that never became orders within `after`: each is deleted with an
+/// Releases checkouts that never became orders within `after` and that no request is
+/// working on: each is deleted with an
 /// `order.cancelled` (reason `checkout_failed`), on which the product service puts back
 /// whatever was reserved under its order id, or refuses a reservation still on its way.
 /// Replicas share the work with `SKIP LOCKED`.
@@ -174,7 +201,8 @@ pub async fn release_stale_checkouts(db: &PgPool, after: Duration, limit: i64) -
     let mut tx = db.begin().await?;
     let released = sqlx::query!(
         "DELETE FROM ordering.checkouts WHERE order_id IN (
-             SELECT order_id FROM ordering.checkouts WHERE created_at < now() - make_interval(secs => $1)
+             SELECT order_id FROM ordering.checkouts
+             WHERE created_at < now() - make_interval(secs => $1) AND running_until < now()
              ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
          RETURNING order_id, user_id",
         after.as_secs_f64(),
@@ -457,6 +485,9 @@ pub struct Expired {
 /// an order paid meanwhile no longer matches `status = 'pending_payment'`.
 #[tracing::instrument(skip_all)]
 pub async fn expire_due(db: &PgPool, limit: i64) -> Result<Vec<Expired>, Error> {
+    // The statuses are literals so the planner can use the partial index of unpaid orders;
+    // they are the status machine's (pending_payment + expire = cancelled, unit-tested).
+    debug_assert_eq!(OrderStatus::PendingPayment.transition(Action::Expire), Ok(OrderStatus::Cancelled));
     let mut tx = db.begin().await?;
     let expired = sqlx::query!(
         r#"UPDATE ordering.orders SET status = 'cancelled', updated_at = clock_timestamp()

@@ -80,12 +80,13 @@ async fn a_change_made_on_one_replica_reaches_a_socket_on_another() {
 #[tokio::test]
 async fn sockets_need_a_valid_token_and_a_websocket_handshake() {
     let app = TestApp::spawn().await;
-    let err = connect(app.server.addr, "not-a-token", true).await.unwrap_err();
-    assert!(matches!(&err, WsError::Http(res) if res.status() == 401), "{err:?}");
-    let err = connect(app.server.addr, "not-a-token", false).await.unwrap_err();
-    assert!(matches!(&err, WsError::Http(res) if res.status() == 401), "{err:?}");
+    for (token, in_header) in [("not-a-token", true), ("not-a-token", false)] {
+        let err = connect(app.server.addr, token, in_header).await.unwrap_err();
+        assert!(matches!(&err, WsError::Http(res) if res.status() == 401), "{err:?}");
+    }
     let service = app.shared.auth.service_token("order").unwrap();
-    assert!(connect(app.server.addr, &service, true).await.is_err(), "a service token is not a user");
+    let err = connect(app.server.addr, &service, true).await.unwrap_err();
+    assert!(matches!(&err, WsError::Http(res) if res.status() == 401), "a service token is not a user: {err:?}");
 
     let res = app.server.get("/api/orders/ws", None).await;
     assert_eq!(res.status(), 401);
@@ -113,20 +114,43 @@ async fn clients_are_pinged_and_one_that_stops_answering_is_closed() {
 
     // Not reading means not answering: the server gives up after two missed beats.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let mut closed = false;
-    while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_secs(2), socket.next()).await {
-        match frame {
-            Ok(Message::Close(frame)) => {
+    // The server has closed the connection: its close frame arrives, or (when answering the
+    // pings queued meanwhile fails first) the connection is found gone. Only the server can
+    // have closed it; a socket still open would time out here.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), socket.next()).await.expect("closed by the server") {
+            Some(Ok(Message::Close(frame))) => {
                 assert_eq!(frame.map(|f| f.reason.to_string()).as_deref(), Some("no pong"));
-                closed = true;
                 break;
             }
-            Ok(_) => {}
-            Err(_) => {
-                closed = true;
-                break;
-            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => break,
         }
     }
-    assert!(closed, "a silent client is closed");
+}
+
+#[tokio::test]
+async fn a_socket_ends_when_its_token_is_revoked_and_a_user_holds_at_most_ten() {
+    let app = TestApp::spawn_with(&[("WS_HEARTBEAT", "200ms")]).await;
+    let user = uuid::Uuid::now_v7();
+    let issued = app.shared.auth.issue(user, common::auth::Role::Customer, uuid::Uuid::now_v7()).unwrap();
+    let mut socket = connect(app.server.addr, &issued.token, true).await.unwrap();
+    app.shared.auth.revoke(&issued.claims).await.unwrap();
+    let mut reason = None;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(2), socket.next()).await {
+        if let Message::Close(frame) = frame {
+            reason = frame.map(|f| f.reason.to_string());
+            break;
+        }
+    }
+    assert_eq!(reason.as_deref(), Some("the access token expired or was revoked"));
+
+    let alice = app.customer();
+    let mut open = Vec::new();
+    for _ in 0..10 {
+        open.push(connect(app.server.addr, &alice.token, true).await.unwrap());
+    }
+    let err = connect(app.server.addr, &alice.token, true).await.unwrap_err();
+    assert!(matches!(&err, WsError::Http(res) if res.status() == 429), "{err:?}");
+    drop(open);
 }
