@@ -20,16 +20,19 @@ struct Config {
     user: user::Config,
     product: product::Config,
     order: order::Config,
+    payment: payment::Config,
 }
 
 fn config(env: &Env) -> Result<Config, ConfigError> {
     let common = CommonConfig::from_env(env, DEFAULT_PORT)?;
-    // The order service calls the product service, which is this very process.
+    // The order service calls the product service, and the payment service the order
+    // service: both are this very process.
     let itself = format!("http://127.0.0.1:{}", common.port);
     Ok(Config {
         user: user::Config::with_common(common.clone(), env)?,
         product: product::Config { common: common.clone() },
         order: order::Config::with_common(common.clone(), env, &itself)?,
+        payment: payment::Config::with_common(common.clone(), env, &itself)?,
         common,
     })
 }
@@ -84,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
                 user::start(&config.user, &shared).await?,
                 product::start(&config.product, &shared).await?,
                 order::start(&config.order, &shared).await?,
+                payment::start(&config.payment, &shared).await?,
             ];
             common::http::run(config.common.port, common::http::app(services, shared)).await
         }
@@ -93,7 +97,8 @@ async fn main() -> anyhow::Result<()> {
 async fn migrate(config: &Config) -> anyhow::Result<()> {
     user::migrate(&config.common.database_url).await?;
     product::migrate(&config.common.database_url).await?;
-    order::migrate(&config.common.database_url).await
+    order::migrate(&config.common.database_url).await?;
+    payment::migrate(&config.common.database_url).await
 }
 
 enum Command {

@@ -59,6 +59,7 @@ async fn shop_creates_its_database_migrates_serves_and_stops_gracefully() {
     assert_eq!(checks["checks"]["database:user"], "up");
     assert_eq!(checks["checks"]["database:product"], "up");
     assert_eq!(checks["checks"]["database:order"], "up");
+    assert_eq!(checks["checks"]["database:payment"], "up");
     let products = client.get(format!("{base}/api/products")).send().await.unwrap();
     assert_eq!(products.status(), 200, "the product service is nested too");
     let res = client
@@ -142,7 +143,7 @@ async fn login(client: &reqwest::Client, base: &str, email: &str, password: &str
 async fn shop_runs_a_whole_checkout_in_one_process_without_redis_or_kafka() {
     let db = TestDb::reserve();
     let port = free_port();
-    let mut child = shop(&db, port).env("ORDER_PAYMENT_TIMEOUT", "2s").spawn().unwrap();
+    let mut child = shop(&db, port).env("ORDER_PAYMENT_TIMEOUT", "3s").spawn().unwrap();
     wait_until_up(&mut child, port).await;
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
@@ -201,16 +202,53 @@ async fn shop_runs_a_whole_checkout_in_one_process_without_redis_or_kafka() {
     };
     assert_eq!(stock(client.clone()).await, 1);
 
-    // Unpaid, it expires; the in-process events put its units back.
+    // A second order is paid: the payment service asks the order service (same process)
+    // and the in-process events pay the order.
+    let res = client
+        .post(format!("{base}/api/orders"))
+        .bearer_auth(&kim)
+        .json(&json!({"items": [{"product_id": product["id"], "quantity": 1}], "shipping_address": address}))
+        .send()
+        .await
+        .unwrap();
+    let paid: serde_json::Value = res.json().await.unwrap();
+    let res = client
+        .post(format!("{base}/api/payments"))
+        .bearer_auth(&kim)
+        .header("idempotency-key", "kim-1")
+        .json(&json!({"order_id": paid["id"], "amount": "250.00", "currency": "USD",
+                      "method": {"type": "card", "token": "tok_visa"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.json::<serde_json::Value>().await.unwrap()["status"], "succeeded");
+    let mut is_paid = false;
+    for _ in 0..50 {
+        let res = client
+            .get(format!("{base}/api/orders/{}", paid["id"].as_str().unwrap()))
+            .bearer_auth(&kim)
+            .send()
+            .await
+            .unwrap();
+        if res.json::<serde_json::Value>().await.unwrap()["status"] == "paid" {
+            is_paid = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(is_paid, "the paid order is paid");
+
+    // Unpaid, the first expires; the in-process events put its units back.
     let mut restocked = false;
     for _ in 0..100 {
-        if stock(client.clone()).await == 3 {
+        if stock(client.clone()).await == 2 {
             restocked = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(restocked, "the expired order's stock came back");
+    assert!(restocked, "the expired order's stock came back; the paid one's stays sold");
     let res = client
         .get(format!("{base}/api/orders/{}", order["id"].as_str().unwrap()))
         .bearer_auth(&kim)

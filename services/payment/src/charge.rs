@@ -1,0 +1,152 @@
+//! Paying an order: the second step of the checkout saga.
+//!
+//! 1. The order is read from the order service (owner, status, total) and checked.
+//! 2. The attempt is recorded as `processing` and committed before the provider is called;
+//!    the database allows one such attempt (or success) per order.
+//! 3. The provider is called with the payment's id as its idempotency key, retried with
+//!    backoff while it is unavailable.
+//! 4. One transaction settles the attempt with its event and stores the Idempotency-Key's
+//!    response. A charge for an order that closed meanwhile is refunded in it.
+//!
+//! If the provider does not answer in time, or the process dies between 2 and 4, the
+//! attempt stays `processing`: a retry with the same key, or the reconciler, asks the
+//! provider what happened and settles it. No database connection is held while the
+//! provider is called; the attempt is leased to the request working on it.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use common::ApiError;
+use common::auth::AuthUser;
+use common::extract::Json;
+use common::idempotency::{Begin, Idempotency};
+use common::money::Money;
+use rand::Rng;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::domain::{Outcome, PaymentStatus};
+use crate::error::Error;
+use crate::provider::ProviderError;
+use crate::repository::{self, NewAttempt};
+
+/// A payment request, parsed.
+#[derive(Debug)]
+pub struct Request {
+    pub order_id: Uuid,
+    pub amount: Money,
+    pub token: String,
+}
+
+/// Provider calls per attempt while it is unavailable.
+const PROVIDER_ATTEMPTS: u32 = 3;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why a charge got no answer.
+enum NoAnswer {
+    /// Every call was refused: nothing was charged.
+    Unavailable,
+    InvalidToken,
+    /// Some call timed out: the charge may have happened.
+    Timeout,
+}
+
+/// Charges the order and answers `201` with the payment (failed ones included), or replays
+/// the first answer to this key.
+pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idempotency) -> Result<Response, ApiError> {
+    let scope = user.id.to_string();
+    {
+        let mut tx = state.db.begin().await?;
+        if let Begin::Replay(response) = key.begin(&mut tx, &scope).await? {
+            return Ok(response);
+        }
+    }
+    let attempt = match repository::find_by_key(&state.db, user.id, key.as_str()).await? {
+        Some((earlier, fingerprint)) => {
+            if fingerprint != key.fingerprint() {
+                return Err(Idempotency::reused());
+            }
+            let resumable = earlier.payment.status == PaymentStatus::Processing;
+            if resumable && !repository::claim_attempt(&state.db, earlier.payment.id, state.attempt_lease).await? {
+                return Err(Error::RequestInProgress.into());
+            }
+            earlier.payment
+        }
+        None => {
+            let order = state.orders.order(request.order_id).await?;
+            // Another user's order does not exist, as far as this caller can tell.
+            let order = order.filter(|o| o.user_id == user.id).ok_or(Error::NotFound)?;
+            match order.status.as_str() {
+                "pending_payment" => {}
+                "paid" | "shipped" | "delivered" => return Err(Error::AlreadyPaid.into()),
+                other => return Err(Error::NotPayable(other.to_owned()).into()),
+            }
+            if request.amount != order.total || order.currency != common::money::CURRENCY {
+                return Err(Error::AmountMismatch(order.total.to_string()).into());
+            }
+            let new = NewAttempt {
+                id: Uuid::now_v7(),
+                order_id: order.id,
+                user_id: user.id,
+                amount: request.amount,
+                key: key.as_str(),
+                fingerprint: key.fingerprint(),
+            };
+            repository::insert_attempt(&state.db, &new, state.attempt_lease).await?
+        }
+    };
+
+    let mut tx = state.db.begin().await?;
+    let (payment, refunds) = if attempt.status == PaymentStatus::Processing {
+        drop(tx);
+        let outcome = match charge(state, attempt.id, attempt.amount, &request.token).await {
+            Ok(outcome) => outcome,
+            Err(NoAnswer::Unavailable) => {
+                repository::delete_attempt(&state.db, attempt.id).await?;
+                return Err(Error::ProviderUnavailable.into());
+            }
+            Err(NoAnswer::InvalidToken) => {
+                repository::delete_attempt(&state.db, attempt.id).await?;
+                return Err(Error::InvalidToken.into());
+            }
+            Err(NoAnswer::Timeout) => {
+                repository::release_attempt(&state.db, attempt.id).await?;
+                return Err(Error::ProviderTimeout.into());
+            }
+        };
+        tx = state.db.begin().await?;
+        repository::settle(&mut tx, attempt.id, &outcome).await?
+    } else {
+        // Settled by the reconciler after an earlier attempt with this key gave up.
+        (attempt, Vec::new())
+    };
+    key.finish(&mut tx, &scope, StatusCode::CREATED, &payment).await?;
+    tx.commit().await?;
+    metrics::counter!("payments_total", "status" => payment.status.as_str()).increment(1);
+    crate::jobs::carry_out_refunds(state, &refunds).await;
+    Ok((StatusCode::CREATED, Json(payment)).into_response())
+}
+
+/// Calls the provider, retrying with exponential backoff and jitter while it is
+/// unavailable or slow (safe: the payment id makes the charge idempotent).
+async fn charge(state: &AppState, payment_id: Uuid, amount: Money, token: &str) -> Result<Outcome, NoAnswer> {
+    let mut timed_out = false;
+    let mut backoff = FIRST_BACKOFF;
+    for attempt in 1..=PROVIDER_ATTEMPTS {
+        match tokio::time::timeout(state.provider_timeout, state.provider.charge(payment_id, amount, token)).await {
+            Ok(Ok(outcome)) => return Ok(outcome),
+            Ok(Err(ProviderError::InvalidToken)) => return Err(NoAnswer::InvalidToken),
+            Ok(Err(ProviderError::Unavailable)) => {}
+            Err(_elapsed) => timed_out = true,
+        }
+        metrics::counter!("provider_errors_total").increment(1);
+        if attempt < PROVIDER_ATTEMPTS {
+            let pause = rand::rng().random_range(backoff / 2..=backoff);
+            tracing::warn!(%payment_id, attempt, "the card provider did not answer; retrying");
+            tokio::time::sleep(pause).await;
+            backoff *= 2;
+        }
+    }
+    Err(if timed_out { NoAnswer::Timeout } else { NoAnswer::Unavailable })
+}

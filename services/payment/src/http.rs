@@ -1,0 +1,227 @@
+//! The handlers of `/api/payments/*`: parse the request into domain types, apply the
+//! rules, map the outcome.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::auth::{AdminUser, AuthUser};
+use common::error::Problem;
+use common::extract::{Json, Path, Query};
+use common::idempotency::Idempotent;
+use common::money::{CURRENCY, Money};
+use common::{ApiError, FieldErrors};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::charge::{self, Request};
+use crate::domain::{Payment, Refund};
+use crate::error::Error;
+use crate::repository;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_payment, list_payments))
+        .routes(routes!(get_payment))
+        .routes(routes!(refund_payment))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePayment {
+    order_id: Uuid,
+    /// Must equal the order's total.
+    amount: Money,
+    #[schema(example = "USD")]
+    currency: String,
+    method: PaymentMethod,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentMethod {
+    /// `card`.
+    #[serde(rename = "type")]
+    #[schema(example = "card")]
+    kind: String,
+    /// A card token. Test tokens: `tok_visa` (succeeds), `tok_chargeDeclined`
+    /// (`card_declined`), `tok_insufficientFunds` (`insufficient_funds`), `tok_providerDown`
+    /// (provider unavailable: 502, nothing charged), `tok_providerTimeout` (the provider
+    /// charges but answers too late: 504, then the payment is settled in the background).
+    #[schema(example = "tok_visa")]
+    token: String,
+}
+
+impl CreatePayment {
+    fn parse(self) -> Result<Request, ApiError> {
+        let mut errors = FieldErrors::default();
+        if self.currency != CURRENCY {
+            errors.add("currency", "must be USD");
+        }
+        if self.method.kind != "card" {
+            errors.add("method.type", "must be card");
+        }
+        if self.method.token.is_empty() || self.method.token.len() > 255 {
+            errors.add("method.token", "must be 1 to 255 characters");
+        }
+        errors.into_result()?;
+        Ok(Request { order_id: self.order_id, amount: self.amount, token: self.method.token })
+    }
+}
+
+/// Pay an order.
+#[utoipa::path(
+    post, path = "/api/payments", tag = "payments",
+    request_body = CreatePayment,
+    params(("Idempotency-Key" = String, Header, description = "Required; 1–255 characters. A retry with the same key and body replays the first answer")),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Charged (`succeeded`) or declined (`failed`, with `failure_code`; the order stays payable); emits `payment.succeeded` or `payment.failed`", body = Payment),
+        (status = 400, description = "No or a malformed `Idempotency-Key`, or malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order, or not yours", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`already_paid`, `invalid_state_transition` (the order is cancelled), `conflict` (another payment for the order is being processed) or `request_in_progress`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`amount_mismatch`, `idempotency_key_reused`, or invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "`upstream_unavailable`: the card provider is down; nothing was charged", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`upstream_unavailable`: the order service can't be reached", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "`upstream_timeout`: the provider did not answer in time; the payment is settled shortly (see `GET /api/payments?order_id=`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn create_payment(
+    State(state): State<AppState>,
+    user: AuthUser,
+    request: Idempotent<CreatePayment>,
+) -> Result<Response, ApiError> {
+    let key = request.key.ok_or_else(|| ApiError::bad_request("the Idempotency-Key header is required"))?;
+    let parsed = request.body.parse()?;
+    charge::pay(&state, &user, parsed, &key).await
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only this order's payments.
+    order_id: Option<String>,
+    /// 1–100, default 20.
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A page of payments.
+#[derive(Serialize, ToSchema)]
+pub struct PaymentPage {
+    items: Vec<Payment>,
+    next_cursor: Option<String>,
+}
+
+/// Your payments, newest first (admins: everyone's), optionally of one order.
+#[utoipa::path(
+    get, path = "/api/payments", tag = "payments",
+    params(ListParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of payments", body = PaymentPage),
+        (status = 400, description = "A malformed parameter or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn list_payments(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(params): Query<ListParams>,
+) -> Result<Json<PaymentPage>, ApiError> {
+    let bad = ApiError::bad_request;
+    let order_id =
+        params.order_id.map(|raw| raw.parse::<Uuid>().map_err(|_| bad("order_id must be a UUID"))).transpose()?;
+    let limit = match params.limit.as_deref() {
+        None => 20,
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => return Err(bad("limit must be a whole number from 1 to 100")),
+        },
+    };
+    let after = params
+        .cursor
+        .map(|raw| {
+            URL_SAFE_NO_PAD
+                .decode(&raw)
+                .ok()
+                .and_then(|bytes| Uuid::from_slice(&bytes).ok())
+                .ok_or_else(|| bad("the cursor is not valid"))
+        })
+        .transpose()?;
+    let owner = if user.is_admin() { None } else { Some(user.id) };
+    let mut items = repository::list_payments(&state.db, owner, order_id, after, limit).await?;
+    let more = items.len() as i64 > limit;
+    items.truncate(limit as usize);
+    let next_cursor = if more { items.last().map(|p| URL_SAFE_NO_PAD.encode(p.id.as_bytes())) } else { None };
+    Ok(Json(PaymentPage { items, next_cursor }))
+}
+
+/// One of your payments (admins: any).
+#[utoipa::path(
+    get, path = "/api/payments/{id}", tag = "payments",
+    params(("id" = Uuid, Path)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The payment", body = Payment),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such payment, or not yours", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %user.id, %id))]
+async fn get_payment(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Payment>, ApiError> {
+    let payment = repository::find_payment(&state.db, id).await?;
+    Ok(Json(payment.filter(|p| user.is_admin() || p.user_id == user.id).ok_or(Error::NotFound)?))
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRefund {
+    /// Default: everything not refunded yet.
+    amount: Option<Money>,
+}
+
+/// Refund a payment in part or in full (admins); never more than was captured. Emits
+/// `payment.refunded`.
+#[utoipa::path(
+    post, path = "/api/payments/{id}/refunds", tag = "payments",
+    params(("id" = Uuid, Path)),
+    request_body = CreateRefund,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Refunded (`pending` if the provider has yet to carry it out)", body = Refund),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such payment", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_state_transition`: a failed payment, or one refunded in full", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An amount of zero or more than is left", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all, fields(%id))]
+async fn refund_payment(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Path(id): Path<Uuid>,
+    Json(req): Json<CreateRefund>,
+) -> Result<Response, ApiError> {
+    repository::find_payment(&state.db, id).await?.ok_or(Error::NotFound)?;
+    let mut tx = state.db.begin().await?;
+    let refund = repository::refund(&mut tx, id, req.amount, "admin").await?;
+    tx.commit().await?;
+    crate::jobs::carry_out_refunds(&state, &[refund.id]).await;
+    let refund = repository::find_refund(&state.db, refund.id).await?.unwrap_or(refund);
+    Ok((StatusCode::CREATED, Json(refund)).into_response())
+}

@@ -1,0 +1,134 @@
+//! The payment service: charges through a card provider (simulated), refunds, and the
+//! close of the checkout saga.
+//!
+//! - [`domain`]: payment statuses, refund rules;
+//! - [`provider`]: the provider trait and the simulated provider with its test tokens;
+//! - [`charge`]: paying an order, safe against timeouts and crashes;
+//! - [`repository`]: the SQL of the `payments` schema;
+//! - [`orders`]: what it asks the order service;
+//! - [`http`]: the handlers of `/api/payments/*`;
+//! - [`events`]: closed orders are refunded;
+//! - [`jobs`]: settling abandoned attempts, carrying out refunds.
+
+pub mod charge;
+pub mod domain;
+pub mod error;
+pub mod events;
+pub mod http;
+pub mod jobs;
+pub mod orders;
+pub mod provider;
+pub mod repository;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::auth::Authenticator;
+use common::client::Upstream;
+use common::config::{CommonConfig, ConfigError, Env};
+use common::db::{self, Schema};
+use common::events::Subscription;
+use common::http::{HasAuthenticator, Service, Shared};
+use secrecy::SecretString;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+use crate::orders::Orders;
+use crate::provider::{Provider, Simulated};
+
+pub const SERVICE: &str = "payment";
+pub const TOPIC: &str = "payment.events";
+pub const SCHEMA: Schema = Schema { name: "payments", role: "payments_svc" };
+pub const DEFAULT_PORT: u16 = 8084;
+pub const DEFAULT_ORDER_SERVICE_URL: &str = "http://127.0.0.1:8083";
+
+static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/payments");
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: CommonConfig,
+    /// `ORDER_SERVICE_URL`: the order service's base URL.
+    pub order_service_url: String,
+    /// `UPSTREAM_TIMEOUT` (2s): the longest one call to another service may take.
+    pub upstream_timeout: Duration,
+    /// `PROVIDER_TIMEOUT` (5s): the longest one call to the card provider may take.
+    pub provider_timeout: Duration,
+}
+
+impl Config {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Self::with_common(CommonConfig::from_env(env, DEFAULT_PORT)?, env, DEFAULT_ORDER_SERVICE_URL)
+    }
+
+    /// The payment service's variables on top of `common`; `order_default` is where the
+    /// order service is unless `ORDER_SERVICE_URL` says (in `shop`: the same process).
+    pub fn with_common(common: CommonConfig, env: &Env, order_default: &str) -> Result<Self, ConfigError> {
+        let order_service_url = env.raw("ORDER_SERVICE_URL").unwrap_or(order_default).trim().to_owned();
+        if !(order_service_url.starts_with("http://") || order_service_url.starts_with("https://")) {
+            return Err(ConfigError::new("ORDER_SERVICE_URL", "must be an http:// or https:// URL"));
+        }
+        Ok(Self {
+            common,
+            order_service_url,
+            upstream_timeout: env.duration("UPSTREAM_TIMEOUT", Duration::from_secs(2))?,
+            provider_timeout: env.duration("PROVIDER_TIMEOUT", Duration::from_secs(5))?,
+        })
+    }
+}
+
+pub type AppState = common::http::AppState<Inner>;
+
+pub struct Inner {
+    /// The pool of the `payments` schema.
+    pub db: PgPool,
+    pub auth: Arc<Authenticator>,
+    /// The order service, behind its circuit breaker.
+    pub orders: Orders,
+    /// The card provider.
+    pub provider: Arc<dyn Provider>,
+    pub provider_timeout: Duration,
+    /// How long a request may work on a charge attempt before the reconciler or a retry
+    /// may take it over: every provider call it makes, with their backoff.
+    pub attempt_lease: Duration,
+}
+
+impl HasAuthenticator for Inner {
+    fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.auth
+    }
+}
+
+pub async fn migrate(database_url: &SecretString) -> anyhow::Result<()> {
+    db::migrate(database_url, SCHEMA, &MIGRATOR).await
+}
+
+/// Migrates, connects, starts the relay, the order-events consumer and the jobs, and
+/// returns the service.
+pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> {
+    migrate(&config.common.database_url).await?;
+    let db = db::connect(&config.common.database_url, SCHEMA, config.common.db_max_connections).await?;
+    let upstream =
+        Upstream::new("order", &config.order_service_url, SERVICE, config.upstream_timeout, shared.auth.clone());
+    let state = AppState::new(Inner {
+        db: db.clone(),
+        auth: shared.auth.clone(),
+        orders: Orders::new(upstream),
+        provider: Arc::new(Simulated { db: db.clone() }),
+        provider_timeout: config.provider_timeout,
+        attempt_lease: config.provider_timeout * 4 + Duration::from_secs(1),
+    });
+    shared.events.ensure_topics(&[TOPIC.to_owned()]).await;
+    shared.events.spawn_relay(SERVICE, db.clone());
+    shared
+        .events
+        .subscribe(Subscription {
+            group: SERVICE.to_owned(),
+            topics: vec![events::ORDER_TOPIC.to_owned()],
+            db: db.clone(),
+            handler: Arc::new(events::OrderEvents { state: state.clone() }),
+        })
+        .await;
+    tokio::spawn(jobs::run(state.clone()));
+    let (router, openapi) = http::routes().split_for_parts();
+    Ok(Service { name: SERVICE, router: router.with_state(state), openapi, db })
+}

@@ -1,0 +1,418 @@
+//! SQL for the `payments` schema. A payment attempt is recorded before the provider is
+//! called and settled after; the settlement and an order's closing take the same per-order
+//! lock, so a payment that succeeds as its order expires is always refunded.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::db::is_unique_violation;
+use common::events;
+use common::money::Money;
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::TOPIC;
+use crate::domain::{self, Outcome, Payment, PaymentStatus, Refund};
+use crate::error::Error;
+
+struct PaymentRow {
+    id: Uuid,
+    order_id: Uuid,
+    user_id: Uuid,
+    amount: Money,
+    currency: String,
+    status: String,
+    failure_code: Option<String>,
+    refunded: Money,
+    created_at: DateTime<Utc>,
+}
+
+/// A payment with what only the service sees.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub payment: Payment,
+    pub refunded: Money,
+}
+
+impl TryFrom<PaymentRow> for Stored {
+    type Error = Error;
+
+    fn try_from(row: PaymentRow) -> Result<Self, Error> {
+        let status = PaymentStatus::parse(&row.status)
+            .ok_or_else(|| Error::Database(sqlx::Error::Decode(format!("payment status {:?}", row.status).into())))?;
+        Ok(Stored {
+            payment: Payment {
+                id: row.id,
+                order_id: row.order_id,
+                user_id: row.user_id,
+                amount: row.amount,
+                currency: row.currency,
+                status,
+                failure_code: row.failure_code,
+                created_at: row.created_at,
+            },
+            refunded: row.refunded,
+        })
+    }
+}
+
+/// A new attempt to charge an order.
+#[derive(Debug)]
+pub struct NewAttempt<'a> {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub amount: Money,
+    pub key: &'a str,
+    pub fingerprint: &'a [u8],
+}
+
+/// Records an attempt as `processing`, committed before the provider is called. The
+/// database refuses a second attempt for an order that is being charged or was charged.
+#[tracing::instrument(skip_all, fields(order_id = %attempt.order_id))]
+pub async fn insert_attempt(db: &PgPool, attempt: &NewAttempt<'_>, lease: Duration) -> Result<Payment, Error> {
+    let inserted = sqlx::query_as!(
+        PaymentRow,
+        r#"INSERT INTO payments.payments
+               (id, order_id, user_id, amount, currency, status, idempotency_key, fingerprint, running_until)
+           VALUES ($1, $2, $3, $4, 'USD', 'processing', $5, $6, now() + make_interval(secs => $7))
+           RETURNING id, order_id, user_id, amount AS "amount: Money", currency, status, failure_code,
+                     refunded AS "refunded: Money", created_at"#,
+        attempt.id,
+        attempt.order_id,
+        attempt.user_id,
+        attempt.amount.amount(),
+        attempt.key,
+        attempt.fingerprint,
+        lease.as_secs_f64()
+    )
+    .fetch_one(db)
+    .await;
+    match inserted {
+        Ok(row) => Ok(Stored::try_from(row)?.payment),
+        Err(err) if is_unique_violation(&err, "payments_one_charge_per_order_idx") => {
+            let found = sqlx::query!(
+                r#"SELECT
+                     EXISTS (SELECT 1 FROM payments.payments WHERE user_id = $2 AND idempotency_key = $3) AS "same_key!",
+                     EXISTS (SELECT 1 FROM payments.payments
+                             WHERE order_id = $1 AND status IN ('succeeded', 'refunded', 'partially_refunded'))
+                       AS "captured!""#,
+                attempt.order_id,
+                attempt.user_id,
+                attempt.key
+            )
+            .fetch_one(db)
+            .await?;
+            // The same request, concurrently, is told so; another request for the order
+            // learns whether it is paid or being paid.
+            Err(if found.same_key {
+                Error::RequestInProgress
+            } else if found.captured {
+                Error::AlreadyPaid
+            } else {
+                Error::PaymentInProgress
+            })
+        }
+        Err(err) if is_unique_violation(&err, "payments_key_idx") => Err(Error::RequestInProgress),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// The attempt a request with this Idempotency-Key started, with its fingerprint.
+pub async fn find_by_key(db: &PgPool, user_id: Uuid, key: &str) -> Result<Option<(Stored, Vec<u8>)>, Error> {
+    let row = sqlx::query!(
+        r#"SELECT id, order_id, user_id, amount AS "amount: Money", currency, status, failure_code,
+                  refunded AS "refunded: Money", created_at, fingerprint
+           FROM payments.payments WHERE user_id = $1 AND idempotency_key = $2"#,
+        user_id,
+        key
+    )
+    .fetch_optional(db)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let stored = Stored::try_from(PaymentRow {
+        id: r.id,
+        order_id: r.order_id,
+        user_id: r.user_id,
+        amount: r.amount,
+        currency: r.currency,
+        status: r.status,
+        failure_code: r.failure_code,
+        refunded: r.refunded,
+        created_at: r.created_at,
+    })?;
+    Ok(Some((stored, r.fingerprint)))
+}
+
+/// Takes the lease of an unsettled attempt to resume it; `false` while another request
+/// (or the reconciler) holds it, or once it is settled.
+pub async fn claim_attempt(db: &PgPool, id: Uuid, lease: Duration) -> Result<bool, Error> {
+    let claimed = sqlx::query!(
+        "UPDATE payments.payments SET running_until = now() + make_interval(secs => $2)
+         WHERE id = $1 AND status = 'processing' AND running_until <= now()",
+        id,
+        lease.as_secs_f64()
+    )
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(claimed == 1)
+}
+
+/// Ends a request's lease on an attempt whose outcome it does not know, so that the
+/// reconciler settles it without waiting.
+pub async fn release_attempt(db: &PgPool, id: Uuid) -> Result<(), Error> {
+    sqlx::query!("UPDATE payments.payments SET running_until = now() WHERE id = $1 AND status = 'processing'", id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Forgets an attempt the provider certainly did not charge.
+pub async fn delete_attempt(db: &PgPool, id: Uuid) -> Result<(), Error> {
+    sqlx::query!("DELETE FROM payments.payments WHERE id = $1 AND status = 'processing'", id).execute(db).await?;
+    Ok(())
+}
+
+/// A payment, `processing` ones included.
+async fn load(conn: &mut PgConnection, id: Uuid, lock: bool) -> Result<Option<Stored>, Error> {
+    let row = if lock {
+        sqlx::query_as!(
+            PaymentRow,
+            r#"SELECT id, order_id, user_id, amount AS "amount: Money", currency, status, failure_code,
+                      refunded AS "refunded: Money", created_at
+               FROM payments.payments WHERE id = $1 FOR UPDATE"#,
+            id
+        )
+        .fetch_optional(conn)
+        .await?
+    } else {
+        sqlx::query_as!(
+            PaymentRow,
+            r#"SELECT id, order_id, user_id, amount AS "amount: Money", currency, status, failure_code,
+                      refunded AS "refunded: Money", created_at
+               FROM payments.payments WHERE id = $1"#,
+            id
+        )
+        .fetch_optional(conn)
+        .await?
+    };
+    row.map(Stored::try_from).transpose()
+}
+
+/// A settled payment (attempts still `processing` are not shown to clients).
+pub async fn find_payment(db: &PgPool, id: Uuid) -> Result<Option<Payment>, Error> {
+    let stored = load(&mut *db.acquire().await?, id, false).await?;
+    Ok(stored.map(|s| s.payment).filter(|p| p.status != PaymentStatus::Processing))
+}
+
+/// Settled payments, newest first: of one order and/or one user, after `after`.
+pub async fn list_payments(
+    db: &PgPool,
+    user_id: Option<Uuid>,
+    order_id: Option<Uuid>,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Payment>, Error> {
+    let rows = sqlx::query_as!(
+        PaymentRow,
+        r#"SELECT id, order_id, user_id, amount AS "amount: Money", currency, status, failure_code,
+                  refunded AS "refunded: Money", created_at
+           FROM payments.payments
+           WHERE status <> 'processing' AND ($1::uuid IS NULL OR user_id = $1) AND ($2::uuid IS NULL OR order_id = $2)
+             AND id < $3
+           ORDER BY id DESC LIMIT $4"#,
+        user_id,
+        order_id,
+        after.unwrap_or(Uuid::max()),
+        limit + 1
+    )
+    .fetch_all(db)
+    .await?;
+    rows.into_iter().map(|r| Stored::try_from(r).map(|s| s.payment)).collect()
+}
+
+/// Serialises what happens to one order's payments: settling a charge, closing the order.
+async fn lock_order(tx: &mut PgConnection, order_id: Uuid) -> Result<(), Error> {
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtextextended('payments-order:' || $1::text, 0))",
+        order_id.to_string()
+    )
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Settles an attempt with the provider's outcome, with its event; a charge for an order
+/// that was closed meanwhile is refunded in full in the same transaction. Returns the
+/// payment as it now is (as another settler left it, if one came first) and the refunds
+/// to carry out once committed.
+#[tracing::instrument(skip_all, fields(%payment_id))]
+pub async fn settle(tx: &mut PgConnection, payment_id: Uuid, outcome: &Outcome) -> Result<(Payment, Vec<Uuid>), Error> {
+    let Some(current) = load(tx, payment_id, false).await? else { return Err(Error::NotFound) };
+    lock_order(tx, current.payment.order_id).await?;
+    let Some(current) = load(tx, payment_id, true).await? else { return Err(Error::NotFound) };
+    if current.payment.status != PaymentStatus::Processing {
+        return Ok((current.payment, Vec::new()));
+    }
+    let (status, code) = match outcome {
+        Outcome::Succeeded => (PaymentStatus::Succeeded, None),
+        Outcome::Declined(code) => (PaymentStatus::Failed, Some(code.as_str())),
+    };
+    sqlx::query!(
+        "UPDATE payments.payments SET status = $2, failure_code = $3, updated_at = clock_timestamp()
+         WHERE id = $1 AND status = 'processing'",
+        payment_id,
+        status.as_str(),
+        code
+    )
+    .execute(&mut *tx)
+    .await?;
+    let payment = Payment { status, failure_code: code.map(str::to_owned), ..current.payment };
+    let event_type = if status == PaymentStatus::Succeeded { "payment.succeeded" } else { "payment.failed" };
+    let data = json!({
+        "payment_id": payment.id,
+        "order_id": payment.order_id,
+        "user_id": payment.user_id,
+        "amount": payment.amount,
+        "currency": payment.currency,
+        "failure_code": payment.failure_code,
+    });
+    events::emit(tx, TOPIC, event_type, payment.id, &data).await?;
+    let mut refunds = Vec::new();
+    if status == PaymentStatus::Succeeded && is_closed(tx, payment.order_id).await? {
+        tracing::warn!(order_id = %payment.order_id, "a payment succeeded for an order that is over; refunding it");
+        refunds.push(refund(tx, payment.id, None, "order_cancelled").await?.id);
+    }
+    let payment = load(tx, payment_id, false).await?.map_or(payment, |s| s.payment);
+    Ok((payment, refunds))
+}
+
+async fn is_closed(tx: &mut PgConnection, order_id: Uuid) -> Result<bool, Error> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM payments.closed_orders WHERE order_id = $1) AS "closed!""#,
+        order_id
+    )
+    .fetch_one(tx)
+    .await?)
+}
+
+/// Decides a refund of `amount` (default: all that is left) on a captured payment, with
+/// its `payment.refunded`: counted at once, carried out by the provider after commit.
+#[tracing::instrument(skip_all, fields(%payment_id))]
+pub async fn refund(
+    tx: &mut PgConnection,
+    payment_id: Uuid,
+    amount: Option<Money>,
+    reason: &str,
+) -> Result<Refund, Error> {
+    let current = load(tx, payment_id, true).await?.ok_or(Error::NotFound)?;
+    let payment = &current.payment;
+    let (amount, after) = domain::refund(payment.status, payment.amount, current.refunded, amount)?;
+    let refunded = Money::new(current.refunded.amount() + amount.amount())
+        .map_err(|e| Error::Database(sqlx::Error::Protocol(format!("refunded total out of range: {e}"))))?;
+    let id = Uuid::now_v7();
+    let created_at = sqlx::query_scalar!(
+        "INSERT INTO payments.refunds (id, payment_id, amount, reason, status) VALUES ($1, $2, $3, $4, 'pending')
+         RETURNING created_at",
+        id,
+        payment_id,
+        amount.amount(),
+        reason
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "UPDATE payments.payments SET refunded = $2, status = $3, updated_at = clock_timestamp() WHERE id = $1",
+        payment_id,
+        refunded.amount(),
+        after.as_str()
+    )
+    .execute(&mut *tx)
+    .await?;
+    let data = json!({
+        "payment_id": payment_id,
+        "refund_id": id,
+        "order_id": payment.order_id,
+        "user_id": payment.user_id,
+        "amount": amount,
+        "refunded_total": refunded,
+        "currency": payment.currency,
+        "reason": reason,
+    });
+    events::emit(tx, TOPIC, "payment.refunded", payment_id, &data).await?;
+    Ok(Refund { id, payment_id, amount, currency: payment.currency.clone(), status: "pending".into(), created_at })
+}
+
+/// Marks an order as over and refunds in full whatever was captured for it. Returns the
+/// refunds to carry out once committed.
+#[tracing::instrument(skip_all, fields(%order_id))]
+pub async fn close_order(tx: &mut PgConnection, order_id: Uuid) -> Result<Vec<Uuid>, Error> {
+    lock_order(tx, order_id).await?;
+    sqlx::query!("INSERT INTO payments.closed_orders (order_id) VALUES ($1) ON CONFLICT DO NOTHING", order_id)
+        .execute(&mut *tx)
+        .await?;
+    let captured = sqlx::query_scalar!(
+        "SELECT id FROM payments.payments
+         WHERE order_id = $1 AND status IN ('succeeded', 'partially_refunded') ORDER BY id",
+        order_id
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut refunds = Vec::with_capacity(captured.len());
+    for payment_id in captured {
+        refunds.push(refund(tx, payment_id, None, "order_cancelled").await?.id);
+    }
+    Ok(refunds)
+}
+
+/// A refund the provider has not carried out yet: (refund id, payment id, amount).
+pub type PendingRefund = (Uuid, Uuid, Money);
+
+/// Claims one pending refund (of `only`, or any) for the caller's transaction.
+pub async fn claim_pending_refund(tx: &mut PgConnection, only: Option<Uuid>) -> Result<Option<PendingRefund>, Error> {
+    let row = sqlx::query!(
+        r#"SELECT id, payment_id, amount AS "amount: Money" FROM payments.refunds
+           WHERE status = 'pending' AND ($1::uuid IS NULL OR id = $1)
+           ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED"#,
+        only
+    )
+    .fetch_optional(tx)
+    .await?;
+    Ok(row.map(|r| (r.id, r.payment_id, r.amount)))
+}
+
+pub async fn mark_refunded(tx: &mut PgConnection, refund_id: Uuid) -> Result<(), Error> {
+    sqlx::query!("UPDATE payments.refunds SET status = 'succeeded' WHERE id = $1", refund_id).execute(tx).await?;
+    Ok(())
+}
+
+pub async fn find_refund(db: &PgPool, id: Uuid) -> Result<Option<Refund>, Error> {
+    Ok(sqlx::query!(
+        r#"SELECT r.id, r.payment_id, r.amount AS "amount: Money", p.currency, r.status, r.created_at
+           FROM payments.refunds r JOIN payments.payments p ON p.id = r.payment_id WHERE r.id = $1"#,
+        id
+    )
+    .fetch_optional(db)
+    .await?
+    .map(|r| Refund {
+        id: r.id,
+        payment_id: r.payment_id,
+        amount: r.amount,
+        currency: r.currency,
+        status: r.status,
+        created_at: r.created_at,
+    }))
+}
+
+/// Unsettled attempts that no request is working on: their request died or gave up.
+pub async fn stale_attempts(db: &PgPool, limit: i64) -> Result<Vec<Uuid>, Error> {
+    Ok(sqlx::query_scalar!(
+        "SELECT id FROM payments.payments WHERE status = 'processing' AND running_until < now()
+         ORDER BY running_until LIMIT $1",
+        limit
+    )
+    .fetch_all(db)
+    .await?)
+}

@@ -1,0 +1,258 @@
+//! `POST /api/payments` and reading payments: the provider's answers, the rules, the
+//! Idempotency-Key, and a provider that is down or slow.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, expected, problem, validation};
+
+#[tokio::test]
+async fn a_successful_payment_pays_the_order() {
+    let app = TestApp::spawn().await;
+    let alice = app.customer();
+    let (order, total) = app.order(&alice, "19.99", 2).await;
+    assert_eq!(total, "39.98");
+    let res = app.pay(&alice.token, "pay-1", &TestApp::body(order, "39.98", "tok_visa")).await;
+    assert_eq!(res.status(), 201);
+    let payment: Value = res.json().await.unwrap();
+    let id = payment["id"].as_str().unwrap().to_owned();
+    assert_eq!(payment["status"], "succeeded");
+    assert_eq!(payment["order_id"], order.to_string());
+    assert_eq!(payment["user_id"], alice.id.to_string());
+    assert_eq!((payment["amount"].as_str(), payment["currency"].as_str()), (Some("39.98"), Some("USD")));
+    assert!(payment.get("failure_code").is_none());
+    app.eventually("the order to be paid", || async { app.order_status(order).await == "paid" }).await;
+    assert_eq!(app.provider_books(order).await, ("39.98".into(), "0".into()));
+
+    let read: Value = app.server.get(&format!("/api/payments/{id}"), Some(&alice.token)).await.json().await.unwrap();
+    assert_eq!(read, payment);
+    let list: Value =
+        app.server.get(&format!("/api/payments?order_id={order}"), Some(&alice.token)).await.json().await.unwrap();
+    assert_eq!(list, json!({"items": [payment], "next_cursor": null}));
+    let bob = app.customer();
+    assert_eq!(app.server.get(&format!("/api/payments/{id}"), Some(&bob.token)).await.status(), 404);
+    let list: Value =
+        app.server.get(&format!("/api/payments?order_id={order}"), Some(&bob.token)).await.json().await.unwrap();
+    assert_eq!(list["items"], json!([]), "another user's payments are not listed");
+    assert_eq!(app.server.get(&format!("/api/payments/{id}"), Some(&app.admin)).await.status(), 200);
+
+    let (kind, data) = app.events().await.pop().unwrap();
+    assert_eq!(kind, "payment.succeeded");
+    assert_eq!(data["order_id"], order.to_string());
+    assert_eq!(data["amount"], "39.98");
+
+    let res = app.pay(&alice.token, "pay-2", &TestApp::body(order, "39.98", "tok_visa")).await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(problem(res).await, expected(409, "already_paid", "Already paid", Some("this order is paid already")));
+}
+
+#[tokio::test]
+async fn a_declined_card_fails_and_the_order_stays_payable() {
+    let app = TestApp::spawn().await;
+    let alice = app.customer();
+    let (order, total) = app.order(&alice, "5.00", 1).await;
+    for (key, token, code) in
+        [("d-1", "tok_chargeDeclined", "card_declined"), ("d-2", "tok_insufficientFunds", "insufficient_funds")]
+    {
+        let res = app.pay(&alice.token, key, &TestApp::body(order, &total, token)).await;
+        assert_eq!(res.status(), 201);
+        let payment: Value = res.json().await.unwrap();
+        assert_eq!((payment["status"].as_str(), payment["failure_code"].as_str()), (Some("failed"), Some(code)));
+    }
+    assert_eq!(app.order_status(order).await, "pending_payment");
+    let kinds: Vec<String> = app.events().await.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(kinds, ["payment.failed", "payment.failed"]);
+    let res = app.pay(&alice.token, "d-3", &TestApp::body(order, &total, "tok_visa")).await;
+    assert_eq!(res.json::<Value>().await.unwrap()["status"], "succeeded");
+    app.eventually("the order to be paid", || async { app.order_status(order).await == "paid" }).await;
+    let list: Value = app
+        .server
+        .get(&format!("/api/payments?order_id={order}&limit=2"), Some(&alice.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    assert_eq!(list["items"][0]["status"], "succeeded", "newest first");
+    let cursor = list["next_cursor"].as_str().unwrap();
+    let rest: Value = app
+        .server
+        .get(&format!("/api/payments?order_id={order}&cursor={cursor}"), Some(&alice.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn only_the_owner_pays_the_exact_total_of_an_unpaid_order() {
+    let app = TestApp::spawn().await;
+    let (alice, bob) = (app.customer(), app.customer());
+    let (order, total) = app.order(&alice, "10.00", 3).await;
+
+    let res = app.pay(&bob.token, "b-1", &TestApp::body(order, &total, "tok_visa")).await;
+    assert_eq!(res.status(), 404, "another user's order does not exist for you");
+    let res = app.pay(&alice.token, "a-0", &TestApp::body(Uuid::now_v7(), &total, "tok_visa")).await;
+    assert_eq!(res.status(), 404);
+    let res = app.pay(&alice.token, "a-1", &TestApp::body(order, "29.99", "tok_visa")).await;
+    assert_eq!(res.status(), 422);
+    assert_eq!(
+        problem(res).await,
+        expected(422, "amount_mismatch", "Amount mismatch", Some("the amount must equal the order total, 30.00"))
+    );
+    let cases = [
+        (
+            json!({"order_id": order, "amount": "30.00", "currency": "EUR", "method": {"type": "card", "token": "tok_visa"}}),
+            json!({"currency": ["must be USD"]}),
+        ),
+        (
+            json!({"order_id": order, "amount": "30.00", "currency": "USD", "method": {"type": "cash", "token": "tok_visa"}}),
+            json!({"method.type": ["must be card"]}),
+        ),
+        (
+            json!({"order_id": order, "amount": "30.00", "currency": "USD", "method": {"type": "card", "token": "tok_nope"}}),
+            json!({"method.token": ["not a card token the provider knows"]}),
+        ),
+    ];
+    for (n, (body, errors)) in cases.into_iter().enumerate() {
+        let res = app.pay(&alice.token, &format!("bad-{n}"), &body).await;
+        assert_eq!(res.status(), 422, "{body}");
+        assert_eq!(problem(res).await, validation(errors));
+    }
+    for body in [
+        json!({"order_id": order, "amount": 30.0, "currency": "USD", "method": {"type": "card", "token": "tok_visa"}}),
+        json!({"order_id": order, "amount": "30.00", "currency": "USD", "method": {"type": "card", "token": "tok_visa"}, "status": "succeeded"}),
+        json!({"order_id": order, "amount": "30.00", "currency": "USD"}),
+    ] {
+        assert_eq!(app.pay(&alice.token, "malformed", &body).await.status(), 422, "{body}");
+    }
+    let res = app.server.post("/api/payments", &TestApp::body(order, &total, "tok_visa"), Some(&alice.token)).await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(problem(res).await["detail"], "the Idempotency-Key header is required");
+    let res = app.server.post("/api/payments", &TestApp::body(order, &total, "tok_visa"), None).await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(app.provider_books(order).await.0, "0", "nothing was charged");
+
+    // A cancelled order can't be paid.
+    let res = app.orders.post(&format!("/api/orders/{order}/cancel"), &json!({}), Some(&alice.token)).await;
+    assert_eq!(res.status(), 200);
+    let res = app.pay(&alice.token, "a-2", &TestApp::body(order, &total, "tok_visa")).await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(problem(res).await["code"], "invalid_state_transition");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_and_is_never_reused_for_another_body() {
+    let app = TestApp::spawn().await;
+    let alice = app.customer();
+    let (order, total) = app.order(&alice, "7.00", 1).await;
+    let body = TestApp::body(order, &total, "tok_chargeDeclined");
+    let first = app.pay(&alice.token, "k", &body).await;
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = app.pay(&alice.token, "k", &body).await;
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    let res = app.pay(&alice.token, "k", &TestApp::body(order, &total, "tok_visa")).await;
+    assert_eq!(res.status(), 422);
+    assert_eq!(problem(res).await["code"], "idempotency_key_reused");
+    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM payments.payments").fetch_one(&app.db).await.unwrap();
+    assert_eq!(failed, 1);
+}
+
+#[tokio::test]
+async fn eight_concurrent_payments_with_one_key_charge_once() {
+    let app = Arc::new(TestApp::spawn().await);
+    let alice = Arc::new(app.customer());
+    let (order, total) = app.order(&alice, "3.00", 1).await;
+    let body = Arc::new(TestApp::body(order, &total, "tok_visa"));
+    let attempts = (0..8).map(|_| {
+        let (app, alice, body) = (app.clone(), alice.clone(), body.clone());
+        tokio::spawn(async move {
+            let res = app.pay(&alice.token, "same", &body).await;
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        })
+    });
+    let answers: Vec<(u16, Value)> =
+        futures::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect();
+    let ids: std::collections::HashSet<String> =
+        answers.iter().filter(|(s, _)| *s == 201).map(|(_, b)| b["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    for (status, body) in &answers {
+        assert!(*status == 201 || (*status == 409 && body["code"] == "request_in_progress"), "{status} {body}");
+    }
+    let charges: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM payments.provider_charges").fetch_one(&app.db).await.unwrap();
+    assert_eq!(charges, 1, "one charge");
+}
+
+#[tokio::test]
+async fn eight_concurrent_payments_with_different_keys_for_one_order_succeed_once() {
+    let app = Arc::new(TestApp::spawn().await);
+    let alice = Arc::new(app.customer());
+    let (order, total) = app.order(&alice, "3.00", 1).await;
+    let body = Arc::new(TestApp::body(order, &total, "tok_visa"));
+    let attempts = (0..8).map(|n| {
+        let (app, alice, body) = (app.clone(), alice.clone(), body.clone());
+        tokio::spawn(async move {
+            let res = app.pay(&alice.token, &format!("key-{n}"), &body).await;
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        })
+    });
+    let answers: Vec<(u16, Value)> =
+        futures::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(answers.iter().filter(|(s, b)| *s == 201 && b["status"] == "succeeded").count(), 1, "{answers:?}");
+    assert_eq!(answers.iter().filter(|(s, _)| *s == 409).count(), 7, "{answers:?}");
+    assert_eq!(app.provider_books(order).await.0, "3.00", "charged once");
+}
+
+#[tokio::test]
+async fn a_provider_that_is_down_charges_nothing_and_answers_502() {
+    let app = TestApp::spawn().await;
+    let alice = app.customer();
+    let (order, total) = app.order(&alice, "8.00", 1).await;
+    let started = std::time::Instant::now();
+    let res = app.pay(&alice.token, "down", &TestApp::body(order, &total, "tok_providerDown")).await;
+    assert_eq!(res.status(), 502);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(150), "retried with backoff first");
+    assert_eq!(
+        problem(res).await,
+        expected(
+            502,
+            "upstream_unavailable",
+            "Upstream unavailable",
+            Some("the card provider is unavailable; nothing was charged")
+        )
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM payments.payments").fetch_one(&app.db).await.unwrap();
+    assert_eq!(rows, 0, "no payment, and nothing in the way of paying again");
+    assert_eq!(app.provider_books(order).await.0, "0");
+    assert!(app.events().await.is_empty());
+    let res = app.pay(&alice.token, "up", &TestApp::body(order, &total, "tok_visa")).await;
+    assert_eq!(res.status(), 201);
+}
+
+#[tokio::test]
+async fn a_charge_whose_answer_never_came_is_settled_not_lost() {
+    let app = TestApp::spawn().await;
+    let alice = app.customer();
+    let (order, total) = app.order(&alice, "12.00", 1).await;
+    let body = TestApp::body(order, &total, "tok_providerTimeout");
+    let res = app.pay(&alice.token, "slow", &body).await;
+    assert_eq!(res.status(), 504);
+    assert_eq!(problem(res).await["code"], "upstream_timeout");
+    // The provider did charge; the reconciler finds out and settles the payment.
+    app.eventually("the order to be paid", || async { app.order_status(order).await == "paid" }).await;
+    let list: Value =
+        app.server.get(&format!("/api/payments?order_id={order}"), Some(&alice.token)).await.json().await.unwrap();
+    assert_eq!(list["items"][0]["status"], "succeeded");
+    // The client's retry with the same key gets the settled payment.
+    let res = app.pay(&alice.token, "slow", &body).await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.json::<Value>().await.unwrap()["id"], list["items"][0]["id"]);
+    assert_eq!(app.provider_books(order).await.0, "12.00", "charged once");
+}
