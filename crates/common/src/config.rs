@@ -134,6 +134,9 @@ pub struct CommonConfig {
     pub redis_prefix: String,
     /// Kafka bootstrap servers; unset means in-process events (`shop` only).
     pub kafka_brokers: Option<String>,
+    /// `KAFKA_GROUP_INSTANCE_ID`: this replica's static consumer-group identity, stable
+    /// across its restarts (a StatefulSet pod name, say); unset means dynamic membership.
+    pub kafka_group_instance_id: Option<String>,
     pub jwt_secret: SecretString,
     pub access_token_ttl: Duration,
     /// Take the client address from `X-Forwarded-For` (set by the gateway) instead of
@@ -188,6 +191,7 @@ impl CommonConfig {
             redis_url,
             redis_prefix: env.or("REDIS_PREFIX", "shop".to_owned())?,
             kafka_brokers: env.raw("KAFKA_BROKERS").map(|b| b.trim().to_owned()),
+            kafka_group_instance_id: env.raw("KAFKA_GROUP_INSTANCE_ID").map(|b| b.trim().to_owned()),
             jwt_secret: jwt_secret.unwrap_or_else(|| SecretString::from(DEV_JWT_SECRET)),
             access_token_ttl: env.duration("ACCESS_TOKEN_TTL", Duration::from_secs(15 * 60))?,
             trust_forwarded_for: env.flag("TRUST_FORWARDED_FOR")?,

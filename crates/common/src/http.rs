@@ -140,7 +140,7 @@ impl Shared {
             redis,
             redis_prefix: config.redis_prefix.clone(),
             auth,
-            events: Events::connect(config.kafka_brokers.as_deref())?,
+            events: Events::connect_as(config.kafka_brokers.as_deref(), config.kafka_group_instance_id.as_deref())?,
             trust_forwarded_for: config.trust_forwarded_for,
         })
     }

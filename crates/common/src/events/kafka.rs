@@ -35,12 +35,20 @@ pub const ERROR_HEADER: &str = "dlq-error";
 /// The process's connection to Kafka.
 pub struct Kafka {
     brokers: String,
+    /// Static group membership (`group.instance.id`): a replica that restarts under the
+    /// same id takes its partitions back instead of waiting for its old self to be
+    /// evicted (which some brokers, tansu among them, never do).
+    instance_id: Option<String>,
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
 }
 
 impl Kafka {
     pub fn new(brokers: &str) -> anyhow::Result<Self> {
+        Self::with_instance_id(brokers, None)
+    }
+
+    pub fn with_instance_id(brokers: &str, instance_id: Option<&str>) -> anyhow::Result<Self> {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
@@ -52,7 +60,7 @@ impl Kafka {
             .set("topic.metadata.propagation.max.ms", "1000")
             .create()?;
         let admin = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
-        Ok(Self { brokers: brokers.to_owned(), producer, admin })
+        Ok(Self { brokers: brokers.to_owned(), instance_id: instance_id.map(str::to_owned), producer, admin })
     }
 
     /// Whether a broker answers a metadata request within `timeout` (readiness).
@@ -97,7 +105,11 @@ impl Kafka {
     /// A consumer in `group`, reading from the earliest offset the group has not
     /// committed, committing only when told to.
     pub fn consumer(&self, group: &str) -> anyhow::Result<StreamConsumer<LagContext>> {
-        Ok(ClientConfig::new()
+        let mut config = ClientConfig::new();
+        if let Some(id) = &self.instance_id {
+            config.set("group.instance.id", id);
+        }
+        Ok(config
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", group)
             .set("enable.auto.commit", "false")
@@ -107,6 +119,11 @@ impl Kafka {
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_uncommitted")
             .set("statistics.interval.ms", "5000")
+            // A replica that dies (kill -9, OOM) stops holding its partitions after 10 s
+            // rather than librdkafka's default 45 s. (Shorter ones made tansu's static
+            // members fail to rejoin at all.)
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "2000")
             .create_with_context(LagContext { group: group.to_owned() })?)
     }
 }

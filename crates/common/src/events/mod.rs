@@ -206,8 +206,13 @@ impl Events {
     /// Kafka when brokers are given, in-process otherwise. Connecting is lazy: a broker
     /// that is down now is retried by the relays and consumers, not fatal here.
     pub fn connect(brokers: Option<&str>) -> anyhow::Result<Self> {
+        Self::connect_as(brokers, None)
+    }
+
+    /// [`Events::connect`], with consumers that are static group members under `instance_id`.
+    pub fn connect_as(brokers: Option<&str>, instance_id: Option<&str>) -> anyhow::Result<Self> {
         Ok(match brokers {
-            Some(brokers) => Self::Kafka(Arc::new(kafka::Kafka::new(brokers)?)),
+            Some(brokers) => Self::Kafka(Arc::new(kafka::Kafka::with_instance_id(brokers, instance_id)?)),
             None => Self::InProcess(Arc::new(bus::Bus::default())),
         })
     }
