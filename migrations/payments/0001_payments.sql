@@ -13,8 +13,9 @@ CREATE TABLE payments (
     status       TEXT NOT NULL
                  CHECK (status IN ('processing', 'succeeded', 'failed', 'refunded', 'partially_refunded')),
     failure_code TEXT,
-    -- The request that started it: a retry with the same key resumes this attempt.
-    idempotency_key TEXT NOT NULL,
+    -- The request that started it: a retry with the same key resumes this attempt. Cleared
+    -- when the key is 24 hours old, so the key can be used again.
+    idempotency_key TEXT,
     fingerprint  BYTEA NOT NULL,
     -- While `processing`: until when the request that made it is working on it (a lease);
     -- after that, a retry with the same key or the reconciler settles it.

@@ -48,7 +48,7 @@ enum NoAnswer {
     /// Every call was refused: nothing was charged.
     Unavailable,
     InvalidToken,
-    /// Some call timed out: the charge may have happened.
+    /// Some call timed out or lost its answer: the charge may have happened.
     Timeout,
 }
 
@@ -62,13 +62,15 @@ pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idem
             return Ok(response);
         }
     }
-    let attempt = match repository::find_by_key(&state.db, user.id, key.as_str()).await? {
+    let earlier = repository::find_by_key(&state.db, user.id, key.as_str()).await?;
+    let resumed = earlier.is_some();
+    let attempt = match earlier {
         Some((earlier, fingerprint)) => {
             if fingerprint != key.fingerprint() {
                 return Err(Idempotency::reused());
             }
-            let resumable = earlier.payment.status == PaymentStatus::Processing;
-            if resumable && !repository::claim_attempt(&state.db, earlier.payment.id, state.attempt_lease).await? {
+            let unsettled = earlier.payment.status == PaymentStatus::Processing;
+            if unsettled && !repository::claim_attempt(&state.db, earlier.payment.id, state.attempt_lease).await? {
                 return Err(Error::RequestInProgress.into());
             }
             earlier.payment
@@ -85,6 +87,11 @@ pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idem
             if request.amount != order.total || order.currency != common::money::CURRENCY {
                 return Err(Error::AmountMismatch(order.total.to_string()).into());
             }
+            // Cancelled or expired since the order service answered: not worth a charge
+            // and its refund (which the settlement would still make if it got this far).
+            if repository::is_closed(&mut *state.db.acquire().await?, order.id).await? {
+                return Err(Error::NotPayable("cancelled".into()).into());
+            }
             let new = NewAttempt {
                 id: Uuid::now_v7(),
                 order_id: order.id,
@@ -97,29 +104,51 @@ pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idem
         }
     };
 
-    let mut tx = state.db.begin().await?;
-    let (payment, refunds) = if attempt.status == PaymentStatus::Processing {
-        drop(tx);
-        let outcome = match charge(state, attempt.id, attempt.amount, &request.token).await {
-            Ok(outcome) => outcome,
-            Err(NoAnswer::Unavailable) => {
+    let outcome = if attempt.status == PaymentStatus::Processing {
+        // A resumed attempt may have been charged by the try that started it: ask first.
+        let known = if resumed {
+            tokio::time::timeout(state.provider_timeout, state.provider.lookup(attempt.id))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+        } else {
+            None
+        };
+        let outcome = match known {
+            Some(outcome) => Ok(outcome),
+            None => charge(state, attempt.id, attempt.amount, &request.token).await,
+        };
+        match outcome {
+            Ok(outcome) => Some(outcome),
+            // Only this request ever called the provider for it, and every call was turned
+            // away: nothing was charged, and the attempt is forgotten.
+            Err(NoAnswer::Unavailable) if !resumed => {
                 repository::delete_attempt(&state.db, attempt.id).await?;
                 return Err(Error::ProviderUnavailable.into());
             }
-            Err(NoAnswer::InvalidToken) => {
+            Err(NoAnswer::InvalidToken) if !resumed => {
                 repository::delete_attempt(&state.db, attempt.id).await?;
                 return Err(Error::InvalidToken.into());
             }
-            Err(NoAnswer::Timeout) => {
+            Err(NoAnswer::InvalidToken) => {
+                repository::release_attempt(&state.db, attempt.id).await?;
+                return Err(Error::InvalidToken.into());
+            }
+            // The outcome is unknown: the reconciler asks the provider and settles it.
+            Err(NoAnswer::Unavailable | NoAnswer::Timeout) => {
                 repository::release_attempt(&state.db, attempt.id).await?;
                 return Err(Error::ProviderTimeout.into());
             }
-        };
-        tx = state.db.begin().await?;
-        repository::settle(&mut tx, attempt.id, &outcome).await?
+        }
     } else {
-        // Settled by the reconciler after an earlier attempt with this key gave up.
-        (attempt, Vec::new())
+        // Settled by the reconciler after an earlier try with this key gave up.
+        None
+    };
+    let mut tx = state.db.begin().await?;
+    let (payment, refunds) = match outcome {
+        Some(outcome) => repository::settle(&mut tx, attempt.id, &outcome).await?,
+        None => (attempt, Vec::new()),
     };
     key.finish(&mut tx, &scope, StatusCode::CREATED, &payment).await?;
     tx.commit().await?;
@@ -138,7 +167,7 @@ async fn charge(state: &AppState, payment_id: Uuid, amount: Money, token: &str) 
             Ok(Ok(outcome)) => return Ok(outcome),
             Ok(Err(ProviderError::InvalidToken)) => return Err(NoAnswer::InvalidToken),
             Ok(Err(ProviderError::Unavailable)) => {}
-            Err(_elapsed) => timed_out = true,
+            Ok(Err(ProviderError::Unknown)) | Err(_) => timed_out = true,
         }
         metrics::counter!("provider_errors_total").increment(1);
         if attempt < PROVIDER_ATTEMPTS {

@@ -26,26 +26,39 @@ pub async fn run(state: AppState) {
 }
 
 /// Settles each unsettled attempt whose request gave up or died, with what the provider
-/// says happened (an attempt the provider never saw failed with `provider_unavailable`).
+/// says happened. An attempt the provider never saw is voided there first (so a charge
+/// still on its way is declined) and fails with `provider_unavailable`.
 async fn reconcile(state: &AppState) -> anyhow::Result<()> {
     for id in repository::stale_attempts(&state.db, BATCH).await? {
-        if !repository::claim_attempt(&state.db, id, state.attempt_lease).await? {
-            continue; // another replica, or a retry of the request, took it
+        if let Err(err) = settle_stale(state, id).await {
+            tracing::warn!(payment_id = %id, error = %err, "could not settle a payment attempt; will retry");
         }
-        let outcome = match tokio::time::timeout(state.provider_timeout, state.provider.lookup(id)).await {
-            Ok(Ok(Some(outcome))) => outcome,
-            Ok(Ok(None)) => Outcome::Declined("provider_unavailable".into()),
-            Ok(Err(_)) | Err(_) => {
-                repository::release_attempt(&state.db, id).await?;
-                continue;
-            }
-        };
-        let mut tx = state.db.begin().await?;
-        let (payment, refunds) = repository::settle(&mut tx, id, &outcome).await?;
-        tx.commit().await?;
-        tracing::info!(payment_id = %id, status = payment.status.as_str(), "settled a payment attempt");
-        carry_out_refunds(state, &refunds).await;
     }
+    Ok(())
+}
+
+async fn settle_stale(state: &AppState, id: Uuid) -> anyhow::Result<()> {
+    if !repository::claim_attempt(&state.db, id, state.attempt_lease).await? {
+        return Ok(()); // another replica, or a retry of the request, took it
+    }
+    let asked = async {
+        match state.provider.lookup(id).await? {
+            Some(outcome) => Ok(outcome),
+            None => state.provider.void(id).await,
+        }
+    };
+    let outcome: Outcome = match tokio::time::timeout(state.provider_timeout * 2, asked).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(_)) | Err(_) => {
+            repository::release_attempt(&state.db, id).await?;
+            return Ok(());
+        }
+    };
+    let mut tx = state.db.begin().await?;
+    let (payment, refunds) = repository::settle(&mut tx, id, &outcome).await?;
+    tx.commit().await?;
+    tracing::info!(payment_id = %id, status = payment.status.as_str(), "settled a payment attempt");
+    carry_out_refunds(state, &refunds).await;
     Ok(())
 }
 
@@ -56,33 +69,28 @@ pub async fn carry_out_refunds(state: &AppState, refunds: &[Uuid]) {
     }
 }
 
-/// Carries out every pending refund it can claim.
+/// Carries out the pending refunds, going on past any that fail (they are retried).
 pub async fn carry_out_pending_refunds(state: &AppState) {
-    while carry_out(state, None).await {}
+    carry_out(state, None).await;
 }
 
-/// Carries out one pending refund (`only` that one, or any); `true` if one was done.
-async fn carry_out(state: &AppState, only: Option<Uuid>) -> bool {
-    let attempt = async {
-        let mut tx = state.db.begin().await?;
-        let Some((refund_id, payment_id, amount)) = repository::claim_pending_refund(&mut tx, only).await? else {
-            return Ok::<bool, anyhow::Error>(false);
-        };
-        state.provider.refund(refund_id, payment_id, amount).await?;
-        repository::mark_refunded(&mut tx, refund_id).await?;
-        tx.commit().await?;
-        metrics::counter!("refunds_total").increment(1);
-        Ok(true)
-    };
-    match tokio::time::timeout(state.provider_timeout * 2, attempt).await {
-        Ok(Ok(done)) => done,
-        Ok(Err(err)) => {
-            tracing::warn!(error = %err, "could not carry out a refund; will retry");
-            false
+async fn carry_out(state: &AppState, only: Option<Uuid>) {
+    let pending = match repository::pending_refunds(&state.db, only, BATCH).await {
+        Ok(pending) => pending,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not read pending refunds; will retry");
+            return;
         }
-        Err(_) => {
-            tracing::warn!("the provider did not carry out a refund in time; will retry");
-            false
+    };
+    for (refund_id, payment_id, amount) in pending {
+        let done = tokio::time::timeout(state.provider_timeout, state.provider.refund(refund_id, payment_id, amount));
+        match done.await {
+            Ok(Ok(())) => match repository::mark_refunded(&state.db, refund_id).await {
+                Ok(()) => metrics::counter!("refunds_total").increment(1),
+                Err(err) => tracing::warn!(%refund_id, error = %err, "a refund was done but not marked; will retry"),
+            },
+            Ok(Err(err)) => tracing::warn!(%refund_id, error = %err, "the provider did not refund; will retry"),
+            Err(_) => tracing::warn!(%refund_id, "the provider did not refund in time; will retry"),
         }
     }
 }

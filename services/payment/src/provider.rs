@@ -22,6 +22,9 @@ pub enum ProviderError {
     /// The token names no card.
     #[error("the card token is not valid")]
     InvalidToken,
+    /// The call may or may not have taken effect (say, its answer was lost).
+    #[error("the card provider's answer was lost")]
+    Unknown,
 }
 
 pub trait Provider: Send + Sync + 'static {
@@ -35,6 +38,11 @@ pub trait Provider: Send + Sync + 'static {
 
     /// What became of the charge of `payment_id`, if it was ever made.
     fn lookup(&self, payment_id: Uuid) -> BoxFuture<'_, Result<Option<Outcome>, ProviderError>>;
+
+    /// Makes sure no charge of `payment_id` can happen any more, and says what became of
+    /// it: declined if it had not been made (a charge arriving later gets that answer), or
+    /// its outcome if it had.
+    fn void(&self, payment_id: Uuid) -> BoxFuture<'_, Result<Outcome, ProviderError>>;
 
     /// Gives back `amount` of the charge of `payment_id`, once per `refund_id`.
     fn refund(&self, refund_id: Uuid, payment_id: Uuid, amount: Money) -> BoxFuture<'_, Result<(), ProviderError>>;
@@ -70,9 +78,10 @@ impl Simulated {
         .bind(code)
         .execute(&self.db)
         .await
-        .map_err(|_| ProviderError::Unavailable)?;
+        // The insert may have committed with its answer lost.
+        .map_err(|_| ProviderError::Unknown)?;
         // A repeated call answers what the first one did.
-        self.lookup_charge(payment_id).await?.ok_or(ProviderError::Unavailable)
+        self.lookup_charge(payment_id).await.ok().flatten().ok_or(ProviderError::Unknown)
     }
 
     async fn lookup_charge(&self, payment_id: Uuid) -> Result<Option<Outcome>, ProviderError> {
@@ -118,6 +127,14 @@ impl Provider for Simulated {
 
     fn lookup(&self, payment_id: Uuid) -> BoxFuture<'_, Result<Option<Outcome>, ProviderError>> {
         Box::pin(self.lookup_charge(payment_id))
+    }
+
+    fn void(&self, payment_id: Uuid) -> BoxFuture<'_, Result<Outcome, ProviderError>> {
+        Box::pin(async move {
+            let declined = Outcome::Declined("provider_unavailable".into());
+            // No amount is known here, and none is charged: a voided charge holds zero.
+            self.record(payment_id, Money::ZERO, &declined).await
+        })
     }
 
     fn refund(&self, refund_id: Uuid, payment_id: Uuid, amount: Money) -> BoxFuture<'_, Result<(), ProviderError>> {

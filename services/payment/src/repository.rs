@@ -119,8 +119,18 @@ pub async fn insert_attempt(db: &PgPool, attempt: &NewAttempt<'_>, lease: Durati
     }
 }
 
-/// The attempt a request with this Idempotency-Key started, with its fingerprint.
+/// The attempt a request with this Idempotency-Key started in the last 24 hours, with its
+/// fingerprint. An older one lets go of the key (keys live 24 hours).
 pub async fn find_by_key(db: &PgPool, user_id: Uuid, key: &str) -> Result<Option<(Stored, Vec<u8>)>, Error> {
+    sqlx::query!(
+        "UPDATE payments.payments SET idempotency_key = NULL
+         WHERE user_id = $1 AND idempotency_key = $2 AND created_at < now() - interval '24 hours'
+           AND status <> 'processing'",
+        user_id,
+        key
+    )
+    .execute(db)
+    .await?;
     let row = sqlx::query!(
         r#"SELECT id, order_id, user_id, amount AS "amount: Money", currency, status, failure_code,
                   refunded AS "refunded: Money", created_at, fingerprint
@@ -289,7 +299,8 @@ pub async fn settle(tx: &mut PgConnection, payment_id: Uuid, outcome: &Outcome) 
     Ok((payment, refunds))
 }
 
-async fn is_closed(tx: &mut PgConnection, order_id: Uuid) -> Result<bool, Error> {
+/// Whether the order was cancelled or expired, as far as this service has heard.
+pub async fn is_closed(tx: &mut PgConnection, order_id: Uuid) -> Result<bool, Error> {
     Ok(sqlx::query_scalar!(
         r#"SELECT EXISTS (SELECT 1 FROM payments.closed_orders WHERE order_id = $1) AS "closed!""#,
         order_id
@@ -370,21 +381,25 @@ pub async fn close_order(tx: &mut PgConnection, order_id: Uuid) -> Result<Vec<Uu
 /// A refund the provider has not carried out yet: (refund id, payment id, amount).
 pub type PendingRefund = (Uuid, Uuid, Money);
 
-/// Claims one pending refund (of `only`, or any) for the caller's transaction.
-pub async fn claim_pending_refund(tx: &mut PgConnection, only: Option<Uuid>) -> Result<Option<PendingRefund>, Error> {
-    let row = sqlx::query!(
+/// Refunds the provider has yet to carry out (`only` that one, or the oldest). Several
+/// replicas may pick the same one: the provider does a refund once per refund id.
+pub async fn pending_refunds(db: &PgPool, only: Option<Uuid>, limit: i64) -> Result<Vec<PendingRefund>, Error> {
+    let rows = sqlx::query!(
         r#"SELECT id, payment_id, amount AS "amount: Money" FROM payments.refunds
            WHERE status = 'pending' AND ($1::uuid IS NULL OR id = $1)
-           ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED"#,
-        only
+           ORDER BY created_at LIMIT $2"#,
+        only,
+        limit
     )
-    .fetch_optional(tx)
+    .fetch_all(db)
     .await?;
-    Ok(row.map(|r| (r.id, r.payment_id, r.amount)))
+    Ok(rows.into_iter().map(|r| (r.id, r.payment_id, r.amount)).collect())
 }
 
-pub async fn mark_refunded(tx: &mut PgConnection, refund_id: Uuid) -> Result<(), Error> {
-    sqlx::query!("UPDATE payments.refunds SET status = 'succeeded' WHERE id = $1", refund_id).execute(tx).await?;
+pub async fn mark_refunded(db: &PgPool, refund_id: Uuid) -> Result<(), Error> {
+    sqlx::query!("UPDATE payments.refunds SET status = 'succeeded' WHERE id = $1 AND status = 'pending'", refund_id)
+        .execute(db)
+        .await?;
     Ok(())
 }
 

@@ -98,29 +98,47 @@ async fn cancelling_a_paid_order_refunds_it_in_full_once() {
 }
 
 #[tokio::test]
-async fn a_payment_that_lands_on_an_order_already_over_is_refunded() {
+async fn an_order_that_is_over_is_not_charged() {
     let app = TestApp::spawn().await;
     let alice = app.customer();
     let (order, total) = app.order(&alice, "9.00", 1).await;
-    // The order expired and the payment service heard of it while the customer's payment
-    // was on its way (the order service still answered `pending_payment` to the check).
+    // The order expired and the payment service heard of it, while the order service
+    // could still answer `pending_payment` to the check.
     app.order_event("order.expired", order).await;
-    app.eventually("the payment service to close the order", || async {
-        sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM payments.closed_orders WHERE order_id = $1)")
-            .bind(order)
-            .fetch_one(&app.db)
-            .await
-            .unwrap()
-    })
-    .await;
+    app.eventually("the payment service to close the order", || async { closed(&app, order).await }).await;
     let res = app.pay(&alice.token, "late", &TestApp::body(order, &total, "tok_visa")).await;
-    assert_eq!(res.status(), 201);
-    let payment: Value = res.json().await.unwrap();
-    assert_eq!(payment["status"], "refunded", "charged, and given back in the same breath");
+    assert_eq!(res.status(), 409);
+    assert_eq!(problem(res).await["code"], "invalid_state_transition");
+    assert_eq!(app.provider_books(order).await, ("0".into(), "0".into()));
+}
+
+#[tokio::test]
+async fn a_payment_that_succeeds_as_its_order_expires_is_refunded() {
+    let app = TestApp::spawn().await;
+    let alice = app.customer();
+    let (order, total) = app.order(&alice, "9.00", 1).await;
+    // The provider takes the money but its answer is late: the attempt is still being
+    // settled when the order expires.
+    let res = app.pay(&alice.token, "race", &TestApp::body(order, &total, "tok_providerTimeout")).await;
+    assert_eq!(res.status(), 504);
+    app.order_event("order.expired", order).await;
+    // Whichever comes first, closing the order or settling the charge, the money goes back.
     app.eventually("the provider to give it back", || async {
         app.provider_books(order).await == ("9.00".into(), "9.00".into())
     })
     .await;
+    assert!(closed(&app, order).await);
+    let list: Value =
+        app.server.get(&format!("/api/payments?order_id={order}"), Some(&alice.token)).await.json().await.unwrap();
+    assert_eq!(list["items"][0]["status"], "refunded");
     let kinds: Vec<String> = app.events().await.into_iter().map(|(k, _)| k).collect();
     assert_eq!(kinds, ["payment.succeeded", "payment.refunded"]);
+}
+
+async fn closed(app: &TestApp, order: Uuid) -> bool {
+    sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM payments.closed_orders WHERE order_id = $1)")
+        .bind(order)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
 }
