@@ -154,3 +154,19 @@ async fn a_socket_ends_when_its_token_is_revoked_and_a_user_holds_at_most_ten() 
     assert!(matches!(&err, WsError::Http(res) if res.status() == 429), "{err:?}");
     drop(open);
 }
+
+#[tokio::test]
+async fn without_redis_changes_reach_sockets_in_the_same_process() {
+    // An empty REDIS_URL is unset: the in-process cache and fan-out, as in `shop` alone.
+    let app = TestApp::spawn_with(&[("REDIS_URL", "")]).await;
+    let alice = app.customer();
+    let product = app.product("1.00", 5).await;
+    let mut socket = connect(app.server.addr, &alice.token, false).await.unwrap();
+    let id = id_of(&app.order(&alice.token, json!([{"product_id": product, "quantity": 1}])).await);
+    assert_eq!(app.post(&format!("/api/orders/{id}/cancel"), &json!({}), &alice.token).await.status(), 200);
+    let message = next_text(&mut socket, Duration::from_secs(1)).await;
+    assert_eq!(
+        (message["order_id"].as_str(), message["status"].as_str()),
+        (Some(id.to_string().as_str()), Some("cancelled"))
+    );
+}
