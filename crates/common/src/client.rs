@@ -205,6 +205,17 @@ impl Upstream {
         }
     }
 
+    /// Reads one resource: `Some` on 200, `None` on 404; any other answer is ours to
+    /// worry about (a 500 with the cause logged).
+    pub async fn get_optional<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, ApiError> {
+        let answer = self.call::<()>(Method::GET, path, None, true).await?;
+        match answer.status {
+            StatusCode::OK => Ok(Some(answer.json()?)),
+            StatusCode::NOT_FOUND => Ok(None),
+            status => Err(ApiError::internal(anyhow::anyhow!("{} answered GET {path} with {status}", self.name))),
+        }
+    }
+
     /// Whether the breaker would let a call through now.
     pub fn is_available(&self) -> bool {
         self.breaker.is_call_permitted()

@@ -12,6 +12,7 @@
 //! - [`cache`]: cache-aside storage in Redis or in-process;
 //! - [`client`]: calls to other services, with timeouts, retries and circuit breakers;
 //! - [`money`]: amounts as decimal strings;
+//! - [`page`]: `limit` and id cursors of lists;
 //! - [`ratelimit`]: limits shared across replicas through Redis;
 //! - [`auth`]: access tokens, their revocation, auth extractors, password hashing;
 //! - [`events`]: the transactional outbox, its relay, Kafka or in-process delivery, and
@@ -30,6 +31,7 @@ pub mod extract;
 pub mod http;
 pub mod idempotency;
 pub mod money;
+pub mod page;
 pub mod ratelimit;
 pub mod request_id;
 pub mod telemetry;

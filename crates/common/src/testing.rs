@@ -404,3 +404,17 @@ impl Drop for TestRedis {
         self.stop();
     }
 }
+
+/// Waits until `check` holds (events are applied asynchronously), or fails after 10 s
+/// naming `what`.
+pub async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -1,8 +1,6 @@
 //! The rules of orders and carts, with no SQL and no HTTP: the status machine, valid
 //! quantities and addresses, totals in decimal arithmetic, and list cursors.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use common::money::{CURRENCY, Money};
 use rust_decimal::Decimal;
@@ -283,22 +281,6 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-/// Where the next page of orders starts: after this id (ids are UUIDv7, so newest first
-/// is descending id order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor(pub Uuid);
-
-impl Cursor {
-    pub fn encode(self) -> String {
-        URL_SAFE_NO_PAD.encode(self.0.as_bytes())
-    }
-
-    pub fn decode(raw: &str) -> Option<Self> {
-        let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
-        Some(Self(Uuid::from_slice(&bytes).ok()?))
-    }
-}
-
 /// What the WebSocket pushes on every status change (API.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusChanged {
@@ -420,13 +402,5 @@ mod tests {
             fields,
             ["shipping_address.name", "shipping_address.line1", "shipping_address.city", "shipping_address.country"]
         );
-    }
-
-    #[test]
-    fn cursors_round_trip_and_garbage_is_refused() {
-        let cursor = Cursor(Uuid::now_v7());
-        assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
-        assert_eq!(Cursor::decode("not a cursor"), None);
-        assert_eq!(Cursor::decode("AAAA"), None);
     }
 }

@@ -13,6 +13,7 @@ use common::error::Problem;
 use common::extract::{Json, Path, Query};
 use common::idempotency::Idempotent;
 use common::money::Money;
+use common::page::{self, IdCursor};
 use common::{ApiError, ErrorCode, FieldErrors};
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -24,8 +25,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::checkout::{self, Request};
 use crate::domain::{
-    Action, Cart, Cursor, Line, MAX_LINES, Order, OrderLine, OrderStatus, Page, Quantity, ShippingAddress,
-    StatusChanged,
+    Action, Cart, Line, MAX_LINES, Order, OrderLine, OrderStatus, Page, Quantity, ShippingAddress, StatusChanged,
 };
 use crate::error::Error;
 use crate::repository::{self, Cause};
@@ -252,17 +252,8 @@ async fn list_orders(
     user: AuthUser,
     Query(params): Query<ListParams>,
 ) -> Result<Json<Page<Order>>, ApiError> {
-    let limit = match params.limit.as_deref() {
-        None => 20,
-        Some(raw) => match raw.parse::<i64>() {
-            Ok(n) if (1..=100).contains(&n) => n,
-            _ => return Err(ApiError::bad_request("limit must be a whole number from 1 to 100")),
-        },
-    };
-    let after = params
-        .cursor
-        .map(|raw| Cursor::decode(&raw).ok_or_else(|| ApiError::bad_request("the cursor is not valid")))
-        .transpose()?;
+    let limit = page::limit(params.limit.as_deref())?;
+    let after = IdCursor::parse(params.cursor.as_deref())?;
     let named = params
         .user_id
         .map(|raw| raw.parse::<Uuid>().map_err(|_| ApiError::bad_request("user_id must be a UUID")))
@@ -273,9 +264,7 @@ async fn list_orders(
         (false, _) => Some(user.id),
     };
     let mut orders = repository::list_orders(&state.db, owner, after.map(|c| c.0), limit).await?;
-    let more = orders.len() as i64 > limit;
-    orders.truncate(limit as usize);
-    let next_cursor = if more { orders.last().map(|o| Cursor(o.id).encode()) } else { None };
+    let next_cursor = IdCursor::next(&mut orders, limit, |o| o.id);
     Ok(Json(Page { items: orders, next_cursor }))
 }
 

@@ -102,12 +102,7 @@ impl Products {
     /// A product that can be ordered, or `None` if there is no such product (or it was
     /// deleted).
     pub async fn product(&self, id: Uuid) -> Result<Option<ProductView>, ApiError> {
-        let answer = self.upstream.call::<()>(Method::GET, &format!("/api/products/{id}"), None, true).await?;
-        match answer.status {
-            StatusCode::OK => Ok(Some(answer.json()?)),
-            StatusCode::NOT_FOUND => Ok(None),
-            status => Err(unexpected("a product read", status)),
-        }
+        self.upstream.get_optional(&format!("/api/products/{id}")).await
     }
 
     /// Reserves every line for `order_id`, or none. Idempotent per order id, so it is

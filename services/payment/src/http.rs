@@ -4,13 +4,12 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::auth::{AdminUser, AuthUser};
 use common::error::Problem;
 use common::extract::{Json, Path, Query};
 use common::idempotency::Idempotent;
 use common::money::{CURRENCY, Money};
+use common::page::{self, IdCursor};
 use common::{ApiError, FieldErrors};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -139,31 +138,15 @@ async fn list_payments(
     user: AuthUser,
     Query(params): Query<ListParams>,
 ) -> Result<Json<PaymentPage>, ApiError> {
-    let bad = ApiError::bad_request;
-    let order_id =
-        params.order_id.map(|raw| raw.parse::<Uuid>().map_err(|_| bad("order_id must be a UUID"))).transpose()?;
-    let limit = match params.limit.as_deref() {
-        None => 20,
-        Some(raw) => match raw.parse::<i64>() {
-            Ok(n) if (1..=100).contains(&n) => n,
-            _ => return Err(bad("limit must be a whole number from 1 to 100")),
-        },
-    };
-    let after = params
-        .cursor
-        .map(|raw| {
-            URL_SAFE_NO_PAD
-                .decode(&raw)
-                .ok()
-                .and_then(|bytes| Uuid::from_slice(&bytes).ok())
-                .ok_or_else(|| bad("the cursor is not valid"))
-        })
+    let order_id = params
+        .order_id
+        .map(|raw| raw.parse::<Uuid>().map_err(|_| ApiError::bad_request("order_id must be a UUID")))
         .transpose()?;
+    let limit = page::limit(params.limit.as_deref())?;
+    let after = IdCursor::parse(params.cursor.as_deref())?;
     let owner = if user.is_admin() { None } else { Some(user.id) };
-    let mut items = repository::list_payments(&state.db, owner, order_id, after, limit).await?;
-    let more = items.len() as i64 > limit;
-    items.truncate(limit as usize);
-    let next_cursor = if more { items.last().map(|p| URL_SAFE_NO_PAD.encode(p.id.as_bytes())) } else { None };
+    let mut items = repository::list_payments(&state.db, owner, order_id, after.map(|c| c.0), limit).await?;
+    let next_cursor = IdCursor::next(&mut items, limit, |p| p.id);
     Ok(Json(PaymentPage { items, next_cursor }))
 }
 

@@ -1,11 +1,9 @@
 //! What the payment service asks the order service before charging: the order's owner,
 //! status and total (`GET /internal/orders/{id}`, through `common::client`).
 
-use axum::http::StatusCode;
 use common::ApiError;
 use common::client::Upstream;
 use common::money::Money;
-use reqwest::Method;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -30,13 +28,6 @@ impl Orders {
     }
 
     pub async fn order(&self, id: Uuid) -> Result<Option<OrderToPay>, ApiError> {
-        let answer = self.upstream.call::<()>(Method::GET, &format!("/internal/orders/{id}"), None, true).await?;
-        match answer.status {
-            StatusCode::OK => Ok(Some(answer.json()?)),
-            StatusCode::NOT_FOUND => Ok(None),
-            status => {
-                Err(ApiError::internal(anyhow::anyhow!("the order service answered an order read with {status}")))
-            }
-        }
+        self.upstream.get_optional(&format!("/internal/orders/{id}")).await
     }
 }

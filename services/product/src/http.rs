@@ -92,13 +92,7 @@ impl ListParams {
             Some("price_desc") => Sort::PriceDesc,
             Some(_) => return Err(bad("sort must be relevance, newest, price_asc or price_desc")),
         };
-        let limit = match self.limit {
-            None => 20,
-            Some(raw) => match raw.parse::<i64>() {
-                Ok(n) if (1..=100).contains(&n) => n,
-                _ => return Err(bad("limit must be a whole number from 1 to 100")),
-            },
-        };
+        let limit = common::page::limit(self.limit.as_deref())?;
         let cursor = self
             .cursor
             .map(|raw| Cursor::decode(&raw, sort).ok_or_else(|| bad("the cursor is not valid for this listing")))

@@ -3,7 +3,6 @@
 //! tokens signed by the same key.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::Router;
 use common::auth::Role;
@@ -174,19 +173,6 @@ impl TestApp {
             .fetch_one(&self.catalog)
             .await
             .unwrap()
-    }
-
-    /// Waits until `check` holds (events are applied asynchronously), or fails after 10 s.
-    pub async fn eventually<F, Fut>(&self, what: &str, check: F)
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !check().await {
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     /// The reservation status of an order in the product service.

@@ -1,6 +1,7 @@
 //! Reading orders, and moving them through the status machine: cancel, pay (through the
 //! payment service's event), ship, deliver, expire.
 
+use common::testing::eventually;
 use std::sync::Arc;
 
 use common::events::{Delivery, Envelope, apply_once};
@@ -94,7 +95,7 @@ async fn cancelling_an_unpaid_order_puts_its_stock_back() {
     let cancelled: Value = res.json().await.unwrap();
     assert_eq!(cancelled["status"], "cancelled");
     assert!(cancelled.get("expires_at").is_none(), "only unpaid orders expire");
-    app.eventually("the stock to come back", || async { app.stock_of(product).await == 5 }).await;
+    eventually("the stock to come back", || async { app.stock_of(product).await == 5 }).await;
     assert_eq!(app.reservation(id).await.as_deref(), Some("released"));
 
     let res = app.post(&format!("/api/orders/{id}/cancel"), &json!({}), &alice.token).await;
@@ -141,7 +142,7 @@ async fn a_paid_order_ships_and_is_delivered_and_illegal_moves_change_nothing() 
     assert_eq!(deliver(&app, &paid).await, Delivery::Applied);
     assert_eq!(status(&app, id).await, "paid");
     assert_eq!(deliver(&app, &paid).await, Delivery::Duplicate);
-    app.eventually("the reservation to be committed", || async {
+    eventually("the reservation to be committed", || async {
         app.reservation(id).await.as_deref() == Some("committed")
     })
     .await;
@@ -177,13 +178,13 @@ async fn a_paid_order_can_be_cancelled_and_its_units_go_back() {
     let product = app.product("1.00", 5).await;
     let id = id_of(&app.order(&alice.token, json!([{"product_id": product, "quantity": 2}])).await);
     deliver(&app, &payment_event("payment.succeeded", id)).await;
-    app.eventually("the reservation to be committed", || async {
+    eventually("the reservation to be committed", || async {
         app.reservation(id).await.as_deref() == Some("committed")
     })
     .await;
     let res = app.post(&format!("/api/orders/{id}/cancel"), &json!({}), &app.admin).await;
     assert_eq!(res.status(), 200);
-    app.eventually("the stock to come back", || async { app.stock_of(product).await == 5 }).await;
+    eventually("the stock to come back", || async { app.stock_of(product).await == 5 }).await;
     let (kind, _, data) = app.events().await.pop().unwrap();
     assert_eq!(
         (kind.as_str(), data["previous_status"].as_str(), data["reason"].as_str()),
@@ -225,8 +226,8 @@ async fn an_unpaid_order_expires_and_releases_its_stock() {
     deliver(&app, &payment_event("payment.succeeded", paid)).await;
     assert_eq!(app.stock_of(product).await, 2);
 
-    app.eventually("the order to expire", || async { status(&app, expiring).await == "cancelled" }).await;
-    app.eventually("its stock to come back", || async { app.stock_of(product).await == 4 }).await;
+    eventually("the order to expire", || async { status(&app, expiring).await == "cancelled" }).await;
+    eventually("its stock to come back", || async { app.stock_of(product).await == 4 }).await;
     assert_eq!(app.reservation(expiring).await.as_deref(), Some("released"));
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert_eq!(status(&app, paid).await, "paid", "a paid order never expires");

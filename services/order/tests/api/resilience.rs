@@ -1,5 +1,6 @@
 //! When the product service is away, and when a checkout dies half way.
 
+use common::testing::eventually;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -107,7 +108,7 @@ async fn a_checkout_that_died_after_reserving_is_released() {
     assert_eq!(products.post("/internal/reservations", &body, Some(&token)).await.status(), 201);
     assert_eq!(app.stock_of(product).await, 7);
 
-    app.eventually("the reservation to be released", || async { app.stock_of(product).await == 10 }).await;
+    eventually("the reservation to be released", || async { app.stock_of(product).await == 10 }).await;
     assert_eq!(app.reservation(order_id).await.as_deref(), Some("released"));
     let (kind, aggregate, data) = app.events().await.pop().unwrap();
     assert_eq!((kind.as_str(), aggregate), ("order.cancelled", order_id));

@@ -1,8 +1,6 @@
 //! Spawns the product, order and payment services, each on its own port, against one
 //! fresh database, Redis and in-process events, with tokens signed by the same key.
 
-use std::time::Duration;
-
 use common::auth::Role;
 use common::config::Env;
 use common::http::Shared;
@@ -145,17 +143,5 @@ impl TestApp {
         .execute(&self.db)
         .await
         .unwrap();
-    }
-
-    pub async fn eventually<F, Fut>(&self, what: &str, check: F)
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !check().await {
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 }

@@ -1,6 +1,7 @@
 //! `POST /api/payments` and reading payments: the provider's answers, the rules, the
 //! Idempotency-Key, and a provider that is down or slow.
 
+use common::testing::eventually;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -23,7 +24,7 @@ async fn a_successful_payment_pays_the_order() {
     assert_eq!(payment["user_id"], alice.id.to_string());
     assert_eq!((payment["amount"].as_str(), payment["currency"].as_str()), (Some("39.98"), Some("USD")));
     assert!(payment.get("failure_code").is_none());
-    app.eventually("the order to be paid", || async { app.order_status(order).await == "paid" }).await;
+    eventually("the order to be paid", || async { app.order_status(order).await == "paid" }).await;
     assert_eq!(app.provider_books(order).await, ("39.98".into(), "0".into()));
 
     let read: Value = app.server.get(&format!("/api/payments/{id}"), Some(&alice.token)).await.json().await.unwrap();
@@ -66,7 +67,7 @@ async fn a_declined_card_fails_and_the_order_stays_payable() {
     assert_eq!(kinds, ["payment.failed", "payment.failed"]);
     let res = app.pay(&alice.token, "d-3", &TestApp::body(order, &total, "tok_visa")).await;
     assert_eq!(res.json::<Value>().await.unwrap()["status"], "succeeded");
-    app.eventually("the order to be paid", || async { app.order_status(order).await == "paid" }).await;
+    eventually("the order to be paid", || async { app.order_status(order).await == "paid" }).await;
     let list: Value = app
         .server
         .get(&format!("/api/payments?order_id={order}&limit=2"), Some(&alice.token))
@@ -246,7 +247,7 @@ async fn a_charge_whose_answer_never_came_is_settled_not_lost() {
     assert_eq!(res.status(), 504);
     assert_eq!(problem(res).await["code"], "upstream_timeout");
     // The provider did charge; the reconciler finds out and settles the payment.
-    app.eventually("the order to be paid", || async { app.order_status(order).await == "paid" }).await;
+    eventually("the order to be paid", || async { app.order_status(order).await == "paid" }).await;
     let list: Value =
         app.server.get(&format!("/api/payments?order_id={order}"), Some(&alice.token)).await.json().await.unwrap();
     assert_eq!(list["items"][0]["status"], "succeeded");

@@ -1,6 +1,7 @@
 //! Refunds: by admins, in part or in full, never more than was captured; and automatically,
 //! once, when a paid order is cancelled or a payment lands on an order that is over.
 
+use common::testing::eventually;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -73,17 +74,17 @@ async fn a_failed_payment_has_nothing_to_refund() {
 async fn cancelling_a_paid_order_refunds_it_in_full_once() {
     let app = TestApp::spawn().await;
     let (alice, order, payment) = paid(&app, "25.00").await;
-    app.eventually("the order to be paid", || async { app.order_status(order).await == "paid" }).await;
+    eventually("the order to be paid", || async { app.order_status(order).await == "paid" }).await;
     let res = app.orders.post(&format!("/api/orders/{order}/cancel"), &json!({}), Some(&alice.token)).await;
     assert_eq!(res.status(), 200);
     let id = payment["id"].as_str().unwrap().to_owned();
-    app.eventually("the refund", || async {
+    eventually("the refund", || async {
         let read: Value =
             app.server.get(&format!("/api/payments/{id}"), Some(&alice.token)).await.json().await.unwrap();
         read["status"] == "refunded"
     })
     .await;
-    app.eventually("the provider to give it back", || async {
+    eventually("the provider to give it back", || async {
         app.provider_books(order).await == ("25.00".into(), "25.00".into())
     })
     .await;
@@ -105,7 +106,7 @@ async fn an_order_that_is_over_is_not_charged() {
     // The order expired and the payment service heard of it, while the order service
     // could still answer `pending_payment` to the check.
     app.order_event("order.expired", order).await;
-    app.eventually("the payment service to close the order", || async { closed(&app, order).await }).await;
+    eventually("the payment service to close the order", || async { closed(&app, order).await }).await;
     let res = app.pay(&alice.token, "late", &TestApp::body(order, &total, "tok_visa")).await;
     assert_eq!(res.status(), 409);
     assert_eq!(problem(res).await["code"], "invalid_state_transition");
@@ -123,7 +124,7 @@ async fn a_payment_that_succeeds_as_its_order_expires_is_refunded() {
     assert_eq!(res.status(), 504);
     app.order_event("order.expired", order).await;
     // Whichever comes first, closing the order or settling the charge, the money goes back.
-    app.eventually("the provider to give it back", || async {
+    eventually("the provider to give it back", || async {
         app.provider_books(order).await == ("9.00".into(), "9.00".into())
     })
     .await;
