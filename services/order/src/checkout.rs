@@ -56,8 +56,14 @@ pub async fn place(
             return Ok(response);
         }
     }
+    // Where each product first appears in the request, for refusals that name a line.
+    let requested: Option<Vec<Uuid>> = request.lines.as_ref().map(|l| l.iter().map(|l| l.product_id).collect());
     let checkout = start(state, user_id, request.lines, key).await?;
-    let reserved = match state.products.reserve(checkout.order_id, &checkout.items).await {
+    let line_of = |k: usize| {
+        let product = checkout.items.get(k).map(|line| line.product_id);
+        requested.as_ref().zip(product).and_then(|(ids, p)| ids.iter().position(|id| *id == p)).unwrap_or(k)
+    };
+    let reserved = match state.products.reserve(checkout.order_id, &checkout.items, &line_of).await {
         Ok(reserved) => reserved,
         Err(err) => {
             if err.nothing_reserved() {

@@ -107,7 +107,14 @@ impl Products {
 
     /// Reserves every line for `order_id`, or none. Idempotent per order id, so it is
     /// retried like a read: a retry returns the reservation the first attempt made.
-    pub async fn reserve(&self, order_id: Uuid, lines: &[Line]) -> Result<Vec<ReservedItem>, ReserveError> {
+    /// `line_of` maps a line's position in `lines` to the one the client's request gave it,
+    /// so that a refusal names the field the client sent.
+    pub async fn reserve(
+        &self,
+        order_id: Uuid,
+        lines: &[Line],
+        line_of: &(dyn Fn(usize) -> usize + Sync),
+    ) -> Result<Vec<ReservedItem>, ReserveError> {
         let body = ReserveRequest { order_id, items: lines };
         let answer = self.upstream.call(Method::POST, "/internal/reservations", Some(&body), true).await?;
         match answer.status {
@@ -116,7 +123,7 @@ impl Products {
                 .map_err(|e| ReserveError::Garbled(anyhow::anyhow!("{status}: {e}"))),
             StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY => {
                 let problem: UpstreamProblem = answer.json().map_err(|e| ReserveError::Refused(Error::Refused(e)))?;
-                Err(ReserveError::Refused(refusal(problem)))
+                Err(ReserveError::Refused(refusal(problem, line_of)))
             }
             status => Err(ReserveError::Refused(Error::Refused(unexpected("a reservation", status)))),
         }
@@ -124,7 +131,7 @@ impl Products {
 }
 
 /// The product service's "no", as this service's error.
-fn refusal(problem: UpstreamProblem) -> Error {
+fn refusal(problem: UpstreamProblem, line_of: &dyn Fn(usize) -> usize) -> Error {
     match problem.code.as_str() {
         "insufficient_stock" => {
             let mut err = ApiError::new(ErrorCode::InsufficientStock);
@@ -137,6 +144,7 @@ fn refusal(problem: UpstreamProblem) -> Error {
         "validation_failed" => {
             let mut errors = FieldErrors::default();
             for (field, messages) in problem.errors {
+                let field = renumbered(&field, line_of);
                 for message in messages {
                     errors.add(field.clone(), message);
                 }
@@ -144,5 +152,29 @@ fn refusal(problem: UpstreamProblem) -> Error {
             Error::Refused(ApiError::validation(errors))
         }
         other => Error::Refused(ApiError::internal(anyhow::anyhow!("the product service refused with {other}"))),
+    }
+}
+
+/// `items[k].rest` with `k` mapped by `line_of`; any other field as it is.
+fn renumbered(field: &str, line_of: &dyn Fn(usize) -> usize) -> String {
+    let Some(rest) = field.strip_prefix("items[") else { return field.to_owned() };
+    let Some((index, tail)) = rest.split_once(']') else { return field.to_owned() };
+    match index.parse::<usize>() {
+        Ok(k) => format!("items[{}]{tail}", line_of(k)),
+        Err(_) => field.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_name_the_line_the_client_sent() {
+        let line_of = |k: usize| [0, 2][k];
+        assert_eq!(renumbered("items[1].product_id", &line_of), "items[2].product_id");
+        assert_eq!(renumbered("items[0].quantity", &line_of), "items[0].quantity");
+        assert_eq!(renumbered("items", &line_of), "items");
+        assert_eq!(renumbered("items[x].quantity", &line_of), "items[x].quantity");
     }
 }

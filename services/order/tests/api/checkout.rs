@@ -122,12 +122,19 @@ async fn an_item_out_of_stock_reserves_nothing() {
     assert_eq!(left, 0, "a refused checkout leaves nothing to recover");
 
     let unknown = Uuid::now_v7();
-    let res = app.place(&alice.token, Some(json!([{"product_id": unknown, "quantity": 1}]))).await;
+    let lines = json!([
+        {"product_id": plenty, "quantity": 1},
+        {"product_id": plenty, "quantity": 1},
+        {"product_id": unknown, "quantity": 1},
+    ]);
+    let res = app.place(&alice.token, Some(lines)).await;
     assert_eq!(res.status(), 422);
     assert_eq!(
         problem(res).await,
-        validation(json!({"items[0].product_id": ["no such product, or it can't be ordered"]}))
+        validation(json!({"items[2].product_id": ["no such product, or it can't be ordered"]})),
+        "the error names the line as the client sent it, not as merged"
     );
+    assert_eq!(app.stock_of(plenty).await, 10);
 }
 
 #[tokio::test]
