@@ -189,8 +189,9 @@ fn revocation_key(jti: Uuid) -> String {
     format!("revoked-jti:{jti}")
 }
 
-fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+/// The token of an `Authorization: Bearer <token>` header, if there is one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
@@ -220,7 +221,8 @@ where
         if let Some(user) = parts.extensions.get::<AuthUser>() {
             return Ok(user.clone());
         }
-        let token = bearer(parts).ok_or_else(|| ApiError::unauthorized("a bearer access token is required"))?;
+        let token =
+            bearer(&parts.headers).ok_or_else(|| ApiError::unauthorized("a bearer access token is required"))?;
         let claims = Arc::<Authenticator>::from_ref(state).verify(token).await?;
         let user = AuthUser { id: claims.sub, role: claims.role, claims };
         parts.extensions.insert(user.clone());
@@ -258,7 +260,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or_else(|| ApiError::unauthorized("a valid service token is required"))?;
+        let token =
+            bearer(&parts.headers).ok_or_else(|| ApiError::unauthorized("a valid service token is required"))?;
         Ok(Self(Arc::<Authenticator>::from_ref(state).verify_service(token)?))
     }
 }

@@ -89,6 +89,12 @@ impl Idempotency {
         &self.fingerprint
     }
 
+    /// The `409 request_in_progress` answer.
+    pub fn in_progress() -> ApiError {
+        ApiError::new(ErrorCode::RequestInProgress)
+            .with_detail("a request with this Idempotency-Key is still running; retry shortly")
+    }
+
     /// The `422 idempotency_key_reused` answer.
     pub fn reused() -> ApiError {
         ApiError::new(ErrorCode::IdempotencyKeyReused)
@@ -103,8 +109,7 @@ impl Idempotency {
             .fetch_one(&mut *tx)
             .await?;
         if !claimed {
-            return Err(ApiError::new(ErrorCode::RequestInProgress)
-                .with_detail("a request with this Idempotency-Key is still running; retry shortly"));
+            return Err(Self::in_progress());
         }
         let stored: Option<(Vec<u8>, i16, Vec<u8>)> = sqlx::query_as(
             "SELECT fingerprint, status, body FROM idempotency_keys

@@ -21,10 +21,10 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{SubsecRound, Utc};
+use common::ApiError;
 use common::extract::Json;
 use common::idempotency::{Begin, Idempotency};
 use common::money::CURRENCY;
-use common::{ApiError, ErrorCode};
 use uuid::Uuid;
 
 use crate::AppState;
@@ -67,7 +67,7 @@ pub async fn place(
         Ok(reserved) => reserved,
         Err(err) => {
             if err.nothing_reserved() {
-                repository::delete_checkout(&state.db, checkout.order_id).await?;
+                repository::take_checkout(&state.db, checkout.order_id).await?;
             } else if key.is_some() && matches!(err, ReserveError::Upstream(_)) {
                 // The outcome is unknown: the record stays, for a retry with the same key
                 // to finish (or, if none comes, for the recovery job to release).
@@ -92,7 +92,7 @@ pub async fn place(
     };
 
     let mut tx = state.db.begin().await?;
-    if !repository::take_checkout(&mut tx, checkout.order_id).await? {
+    if !repository::take_checkout(&mut *tx, checkout.order_id).await? {
         // Our lease ran out: a retry with the same key may have finished the order (then
         // its answer is ours too), or the recovery job released it.
         if let Some(key) = key
@@ -130,11 +130,6 @@ pub async fn place(
     Ok((StatusCode::CREATED, Json(order)).into_response())
 }
 
-fn in_progress() -> ApiError {
-    ApiError::new(ErrorCode::RequestInProgress)
-        .with_detail("a request with this Idempotency-Key is still running; retry shortly")
-}
-
 /// The checkout record: the unfinished one of an earlier attempt with this key, or a new
 /// one, committed before the reservation is asked for.
 async fn start(
@@ -150,7 +145,7 @@ async fn start(
             return Err(Idempotency::reused());
         }
         if !repository::claim_checkout(&state.db, earlier.order_id, state.checkout_lease).await? {
-            return Err(in_progress());
+            return Err(Idempotency::in_progress());
         }
         return Ok(earlier);
     }
@@ -169,7 +164,7 @@ async fn start(
     let lease = state.checkout_lease;
     if !repository::insert_checkout(&state.db, user_id, key.map(Idempotency::as_str), &checkout, lease).await? {
         // A concurrent request with the same key recorded its checkout first.
-        return Err(in_progress());
+        return Err(Idempotency::in_progress());
     }
     Ok(checkout)
 }

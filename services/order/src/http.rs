@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use common::auth::{AdminUser, AuthUser, ServiceCaller};
 use common::error::Problem;
@@ -404,13 +404,8 @@ async fn order_updates(
     Query(params): Query<LiveParams>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let from_header = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().to_owned());
-    let token = from_header
+    let token = common::auth::bearer(&headers)
+        .map(str::to_owned)
         .or(params.access_token)
         .ok_or_else(|| ApiError::unauthorized("a bearer access token (header or access_token) is required"))?;
     let claims = state.auth.verify(&token).await?;

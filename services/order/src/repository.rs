@@ -42,6 +42,31 @@ pub struct OrderEvent<'a> {
     pub payment_id: Option<Uuid>,
 }
 
+impl<'a> OrderEvent<'a> {
+    /// The event of a status move (`order.paid`, `order.cancelled`, `order.expired`, …).
+    fn moved(
+        order_id: Uuid,
+        user_id: Uuid,
+        from: OrderStatus,
+        to: OrderStatus,
+        total: Money,
+        currency: &'a str,
+        cause: Cause<'a>,
+    ) -> Self {
+        Self {
+            order_id,
+            user_id,
+            status: to,
+            previous_status: Some(from),
+            reason: cause.reason,
+            total: Some(total),
+            currency,
+            items: None,
+            payment_id: cause.payment_id,
+        }
+    }
+}
+
 // --- carts -----------------------------------------------------------------------------
 
 /// The cart's lines, oldest first.
@@ -177,18 +202,13 @@ pub async fn release_checkout(db: &PgPool, order_id: Uuid) -> Result<(), Error> 
     Ok(())
 }
 
-/// Deletes the checkout in the transaction that stores its order. `false` when it is
-/// gone: the recovery job released its reservation, so the order must not be stored.
-pub async fn take_checkout(tx: &mut PgConnection, order_id: Uuid) -> Result<bool, Error> {
+/// Deletes a checkout record: in the transaction that stores its order, or on its own when
+/// its reservation certainly does not exist. `false` when it is gone already (the recovery
+/// job released it, so its order must not be stored).
+pub async fn take_checkout(db: impl PgExecutor<'_>, order_id: Uuid) -> Result<bool, Error> {
     let taken =
-        sqlx::query!("DELETE FROM ordering.checkouts WHERE order_id = $1", order_id).execute(tx).await?.rows_affected();
+        sqlx::query!("DELETE FROM ordering.checkouts WHERE order_id = $1", order_id).execute(db).await?.rows_affected();
     Ok(taken == 1)
-}
-
-/// Forgets a checkout whose reservation certainly does not exist.
-pub async fn delete_checkout(db: &PgPool, order_id: Uuid) -> Result<(), Error> {
-    sqlx::query!("DELETE FROM ordering.checkouts WHERE order_id = $1", order_id).execute(db).await?;
-    Ok(())
 }
 
 /// Releases checkouts that never became orders within `after` and that no request is
@@ -220,7 +240,7 @@ pub async fn release_stale_checkouts(db: &PgPool, after: Duration, limit: i64) -
 /// Releases one checkout now (it was reserved, but can't become an order).
 pub async fn abandon_checkout(db: &PgPool, order_id: Uuid, user_id: Uuid) -> Result<(), Error> {
     let mut tx = db.begin().await?;
-    if take_checkout(&mut tx, order_id).await? {
+    if take_checkout(&mut *tx, order_id).await? {
         checkout_failed(&mut tx, order_id, user_id).await?;
     }
     tx.commit().await?;
@@ -457,17 +477,7 @@ pub async fn move_order(
         return Err(Error::ChangedConcurrently(now));
     };
     let moved = Order { status: next, updated_at, expires_at: None, ..order.clone() };
-    let event = OrderEvent {
-        order_id: moved.id,
-        user_id: moved.user_id,
-        status: next,
-        previous_status: Some(order.status),
-        reason: cause.reason,
-        total: Some(moved.total),
-        currency: &moved.currency,
-        items: None,
-        payment_id: cause.payment_id,
-    };
+    let event = OrderEvent::moved(moved.id, moved.user_id, order.status, next, moved.total, &moved.currency, cause);
     events::emit(tx, TOPIC, action.event_type(), moved.id, &event).await?;
     Ok(moved)
 }
@@ -500,17 +510,9 @@ pub async fn expire_due(db: &PgPool, limit: i64) -> Result<Vec<Expired>, Error> 
     .fetch_all(&mut *tx)
     .await?;
     for row in &expired {
-        let event = OrderEvent {
-            order_id: row.id,
-            user_id: row.user_id,
-            status: OrderStatus::Cancelled,
-            previous_status: Some(OrderStatus::PendingPayment),
-            reason: Some("payment_timeout"),
-            total: Some(row.total),
-            currency: &row.currency,
-            items: None,
-            payment_id: None,
-        };
+        let cause = Cause { reason: Some("payment_timeout"), payment_id: None };
+        let (from, to) = (OrderStatus::PendingPayment, OrderStatus::Cancelled);
+        let event = OrderEvent::moved(row.id, row.user_id, from, to, row.total, &row.currency, cause);
         events::emit(&mut tx, TOPIC, Action::Expire.event_type(), row.id, &event).await?;
     }
     tx.commit().await?;
