@@ -28,6 +28,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::domain::{Outcome, PaymentStatus};
 use crate::error::Error;
+use crate::orders::OrderStatus;
 use crate::provider::ProviderError;
 use crate::repository::{self, NewAttempt};
 
@@ -79,10 +80,12 @@ pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idem
             let order = state.orders.order(request.order_id).await?;
             // Another user's order does not exist, as far as this caller can tell.
             let order = order.filter(|o| o.user_id == user.id).ok_or(Error::NotFound)?;
-            match order.status.as_str() {
-                "pending_payment" => {}
-                "paid" | "shipped" | "delivered" => return Err(Error::AlreadyPaid.into()),
-                other => return Err(Error::NotPayable(other.to_owned()).into()),
+            match order.status {
+                OrderStatus::PendingPayment => {}
+                OrderStatus::Paid | OrderStatus::Shipped | OrderStatus::Delivered => {
+                    return Err(Error::AlreadyPaid.into());
+                }
+                OrderStatus::Cancelled => return Err(Error::NotPayable("cancelled").into()),
             }
             if request.amount != order.total || order.currency != common::money::CURRENCY {
                 return Err(Error::AmountMismatch(order.total.to_string()).into());
@@ -90,7 +93,7 @@ pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idem
             // Cancelled or expired since the order service answered: not worth a charge
             // and its refund (which the settlement would still make if it got this far).
             if repository::is_closed(&mut *state.db.acquire().await?, order.id).await? {
-                return Err(Error::NotPayable("cancelled".into()).into());
+                return Err(Error::NotPayable("cancelled").into());
             }
             let new = NewAttempt {
                 id: Uuid::now_v7(),

@@ -109,6 +109,16 @@ pub struct Payment {
     pub created_at: DateTime<Utc>,
 }
 
+/// Where a refund is: `pending` until the provider has carried it out (it is retried
+/// until it has).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum RefundStatus {
+    Pending,
+    Succeeded,
+}
+
 /// Money given back on a payment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Refund {
@@ -117,9 +127,7 @@ pub struct Refund {
     pub amount: Money,
     #[schema(example = "USD")]
     pub currency: String,
-    /// `pending` until the provider has carried it out (it is retried until it has).
-    #[schema(example = "succeeded")]
-    pub status: String,
+    pub status: RefundStatus,
     pub created_at: DateTime<Utc>,
 }
 

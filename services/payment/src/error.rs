@@ -17,7 +17,7 @@ pub enum Error {
     #[error("a request with this Idempotency-Key is still running; retry shortly")]
     RequestInProgress,
     #[error("an order that is {0} can't be paid")]
-    NotPayable(String),
+    NotPayable(&'static str),
     #[error("the amount must equal the order total, {0}")]
     AmountMismatch(String),
     #[error("not a card token the provider knows")]
@@ -40,7 +40,7 @@ impl From<Error> for ApiError {
             Error::NotFound => ApiError::not_found(),
             Error::AlreadyPaid => ApiError::new(ErrorCode::AlreadyPaid).with_detail(detail),
             Error::PaymentInProgress => ApiError::new(ErrorCode::Conflict).with_detail(detail),
-            Error::RequestInProgress => ApiError::new(ErrorCode::RequestInProgress).with_detail(detail),
+            Error::RequestInProgress => common::idempotency::Idempotency::in_progress(),
             Error::NotPayable(_) => ApiError::new(ErrorCode::InvalidStateTransition).with_detail(detail),
             Error::AmountMismatch(_) => ApiError::new(ErrorCode::AmountMismatch).with_detail(detail),
             Error::InvalidToken => ApiError::invalid_field("method.token", detail),

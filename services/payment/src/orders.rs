@@ -7,12 +7,23 @@ use common::money::Money;
 use serde::Deserialize;
 use uuid::Uuid;
 
+/// An order's status, as the order service names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    PendingPayment,
+    Paid,
+    Shipped,
+    Delivered,
+    Cancelled,
+}
+
 /// An order, as far as paying it goes.
 #[derive(Debug, Clone, Deserialize)]
 pub struct OrderToPay {
     pub id: Uuid,
     pub user_id: Uuid,
-    pub status: String,
+    pub status: OrderStatus,
     pub total: Money,
     pub currency: String,
 }

@@ -13,7 +13,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::TOPIC;
-use crate::domain::{self, Outcome, Payment, PaymentStatus, Refund};
+use crate::domain::{self, Outcome, Payment, PaymentStatus, Refund, RefundStatus};
 use crate::error::Error;
 
 struct PaymentRow {
@@ -353,7 +353,8 @@ pub async fn refund(
         "reason": reason,
     });
     events::emit(tx, TOPIC, "payment.refunded", payment_id, &data).await?;
-    Ok(Refund { id, payment_id, amount, currency: payment.currency.clone(), status: "pending".into(), created_at })
+    let status = RefundStatus::Pending;
+    Ok(Refund { id, payment_id, amount, currency: payment.currency.clone(), status, created_at })
 }
 
 /// Marks an order as over and refunds in full whatever was captured for it. Returns the
@@ -405,7 +406,8 @@ pub async fn mark_refunded(db: &PgPool, refund_id: Uuid) -> Result<(), Error> {
 
 pub async fn find_refund(db: &PgPool, id: Uuid) -> Result<Option<Refund>, Error> {
     Ok(sqlx::query!(
-        r#"SELECT r.id, r.payment_id, r.amount AS "amount: Money", p.currency, r.status, r.created_at
+        r#"SELECT r.id, r.payment_id, r.amount AS "amount: Money", p.currency, r.status AS "status: RefundStatus",
+                  r.created_at
            FROM payments.refunds r JOIN payments.payments p ON p.id = r.payment_id WHERE r.id = $1"#,
         id
     )
