@@ -71,15 +71,20 @@ impl Env {
         Ok(self.optional(name)?.unwrap_or(default))
     }
 
-    /// A duration such as `15m`, `30s` or `7d`.
+    /// A duration such as `15m`, `30s` or `7d`, longer than zero.
     pub fn duration(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-        let Some(raw) = self.raw(name) else { return Ok(default) };
-        let value = humantime::parse_duration(raw.trim())
-            .map_err(|e| ConfigError::new(name, format!("{e} (expected a duration like 15m or 30s, got {raw:?})")))?;
+        let value = self.delay(name, default)?;
         if value.is_zero() {
             return Err(ConfigError::new(name, "must be longer than zero"));
         }
         Ok(value)
+    }
+
+    /// A duration that may be zero (`0s`: no wait).
+    pub fn delay(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        let Some(raw) = self.raw(name) else { return Ok(default) };
+        humantime::parse_duration(raw.trim())
+            .map_err(|e| ConfigError::new(name, format!("{e} (expected a duration like 15m or 30s, got {raw:?})")))
     }
 
     /// A secret: kept out of `Debug` output and logs.
@@ -87,9 +92,15 @@ impl Env {
         self.raw(name).map(|v| SecretString::from(v.to_owned()))
     }
 
+    /// A boolean that is false unless set.
     pub fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
+        self.flag_or(name, false)
+    }
+
+    pub fn flag_or(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
         match self.raw(name).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
-            None | Some("0" | "false" | "no" | "off") => Ok(false),
+            None => Ok(default),
+            Some("0" | "false" | "no" | "off") => Ok(false),
             Some("1" | "true" | "yes" | "on") => Ok(true),
             Some(other) => Err(ConfigError::new(name, format!("expected true or false, got {other:?}"))),
         }
@@ -142,6 +153,12 @@ pub struct CommonConfig {
     /// Take the client address from `X-Forwarded-For` (set by the gateway) instead of
     /// the TCP peer. Only safe behind a proxy that overwrites the header.
     pub trust_forwarded_for: bool,
+    /// Apply the schema's migrations at start-up (`MIGRATE_ON_START`, default true), or
+    /// wait until a migration job has brought the schema to this version.
+    pub migrate_on_start: bool,
+    /// How long `/ready` answers 503 after SIGTERM before the listener closes
+    /// (`SHUTDOWN_DELAY`, default 0; Kubernetes sets it).
+    pub shutdown_delay: Duration,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/shop";
@@ -167,6 +184,10 @@ impl CommonConfig {
                 }
                 Some(_) => {}
             }
+        }
+        if app_env.is_production() && env.raw("DATABASE_URL").is_none() {
+            // The default is a local superuser without a password.
+            return Err(ConfigError::new("DATABASE_URL", "must be set when APP_ENV=production"));
         }
         let database_url = env.raw("DATABASE_URL").unwrap_or(DEFAULT_DATABASE_URL);
         if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
@@ -195,6 +216,8 @@ impl CommonConfig {
             jwt_secret: jwt_secret.unwrap_or_else(|| SecretString::from(DEV_JWT_SECRET)),
             access_token_ttl: env.duration("ACCESS_TOKEN_TTL", Duration::from_secs(15 * 60))?,
             trust_forwarded_for: env.flag("TRUST_FORWARDED_FOR")?,
+            migrate_on_start: env.flag_or("MIGRATE_ON_START", true)?,
+            shutdown_delay: env.delay("SHUTDOWN_DELAY", Duration::ZERO)?,
         })
     }
 }
@@ -219,6 +242,35 @@ impl CommonConfig {
     }
 }
 
+/// What a service binary was asked to do: serve (no arguments), or apply its migrations
+/// and exit (`migrate`, what the Kubernetes migration Job runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Serve,
+    Migrate,
+}
+
+impl Command {
+    /// Reads the command line; prints the usage and exits with 2 on anything else.
+    pub fn from_args(binary: &str) -> Self {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            [] => Self::Serve,
+            ["migrate"] => Self::Migrate,
+            ["-h" | "--help" | "help"] => {
+                println!(
+                    "usage: {binary} [migrate]\n\n  (no command)  migrate (unless MIGRATE_ON_START=false) and serve\n  migrate       apply the schema's migrations and exit"
+                );
+                std::process::exit(0)
+            }
+            _ => {
+                eprintln!("usage: {binary} [migrate]");
+                std::process::exit(2)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +287,18 @@ mod tests {
         assert_eq!(c.access_token_ttl, Duration::from_secs(900));
         assert!(c.redis_url.is_none());
         assert!(!c.trust_forwarded_for);
+        assert!(c.migrate_on_start);
+        assert!(c.shutdown_delay.is_zero());
+    }
+
+    #[test]
+    fn migrations_and_shutdown_are_configurable() {
+        let c = config(&[("MIGRATE_ON_START", "false"), ("SHUTDOWN_DELAY", "10s")]).unwrap();
+        assert!(!c.migrate_on_start);
+        assert_eq!(c.shutdown_delay, Duration::from_secs(10));
+        assert!(config(&[("SHUTDOWN_DELAY", "0s")]).unwrap().shutdown_delay.is_zero());
+        assert_eq!(config(&[("MIGRATE_ON_START", "maybe")]).unwrap_err().name, "MIGRATE_ON_START");
+        assert_eq!(config(&[("SHUTDOWN_DELAY", "later")]).unwrap_err().name, "SHUTDOWN_DELAY");
     }
 
     #[test]
@@ -257,7 +321,14 @@ mod tests {
         assert_eq!(dev.unwrap_err().name, "JWT_SECRET");
         let short = config(&[("APP_ENV", "production"), ("JWT_SECRET", "short")]);
         assert_eq!(short.unwrap_err().name, "JWT_SECRET");
-        let good = config(&[("APP_ENV", "production"), ("JWT_SECRET", "x".repeat(40).as_str())]);
+        let secret = "x".repeat(40);
+        let no_database = config(&[("APP_ENV", "production"), ("JWT_SECRET", secret.as_str())]);
+        assert_eq!(no_database.unwrap_err().name, "DATABASE_URL");
+        let good = config(&[
+            ("APP_ENV", "production"),
+            ("JWT_SECRET", secret.as_str()),
+            ("DATABASE_URL", "postgres://svc:pw@db/shop"),
+        ]);
         assert!(good.unwrap().app_env.is_production());
     }
 }

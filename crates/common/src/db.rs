@@ -71,12 +71,28 @@ impl MigrationSource<'static> for Merged {
     }
 }
 
+/// The service's migrations and the common ones, in order.
+fn merged(service: &Migrator) -> Vec<Migration> {
+    let mut migrations: Vec<Migration> = service.iter().chain(COMMON_MIGRATOR.iter()).cloned().collect();
+    migrations.sort_by_key(|m| m.version);
+    migrations
+}
+
+/// Makes the schema ready for this version of the service: migrates it (the default), or
+/// with `MIGRATE_ON_START=false` waits until a migration job has (Kubernetes runs one per
+/// rollout, so that replicas never race to change a schema).
+pub async fn prepare(config: &crate::config::CommonConfig, schema: Schema, service: &Migrator) -> anyhow::Result<()> {
+    if config.migrate_on_start {
+        migrate(&config.database_url, schema, service).await
+    } else {
+        await_migrations(&config.database_url, schema, service).await
+    }
+}
+
 /// Creates the service's role and schema if missing and applies its migrations (and the
 /// common ones) as that role, so the service owns its tables.
 pub async fn migrate(url: &SecretString, schema: Schema, service: &Migrator) -> anyhow::Result<()> {
-    let mut migrations: Vec<Migration> = service.iter().chain(COMMON_MIGRATOR.iter()).cloned().collect();
-    migrations.sort_by_key(|m| m.version);
-    let migrator = Migrator::new(Merged(migrations)).await?;
+    let migrator = Migrator::new(Merged(merged(service))).await?;
     let mut conn = options(url)?.connect().await?;
     // Roles are cluster-wide, so parallel test databases race to create them; the
     // handler makes "someone else did it first" a success.
@@ -109,6 +125,43 @@ pub async fn migrate(url: &SecretString, schema: Schema, service: &Migrator) -> 
     migrator.run(&mut conn).await?;
     conn.close().await?;
     Ok(())
+}
+
+/// Waits until the schema carries every migration this binary knows, checking every two
+/// seconds (a startup probe bounds how long). A newer schema is fine: migrations only add.
+pub async fn await_migrations(url: &SecretString, schema: Schema, service: &Migrator) -> anyhow::Result<()> {
+    let latest = merged(service).last().map_or(0, |m| m.version);
+    let mut reported = false;
+    loop {
+        match applied_version(url, schema).await {
+            Ok(Some(version)) if version >= latest => return Ok(()),
+            Ok(version) if !reported => {
+                tracing::info!(schema = schema.name, latest, applied = ?version, "waiting for the migration job");
+                reported = true;
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(schema = schema.name, error = %err, "cannot read the schema's migrations yet"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The newest migration applied to the schema, `None` before the first.
+async fn applied_version(url: &SecretString, schema: Schema) -> anyhow::Result<Option<i64>> {
+    let mut conn = options(url)?.connect().await?;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(format!("{}._sqlx_migrations", schema.name))
+        .fetch_one(&mut conn)
+        .await?;
+    let version = if exists {
+        sqlx::query_scalar(&format!("SELECT max(version) FROM {}._sqlx_migrations WHERE success", schema.name))
+            .fetch_one(&mut conn)
+            .await?
+    } else {
+        None
+    };
+    conn.close().await?;
+    Ok(version)
 }
 
 async fn enter(conn: &mut PgConnection, schema: Schema) -> Result<(), sqlx::Error> {

@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -125,6 +126,23 @@ pub struct Shared {
     /// Kafka, or the in-process bus.
     pub events: Events,
     pub trust_forwarded_for: bool,
+    /// Set once the process is shutting down; `/ready` then answers 503.
+    pub draining: Draining,
+}
+
+/// Whether the process has been asked to stop. Until the listener closes it still serves,
+/// but tells load balancers (through `/ready`) to send nothing new.
+#[derive(Clone, Default)]
+pub struct Draining(Arc<AtomicBool>);
+
+impl Draining {
+    pub fn start(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl Shared {
@@ -142,6 +160,7 @@ impl Shared {
             auth,
             events: Events::connect_as(config.kafka_brokers.as_deref(), config.kafka_group_instance_id.as_deref())?,
             trust_forwarded_for: config.trust_forwarded_for,
+            draining: Draining::default(),
         })
     }
 
@@ -156,6 +175,7 @@ struct Ops {
     databases: Vec<(&'static str, PgPool)>,
     cache: Cache,
     events: Events,
+    draining: Draining,
 }
 
 /// The whole application: the services' routers merged, the operational endpoints, and
@@ -177,7 +197,7 @@ pub fn app(services: Vec<Service>, shared: Shared) -> Router {
         });
         databases.push((service.name, service.db));
     }
-    let ops = Ops { databases, cache: shared.cache, events: shared.events };
+    let ops = Ops { databases, cache: shared.cache, events: shared.events, draining: shared.draining };
     let mut doc = ApiDoc::openapi();
     if let Some(services) = openapi {
         doc.merge(services);
@@ -262,8 +282,12 @@ async fn health() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
-/// Readiness: 200 when every dependency answers, 503 naming what is down otherwise.
+/// Readiness: 200 when every dependency answers, 503 naming what is down otherwise, and
+/// 503 `draining` once the process is shutting down.
 async fn ready(State(ops): State<Ops>) -> Response {
+    if ops.draining.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "draining"}))).into_response();
+    }
     let mut checks = serde_json::Map::new();
     let mut all_up = true;
     for (name, pool) in &ops.databases {
@@ -332,10 +356,23 @@ pub async fn serve(
         .await
 }
 
-/// Binds `0.0.0.0:port` and serves until SIGTERM/SIGINT.
-pub async fn run(port: u16, app: Router) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
+/// Serves the services on `0.0.0.0:PORT` until SIGTERM/SIGINT. Then `/ready` answers 503
+/// for `SHUTDOWN_DELAY` while everything is still served, so that load balancers stop
+/// sending; then the listener closes and the requests in flight are finished.
+pub async fn run(config: &CommonConfig, services: Vec<Service>, shared: Shared) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], config.port))).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    serve(listener, app, shutdown_signal()).await?;
+    let draining = shared.draining.clone();
+    let delay = config.shutdown_delay;
+    let shutdown = async move {
+        shutdown_signal().await;
+        draining.start();
+        if !delay.is_zero() {
+            tracing::info!(delay_ms = delay.as_millis() as u64, "draining: /ready answers 503, still serving");
+            tokio::time::sleep(delay).await;
+        }
+    };
+    serve(listener, app(services, shared), shutdown).await?;
+    tracing::info!("stopped: every request in flight was answered");
     Ok(())
 }

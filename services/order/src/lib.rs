@@ -127,7 +127,7 @@ pub async fn migrate(database_url: &SecretString) -> anyhow::Result<()> {
 /// Migrates, connects, starts the relay, the payment-events consumer and the jobs, and
 /// returns the service.
 pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> {
-    migrate(&config.common.database_url).await?;
+    db::prepare(&config.common, SCHEMA, &MIGRATOR).await?;
     let db = db::connect(&config.common.database_url, SCHEMA, config.common.db_max_connections).await?;
     let live = match (&config.common.redis_url, &shared.redis) {
         (Some(url), Some(publisher)) => Live::redis(url, publisher.clone(), &shared.redis_prefix)?,

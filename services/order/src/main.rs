@@ -1,20 +1,25 @@
-//! The order service on its own.
+//! The order service on its own: `order-service` migrates (unless told not to) and serves
+//! until SIGTERM; `order-service migrate` only migrates.
 
-use common::config::Env;
+use common::config::{Command, Env};
 use common::http::Shared;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let command = Command::from_args("order-service");
     let config = order::Config::from_env(&Env::from_process()).unwrap_or_else(|err| {
         eprintln!("order-service: {err}");
         std::process::exit(2);
     });
     common::telemetry::init_tracing(config.common.app_env);
+    if command == Command::Migrate {
+        return order::migrate(&config.common.database_url).await;
+    }
     if let Err(err) = config.common.require_shared_infrastructure() {
         eprintln!("order-service: {err}");
         std::process::exit(2);
     }
     let shared = Shared::connect(&config.common).await?;
     let service = order::start(&config, &shared).await?;
-    common::http::run(config.common.port, common::http::app(vec![service], shared)).await
+    common::http::run(&config.common, vec![service], shared).await
 }

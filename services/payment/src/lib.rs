@@ -105,7 +105,7 @@ pub async fn migrate(database_url: &SecretString) -> anyhow::Result<()> {
 /// Migrates, connects, starts the relay, the order-events consumer and the jobs, and
 /// returns the service.
 pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> {
-    migrate(&config.common.database_url).await?;
+    db::prepare(&config.common, SCHEMA, &MIGRATOR).await?;
     let db = db::connect(&config.common.database_url, SCHEMA, config.common.db_max_connections).await?;
     let upstream =
         Upstream::new("order", &config.order_service_url, SERVICE, config.upstream_timeout, shared.auth.clone());

@@ -1,20 +1,25 @@
-//! The payment service on its own.
+//! The payment service on its own: `payment-service` migrates (unless told not to) and serves
+//! until SIGTERM; `payment-service migrate` only migrates.
 
-use common::config::Env;
+use common::config::{Command, Env};
 use common::http::Shared;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let command = Command::from_args("payment-service");
     let config = payment::Config::from_env(&Env::from_process()).unwrap_or_else(|err| {
         eprintln!("payment-service: {err}");
         std::process::exit(2);
     });
     common::telemetry::init_tracing(config.common.app_env);
+    if command == Command::Migrate {
+        return payment::migrate(&config.common.database_url).await;
+    }
     if let Err(err) = config.common.require_shared_infrastructure() {
         eprintln!("payment-service: {err}");
         std::process::exit(2);
     }
     let shared = Shared::connect(&config.common).await?;
     let service = payment::start(&config, &shared).await?;
-    common::http::run(config.common.port, common::http::app(vec![service], shared)).await
+    common::http::run(&config.common, vec![service], shared).await
 }

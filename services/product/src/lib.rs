@@ -78,7 +78,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
 /// Migrates, connects, starts the outbox relay and the order-events consumer, and
 /// returns the service.
 pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> {
-    migrate(&config.common.database_url).await?;
+    db::prepare(&config.common, SCHEMA, &MIGRATOR).await?;
     let db = connect(config).await?;
     let catalog = CatalogCache::new(shared.cache.clone(), db.clone());
     let state = AppState::new(Inner { db: db.clone(), auth: shared.auth.clone(), catalog: catalog.clone() });

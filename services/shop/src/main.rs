@@ -89,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
                 order::start(&config.order, &shared).await?,
                 payment::start(&config.payment, &shared).await?,
             ];
-            common::http::run(config.common.port, common::http::app(services, shared)).await
+            common::http::run(&config.common, services, shared).await
         }
     }
 }

@@ -99,15 +99,16 @@ mod tests {
     #[test]
     fn production_refuses_development_admin_and_weak_hashing() {
         let prod = ("APP_ENV", "production");
+        let db = ("DATABASE_URL", "postgres://users_svc:pw@db/shop");
         let email = ("ADMIN_EMAIL", "ops@example.com");
         let password = ("ADMIN_PASSWORD", "a-long-production-password");
-        assert_eq!(config(&[prod, PROD_SECRET, password]).unwrap_err().name, "ADMIN_EMAIL");
-        assert_eq!(config(&[prod, PROD_SECRET, email]).unwrap_err().name, "ADMIN_PASSWORD");
+        assert_eq!(config(&[prod, db, PROD_SECRET, password]).unwrap_err().name, "ADMIN_EMAIL");
+        assert_eq!(config(&[prod, db, PROD_SECRET, email]).unwrap_err().name, "ADMIN_PASSWORD");
         let dev_password = ("ADMIN_PASSWORD", DEV_ADMIN_PASSWORD);
-        assert_eq!(config(&[prod, PROD_SECRET, email, dev_password]).unwrap_err().name, "ADMIN_PASSWORD");
+        assert_eq!(config(&[prod, db, PROD_SECRET, email, dev_password]).unwrap_err().name, "ADMIN_PASSWORD");
         let weak = ("BCRYPT_COST", "4");
-        assert_eq!(config(&[prod, PROD_SECRET, email, password, weak]).unwrap_err().name, "BCRYPT_COST");
-        assert!(config(&[prod, PROD_SECRET, email, password]).is_ok());
+        assert_eq!(config(&[prod, db, PROD_SECRET, email, password, weak]).unwrap_err().name, "BCRYPT_COST");
+        assert!(config(&[prod, db, PROD_SECRET, email, password]).is_ok());
     }
 
     #[test]

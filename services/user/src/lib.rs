@@ -94,7 +94,7 @@ pub async fn migrate(database_url: &SecretString) -> anyhow::Result<()> {
 
 /// Migrates, connects, creates the first admin if missing, and returns the service.
 pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> {
-    migrate(&config.common.database_url).await?;
+    db::prepare(&config.common, SCHEMA, &MIGRATOR).await?;
     let db = db::connect(&config.common.database_url, SCHEMA, config.common.db_max_connections).await?;
     let state = Inner::state(config, shared, db.clone()).await?;
     ensure_admin(&state, config).await?;

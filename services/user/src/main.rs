@@ -1,21 +1,25 @@
-//! The user service on its own: read config, start, serve until SIGTERM.
+//! The user service on its own: `user-service` migrates (unless told not to) and serves
+//! until SIGTERM; `user-service migrate` only migrates.
 
-use common::config::Env;
+use common::config::{Command, Env};
 use common::http::Shared;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = match user::Config::from_env(&Env::from_process())
-        .and_then(|c| c.common.require_shared_infrastructure().map(|()| c))
-    {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("user-service: {err}");
-            std::process::exit(2);
-        }
-    };
+    let command = Command::from_args("user-service");
+    let config = user::Config::from_env(&Env::from_process()).unwrap_or_else(|err| {
+        eprintln!("user-service: {err}");
+        std::process::exit(2);
+    });
     common::telemetry::init_tracing(config.common.app_env);
+    if command == Command::Migrate {
+        return user::migrate(&config.common.database_url).await;
+    }
+    if let Err(err) = config.common.require_shared_infrastructure() {
+        eprintln!("user-service: {err}");
+        std::process::exit(2);
+    }
     let shared = Shared::connect(&config.common).await?;
     let service = user::start(&config, &shared).await?;
-    common::http::run(config.common.port, common::http::app(vec![service], shared)).await
+    common::http::run(&config.common, vec![service], shared).await
 }
