@@ -1,0 +1,71 @@
+-- The invariants of API.md that hold whatever the stock was, one row per violation (a
+-- sentence). Stock conservation needs the starting stock, which each caller knows its own
+-- way. Used by the saga test (services/shop/tests/saga.rs) and the load tests' audit.
+
+-- 1. Reservations agree with their orders.
+SELECT 'order ' || o.id || ' is ' || o.status || ' but its reservation is ' || coalesce(r.status, 'missing')
+FROM ordering.orders o LEFT JOIN catalog.reservations r ON r.order_id = o.id
+WHERE NOT (   (o.status = 'pending_payment' AND r.status = 'reserved')
+           OR (o.status IN ('paid', 'shipped', 'delivered') AND r.status = 'committed')
+           OR (o.status = 'cancelled' AND r.status = 'released'))
+UNION ALL
+SELECT 'reservation ' || r.order_id || ' is ' || r.status || ' without an order'
+FROM catalog.reservations r
+WHERE r.status <> 'released' AND NOT EXISTS (SELECT 1 FROM ordering.orders o WHERE o.id = r.order_id)
+UNION ALL
+-- 2. Every paid, shipped or delivered order has exactly one succeeded payment equal to its total.
+SELECT 'paid order ' || o.id || ' has ' || count(p.id) || ' succeeded payments of its total'
+FROM ordering.orders o
+LEFT JOIN payments.payments p ON p.order_id = o.id AND p.status IN ('succeeded', 'partially_refunded')
+     AND p.amount = o.total
+WHERE o.status IN ('paid', 'shipped', 'delivered') GROUP BY o.id HAVING count(p.id) <> 1
+UNION ALL
+-- 3. Every cancelled order was never charged, or was refunded in full (what the provider
+--    charged minus what it gave back is zero).
+SELECT 'cancelled order ' || o.id || ' kept ' || (coalesce(c.charged, 0) - coalesce(r.refunded, 0)) || ' of the customer''s money'
+FROM ordering.orders o
+LEFT JOIN (SELECT p.order_id, sum(pc.amount) AS charged FROM payments.provider_charges pc
+           JOIN payments.payments p ON p.id = pc.payment_id WHERE pc.outcome = 'succeeded' GROUP BY p.order_id) c
+       ON c.order_id = o.id
+LEFT JOIN (SELECT p.order_id, sum(pr.amount) AS refunded FROM payments.provider_refunds pr
+           JOIN payments.payments p ON p.id = pr.payment_id GROUP BY p.order_id) r
+       ON r.order_id = o.id
+WHERE o.status = 'cancelled' AND coalesce(c.charged, 0) <> coalesce(r.refunded, 0)
+UNION ALL
+SELECT 'order ' || p.order_id || ' was charged ' || count(*) || ' times'
+FROM payments.provider_charges pc JOIN payments.payments p ON p.id = pc.payment_id
+WHERE pc.outcome = 'succeeded' GROUP BY p.order_id HAVING count(*) > 1
+UNION ALL
+-- The provider's books agree: a paid order kept exactly its total; no charge exists that
+-- the payment service has no record of; no failed payment was charged.
+SELECT 'paid order ' || o.id || ' of ' || o.total || ': the provider kept ' || (coalesce(c.charged, 0) - coalesce(r.refunded, 0))
+FROM ordering.orders o
+LEFT JOIN (SELECT p.order_id, sum(pc.amount) AS charged FROM payments.provider_charges pc
+           JOIN payments.payments p ON p.id = pc.payment_id WHERE pc.outcome = 'succeeded' GROUP BY p.order_id) c
+       ON c.order_id = o.id
+LEFT JOIN (SELECT p.order_id, sum(pr.amount) AS refunded FROM payments.provider_refunds pr
+           JOIN payments.payments p ON p.id = pr.payment_id GROUP BY p.order_id) r
+       ON r.order_id = o.id
+WHERE o.status IN ('paid', 'shipped', 'delivered') AND coalesce(c.charged, 0) - coalesce(r.refunded, 0) <> o.total
+UNION ALL
+SELECT 'the provider charged ' || pc.payment_id || ', which the payment service does not know'
+FROM payments.provider_charges pc
+WHERE pc.outcome = 'succeeded' AND NOT EXISTS (SELECT 1 FROM payments.payments p WHERE p.id = pc.payment_id)
+UNION ALL
+SELECT 'payment ' || p.id || ' is failed but the provider charged it'
+FROM payments.payments p JOIN payments.provider_charges pc ON pc.payment_id = p.id
+WHERE p.status = 'failed' AND pc.outcome = 'succeeded'
+UNION ALL
+-- 4. Every event is applied once in effect: every event a service consumes is in its
+--    inbox (the inbox's key makes "once" hold).
+SELECT 'the product service never applied ' || e.event_type || ' ' || e.id
+FROM ordering.outbox e
+WHERE e.topic = 'order.events' AND NOT EXISTS (SELECT 1 FROM catalog.inbox i WHERE i.event_id = e.id)
+UNION ALL
+SELECT 'the payment service never applied ' || e.event_type || ' ' || e.id
+FROM ordering.outbox e
+WHERE e.topic = 'order.events' AND NOT EXISTS (SELECT 1 FROM payments.inbox i WHERE i.event_id = e.id)
+UNION ALL
+SELECT 'the order service never applied ' || e.event_type || ' ' || e.id
+FROM payments.outbox e
+WHERE e.topic = 'payment.events' AND NOT EXISTS (SELECT 1 FROM ordering.inbox i WHERE i.event_id = e.id)
