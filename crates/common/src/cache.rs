@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::Bytes;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
@@ -323,6 +324,40 @@ impl Cache {
         if let Some(hit) = self.get::<T>(key).await {
             return Ok(hit);
         }
+        let bytes = self.load_flight(key, ttl, loader).await?;
+        serde_json::from_slice(&bytes).map_err(|e| LoadError::from_anyhow(&e.into()))
+    }
+
+    /// [`Cache::load`] without decoding: the value's JSON as the cache holds it, for
+    /// handlers that send it on unchanged (a hit costs no parsing and no serializing).
+    pub async fn load_json<T, F, Fut>(&self, key: &str, ttl: fn(&T) -> Duration, loader: F) -> Result<Bytes, LoadError>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+    {
+        if let Some(bytes) = self.get_bytes(key).await {
+            metrics::counter!("cache_requests_total", "outcome" => "hit").increment(1);
+            let start = bytes.len() - unversioned(&bytes).1.len();
+            return Ok(Bytes::from(bytes).slice(start..));
+        }
+        metrics::counter!("cache_requests_total", "outcome" => "miss").increment(1);
+        let bytes = self.load_flight(key, ttl, loader).await?;
+        Ok(Bytes::copy_from_slice(&bytes))
+    }
+
+    /// The one load of `key` in flight, started by the first caller: the value's JSON.
+    async fn load_flight<T, F, Fut>(
+        &self,
+        key: &str,
+        ttl: fn(&T) -> Duration,
+        loader: F,
+    ) -> Result<Arc<[u8]>, LoadError>
+    where
+        T: Serialize + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+    {
         let flight = {
             let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
             match flights.get(key) {
@@ -349,8 +384,7 @@ impl Cache {
                 }
             }
         };
-        let bytes = flight.await?;
-        serde_json::from_slice(&bytes).map_err(|e| LoadError::from_anyhow(&e.into()))
+        flight.await
     }
 
     /// Forgets loads in flight for `key`, so a request after a write never joins a load

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use axum::body::Bytes;
 use common::cache::Cache;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -43,26 +44,36 @@ impl CatalogCache {
         Self { cache, db }
     }
 
-    /// A live product, through the cache.
-    pub async fn product(&self, id: Uuid) -> Result<Option<Product>, Error> {
+    /// A live product's JSON, through the cache: sent on as the cache holds it.
+    pub async fn product_json(&self, id: Uuid) -> Result<Option<Bytes>, Error> {
         let db = self.db.clone();
-        self.cache
-            .load(&product_key(id), product_ttl, move || async move { Ok(repository::find_product(&db, id).await?) })
-            .await
-            .map_err(Error::Cache)
+        let json =
+            self.cache
+                .load_json(&product_key(id), product_ttl, move || async move {
+                    Ok(repository::find_product(&db, id).await?)
+                })
+                .await
+                .map_err(Error::Cache)?;
+        // An unknown id is cached too, as `null`.
+        Ok((json.as_ref() != b"null").then_some(json))
     }
 
-    /// A listing page, through the cache (straight from the database when the cache
-    /// cannot say which listing version is current).
-    pub async fn page(&self, listing: &Listing) -> Result<Page<Product>, Error> {
+    /// A listing page's JSON, through the cache (straight from the database when the
+    /// cache cannot say which listing version is current).
+    pub async fn page_json(&self, listing: &Listing) -> Result<Bytes, Error> {
         let Some(version) = self.cache.counter(LISTING_VERSION).await else {
-            return repository::list(&self.db, listing).await;
+            let page = repository::list(&self.db, listing).await?;
+            return Ok(serde_json::to_vec(&page).expect("a page of products always serializes").into());
         };
         let digest = Sha256::digest(listing.cache_key().as_bytes());
         let key = format!("products:v{version}:{}", hex(&digest));
         let (db, listing) = (self.db.clone(), listing.clone());
         self.cache
-            .load(&key, |_| PAGE_TTL, move || async move { Ok(repository::list(&db, &listing).await?) })
+            .load_json(
+                &key,
+                |_: &Page<Product>| PAGE_TTL,
+                move || async move { Ok(repository::list(&db, &listing).await?) },
+            )
             .await
             .map_err(Error::Cache)
     }

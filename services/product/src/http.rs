@@ -1,9 +1,10 @@
 //! The handlers of `/api/products/*`, `/api/categories/*` and `/internal/reservations`:
 //! parse the request into domain types, apply the rules, map the outcome.
 
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use common::auth::{AdminUser, ServiceCaller};
 use common::error::Problem;
 use common::extract::{Json, Path, Query};
@@ -111,12 +112,9 @@ impl ListParams {
     )
 )]
 #[tracing::instrument(skip_all)]
-async fn list_products(
-    State(state): State<AppState>,
-    Query(params): Query<ListParams>,
-) -> Result<Json<Page<Product>>, ApiError> {
+async fn list_products(State(state): State<AppState>, Query(params): Query<ListParams>) -> Result<Response, ApiError> {
     let listing = params.parse()?;
-    Ok(Json(state.catalog.page(&listing).await?))
+    Ok(json(state.catalog.page_json(&listing).await?))
 }
 
 /// One product.
@@ -129,8 +127,13 @@ async fn list_products(
     )
 )]
 #[tracing::instrument(skip_all, fields(%id))]
-async fn get_product(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Product>, ApiError> {
-    Ok(Json(state.catalog.product(id).await?.ok_or(Error::NotFound)?))
+async fn get_product(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Response, ApiError> {
+    Ok(json(state.catalog.product_json(id).await?.ok_or(Error::NotFound)?))
+}
+
+/// JSON the cache holds, sent on as it is.
+fn json(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
 #[derive(Deserialize, ToSchema)]
