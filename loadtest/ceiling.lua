@@ -1,0 +1,13 @@
+-- The bare ceiling: one fixed request (LOADTEST_METHOD, LOADTEST_PATH) against the
+-- `ceiling` binary, reported like the scenarios.
+local lib = dofile((os.getenv("LOADTEST_DIR") or "loadtest") .. "/lib.lua")
+
+setup = lib.setup
+done = lib.done
+
+local method = os.getenv("LOADTEST_METHOD") or "GET"
+local path = os.getenv("LOADTEST_PATH") or "/json"
+
+function request()
+  return wrk.format(method, path)
+end

@@ -1,0 +1,213 @@
+-- Shared by the wrk scenarios: data files, customers' journeys, and the result line the
+-- runner reads. Every scenario runs against any base URL:
+--   LOADTEST_DATA=loadtest/data wrk -t2 -c64 -d30s --latency -s loadtest/browse.lua http://127.0.0.1:8080
+-- Data files (written by loadtest/run): product-ids.txt, checkout-ids.txt, category-ids.txt,
+-- search-terms.txt, customers.txt (one email per line; the password is in LOADTEST_PASSWORD).
+
+local lib = {}
+
+local data_dir = os.getenv("LOADTEST_DATA") or "loadtest/data"
+
+function lib.lines(name)
+  local items = {}
+  local file = assert(io.open(data_dir .. "/" .. name, "r"), "missing " .. data_dir .. "/" .. name)
+  for line in file:lines() do
+    if line ~= "" then items[#items + 1] = line end
+  end
+  file:close()
+  assert(#items > 0, data_dir .. "/" .. name .. " is empty")
+  return items
+end
+
+function lib.pick(items)
+  return items[math.random(#items)]
+end
+
+-- Threads: numbered in setup(), so each seeds its own random numbers and takes its own
+-- customers.
+local threads = {}
+
+function lib.setup(thread)
+  thread:set("thread_id", #threads)
+  threads[#threads + 1] = thread
+end
+
+function lib.seed()
+  math.randomseed(os.time() * 1000 + (thread_id or 0) * 7919)
+end
+
+-- Browsing --------------------------------------------------------------------------
+
+local products, categories, terms
+-- Next pages to follow: a listing's query with the cursor its response gave.
+local next_pages = {}
+-- The query of each listing request in flight, by the X-Request-Id it carries ("l<n>"),
+-- so its response's cursor continues the same listing.
+local listings, listing_seq = {}, 0
+
+function lib.init_browsing()
+  products = lib.lines("product-ids.txt")
+  categories = lib.lines("category-ids.txt")
+  terms = lib.lines("search-terms.txt")
+end
+
+function lib.product_page()
+  return wrk.format("GET", "/api/products/" .. lib.pick(products))
+end
+
+local sorts = { "newest", "price_asc", "price_desc" }
+
+-- Listing pages, filters and full-text searches, in the proportions of a real store.
+function lib.listing()
+  local r = math.random()
+  local path
+  if #next_pages > 0 and r < 0.15 then
+    path = table.remove(next_pages)
+  elseif r < 0.35 then
+    path = "/api/products?limit=20&sort=" .. lib.pick(sorts)
+  elseif r < 0.60 then
+    path = "/api/products?limit=20&category_id=" .. lib.pick(categories)
+  elseif r < 0.75 then
+    local low = math.random(1, 200)
+    path = string.format("/api/products?limit=20&min_price=%d&max_price=%d&in_stock=true", low, low + 50)
+  else
+    path = "/api/products?limit=20&q=" .. lib.pick(terms):gsub(" ", "+")
+  end
+  listing_seq = listing_seq + 1
+  local id = listing_seq % 4096
+  listings[id] = path:gsub("&cursor=.*$", "")
+  return wrk.format("GET", path, { ["X-Request-Id"] = "l" .. id })
+end
+
+function lib.remember_cursor(headers, body)
+  local id = headers["x-request-id"] or headers["X-Request-Id"]
+  local n = id and tonumber(id:match("^l(%d+)$"))
+  local cursor = body and body:match('"next_cursor":"([^"]+)"')
+  if n and cursor and listings[n] and #next_pages < 64 then
+    next_pages[#next_pages + 1] = listings[n] .. "&cursor=" .. cursor
+  end
+end
+
+-- Journeys: each customer logs in once, then adds to its cart, checks out and pays, over
+-- and over. Requests carry X-Request-Id "j<customer>-<n>", which the services echo, so a
+-- response finds its customer whichever connection it came back on.
+
+local customers = {}
+local idle = {}
+local password = os.getenv("LOADTEST_PASSWORD") or "loadtest-password"
+local counter = 0
+lib.orders, lib.payments = 0, 0
+
+-- This thread's customers: every `threads`-th line of customers.txt, from its own offset.
+function lib.init_journeys(count, thread_count)
+  local emails = lib.lines("customers.txt")
+  local checkout_products = lib.lines("checkout-ids.txt")
+  local mine = 0
+  for i = (thread_id or 0) + 1, #emails, thread_count do
+    mine = mine + 1
+    customers[mine] = { email = emails[i], step = "login", lines = 0, products = checkout_products }
+    idle[#idle + 1] = mine
+    if mine >= count then break end
+  end
+  assert(mine > 0, "no customers for this thread: write more lines to customers.txt")
+end
+
+local address = '{"name":"Load Test","line1":"1 Main St","city":"Springfield","postal_code":"12345","country":"US"}'
+
+local function key(c)
+  counter = counter + 1
+  return string.format("lt-%d-%d-%d-%d", thread_id or 0, c, counter, os.time())
+end
+
+-- The next request of some customer that is not waiting for an answer (nil if all are).
+function lib.journey_step()
+  local c = table.remove(idle, 1)
+  if not c then return nil end
+  local customer = customers[c]
+  counter = counter + 1
+  local headers = { ["X-Request-Id"] = string.format("j%d-%d", c, counter), ["Content-Type"] = "application/json" }
+  if customer.token then headers["Authorization"] = "Bearer " .. customer.token end
+  if customer.step == "login" then
+    return wrk.format("POST", "/api/auth/login", headers,
+      string.format('{"email":"%s","password":"%s"}', customer.email, password))
+  elseif customer.step == "cart" then
+    return wrk.format("PUT", "/api/cart/items/" .. lib.pick(customer.products), headers, '{"quantity":1}')
+  elseif customer.step == "order" then
+    headers["Idempotency-Key"] = key(c)
+    return wrk.format("POST", "/api/orders", headers, '{"shipping_address":' .. address .. '}')
+  else
+    headers["Idempotency-Key"] = key(c)
+    return wrk.format("POST", "/api/payments", headers, string.format(
+      '{"order_id":"%s","amount":"%s","currency":"USD","method":{"type":"card","token":"tok_visa"}}',
+      customer.order, customer.total))
+  end
+end
+
+-- Moves the customer of a journey response on; false if the response was not a journey's.
+function lib.journey_response(status, headers, body)
+  local id = headers["x-request-id"] or headers["X-Request-Id"]
+  local c = id and tonumber(id:match("^j(%d+)-"))
+  if not c then return false end
+  local customer = customers[c]
+  if customer.step == "login" and status == 200 then
+    customer.token = body:match('"access_token":"([^"]+)"')
+    customer.step = "cart"
+  elseif customer.step == "cart" and status == 200 then
+    customer.lines = customer.lines + 1
+    -- One to three lines, then check out.
+    if customer.lines >= math.random(1, 3) then customer.step = "order" end
+  elseif customer.step == "order" and status == 201 then
+    lib.orders = lib.orders + 1
+    customer.order = body:match('"id":"([^"]+)"')
+    customer.total = body:match('"total":"([^"]+)"')
+    customer.step = (customer.order and customer.total) and "pay" or "cart"
+  elseif customer.step == "pay" and status == 201 then
+    lib.payments = lib.payments + 1
+    customer.step, customer.lines = "cart", 0
+  elseif customer.step ~= "login" then
+    -- Anything else (counted by wrk as non-2xx): start the journey again.
+    customer.step, customer.lines = "cart", 0
+  end
+  idle[#idle + 1] = c
+  return true
+end
+
+-- Results ---------------------------------------------------------------------------
+
+-- One line the runner parses: throughput, latency percentiles (µs), errors, and the
+-- scenario's own counters summed over threads.
+function lib.done(summary, latency, requests)
+  local orders, payments, statuses_by_thread = 0, 0, {}
+  for _, thread in ipairs(threads) do
+    orders = orders + (thread:get("orders_done") or 0)
+    payments = payments + (thread:get("payments_done") or 0)
+    statuses_by_thread[#statuses_by_thread + 1] = "{" .. (thread:get("statuses_done") or "") .. "}"
+  end
+  local seconds = summary.duration / 1e6
+  local e = summary.errors
+  io.write(string.format(
+    'LOADTEST_RESULT {"requests":%d,"seconds":%.3f,"rps":%.1f,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,' ..
+    '"mean_us":%.1f,"non_2xx":%d,"connect_errors":%d,"read_errors":%d,"write_errors":%d,"timeouts":%d,' ..
+    '"orders":%d,"payments":%d,"statuses_by_thread":[%s]}\n',
+    summary.requests, seconds, summary.requests / seconds,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean,
+    e.status, e.connect, e.read, e.write, e.timeout, orders, payments, table.concat(statuses_by_thread, ",")))
+end
+
+-- Non-2xx answers by status, for scenarios that look at responses.
+local statuses = {}
+
+function lib.count(status)
+  if status >= 300 then statuses[status] = (statuses[status] or 0) + 1 end
+end
+
+-- Copies this thread's counters where done() can read them.
+function lib.publish()
+  orders_done = lib.orders
+  payments_done = lib.payments
+  local parts = {}
+  for status, n in pairs(statuses) do parts[#parts + 1] = string.format('"%d":%d', status, n) end
+  statuses_done = table.concat(parts, ",")
+end
+
+return lib

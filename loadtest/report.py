@@ -1,0 +1,154 @@
+"""Turns report.json into report.md and the plots beside it.
+
+Also usable alone, to re-render a committed run: python3 loadtest/report.py loadtest/results/<date>
+"""
+
+import json
+import pathlib
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+
+
+def ms(us: float) -> float:
+    return round(us / 1000, 2)
+
+
+def plot_throughput(report: dict, out: pathlib.Path) -> None:
+    names = list(report["scenarios"])
+    ceilings = report["ceilings"]
+    ours = [report["scenarios"][n].get("orders_per_s", report["scenarios"][n]["rps"]) for n in names]
+    bare = [ceilings[report["scenarios"][n]["compared_with"].removeprefix("ceiling-")]["rps"] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], bare, width=0.4, label="bare ceiling", color="#bbbbbb")
+    ax.bar([i + 0.2 for i in x], ours, width=0.4, label="shop", color="#3b7dd8")
+    for i, name in enumerate(names):
+        row = report["scenarios"][name]
+        label = f"{row['ratio']:.0%}"
+        if row["target_ratio"]:
+            label += f"\n(target {row['target_ratio']:.0%})"
+        ax.text(i + 0.2, ours[i], label, ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(x), [n if n != "checkout" else "checkout\n(orders/s vs tx/s)" for n in names])
+    ax.set_ylabel("requests per second")
+    ax.set_title(f"Throughput against the machine's ceiling ({report['settings']['connections']} connections)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "throughput.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_latency(report: dict, out: pathlib.Path) -> None:
+    rows = {**{f"ceiling-{k}": v for k, v in report["ceilings"].items()}, **report["scenarios"]}
+    names = list(rows)
+    percentiles = [("p50_us", "p50"), ("p90_us", "p90"), ("p99_us", "p99")]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.25
+    for j, (key, label) in enumerate(percentiles):
+        ax.bar([i + (j - 1) * width for i in range(len(names))], [ms(rows[n][key]) for n in names], width=width,
+               label=label)
+    ax.set_xticks(range(len(names)), names, rotation=15)
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title("Latency percentiles per run")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "latency.png", dpi=110)
+    plt.close(fig)
+
+
+def non_2xx(row: dict) -> str:
+    """The count, with the statuses where the scenario looked at its responses."""
+    by_status = row.get("non_2xx_by_status") or {}
+    detail = ", ".join(f"{status}: {n}" for status, n in sorted(by_status.items()))
+    return f"{row['non_2xx']} ({detail})" if detail else str(row["non_2xx"])
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def markdown(report: dict) -> str:
+    s = report["settings"]
+    lines = [
+        f"# Load test, {report['date']}",
+        "",
+        f"{report['machine']['cpus']} CPUs, kernel {report['machine']['kernel']}. `shop` (all four services in one",
+        f"process, Redis cache, in-process events) on a catalogue of {s['products']} products, "
+        f"{s['customers']} customers; wrk with {s['threads']} threads and {s['connections']} connections, "
+        f"{s['duration_s']} s per run after {s['warmup_s']} s of warm-up, on the same machine as the server.",
+        "",
+        "![throughput](throughput.png)",
+        "",
+        "![latency](latency.png)",
+        "",
+        "| run | requests/s | p50 ms | p90 ms | p99 ms | max ms | non-2xx | socket errors | ratio to ceiling | target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, row in report["ceilings"].items():
+        errors = row["connect_errors"] + row["read_errors"] + row["write_errors"] + row["timeouts"]
+        lines.append(
+            f"| ceiling-{name} | {row['rps']:.0f} | {ms(row['p50_us'])} | {ms(row['p90_us'])} | {ms(row['p99_us'])} "
+            f"| {ms(row['max_us'])} | {row['non_2xx']} | {errors} | – | – |"
+        )
+    for name, row in report["scenarios"].items():
+        errors = row["connect_errors"] + row["read_errors"] + row["write_errors"] + row["timeouts"]
+        rps = f"{row['rps']:.0f}"
+        if "orders_per_s" in row:
+            rps += f" ({row['orders_per_s']:.0f} orders/s)"
+        target = row["target_ratio"]
+        judged = f"≥ {target:.0%}: {verdict(row['ratio'] >= target)}" if target else "–"
+        lines.append(
+            f"| {name} | {rps} | {ms(row['p50_us'])} | {ms(row['p90_us'])} | {ms(row['p99_us'])} | {ms(row['max_us'])} "
+            f"| {non_2xx(row)} | {errors} | {row['ratio']:.0%} of {row['compared_with']} | {judged} |"
+        )
+    lines += ["", "## Targets", ""]
+    for name, row in report["scenarios"].items():
+        if row["target_ratio"]:
+            ok = row["ratio"] >= row["target_ratio"]
+            lines.append(
+                f"- {name}: {row['ratio']:.0%} of {row['compared_with']} (target {row['target_ratio']:.0%}): "
+                f"{verdict(ok)}" + ("" if ok else f", short by {row['target_ratio'] - row['ratio']:.0%} of the ceiling")
+            )
+        non2xx = row["non_2xx"] == 0
+        lines.append(f"- {name}: {row['non_2xx']} non-2xx responses (target 0): {verdict(non2xx)}")
+    if "checkout" in report["scenarios"]:
+        p99 = ms(report["scenarios"]["checkout"]["p99_us"])
+        lines.append(f"- checkout p99 {p99} ms at {s['connections']} connections (target < 50 ms): {verdict(p99 < 50)}")
+    memory = report["memory_mib"]
+    lines += ["", "## Memory (resident, MiB)", "", "| process | idle | after the runs |", "|---|---:|---:|"]
+    for process, m in memory.items():
+        lines.append(f"| {process} | {m['idle_mib']} | {m.get('after_mib', '–')} |")
+    audit = report["audit"]
+    lines += ["", "## Invariant audit after the checkout scenario", ""]
+    if audit is None:
+        lines.append("Not run (no checkout scenario in this run).")
+    else:
+        lines.append(f"Orders by status: {audit['orders_by_status']}.")
+        lines.append("")
+        if audit["still_in_flight"]:
+            lines.append(f"Still in flight after 60 s: {audit['still_in_flight']}.")
+        if audit["violations"]:
+            lines.append(f"**{len(audit['violations'])} violations:**")
+            lines += [f"- {v}" for v in audit["violations"][:50]]
+        else:
+            lines.append("**Zero violations** of the invariants of API.md (stock conservation, reservations agree "
+                         "with orders, one succeeded payment per paid order, cancelled orders net zero at the "
+                         "provider, no double charge, every event applied).")
+    if report.get("notes"):
+        lines += ["", "## Notes", "", report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def write(report: dict, out: pathlib.Path) -> None:
+    plot_throughput(report, out)
+    plot_latency(report, out)
+    (out / "report.md").write_text(markdown(report))
+
+
+if __name__ == "__main__":
+    directory = pathlib.Path(sys.argv[1])
+    write(json.loads((directory / "report.json").read_text()), directory)

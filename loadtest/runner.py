@@ -1,0 +1,363 @@
+#!/usr/bin/env python3
+"""Runs the wrk scenarios against `shop` and the bare ceiling in one go, and writes the report.
+
+Started by loadtest/run (which installs and builds what this needs). Every scenario and
+ceiling runs with the same wrk settings, one after another, on this machine: the report
+gives each scenario's throughput as a ratio to the ceiling measured in the same run.
+"""
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+LOADTEST = ROOT / "loadtest"
+PASSWORD = "loadtest-password"
+PG = ["psql", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "-qAtX", "-v", "ON_ERROR_STOP=1"]
+
+# What each scenario is compared with, and the share of that ceiling it should reach.
+SCENARIOS = {
+    "product-by-id": {"script": "product-by-id.lua", "ceiling": "json", "target": 0.60},
+    "browse": {"script": "browse.lua", "ceiling": "json", "target": 0.40},
+    "checkout": {"script": "checkout.lua", "ceiling": "tx", "target": 0.40},
+    "mixed": {"script": "mixed.lua", "ceiling": "json", "target": None},
+}
+CEILINGS = {"json": ("GET", "/json"), "tx": ("POST", "/tx")}
+
+
+def say(message: str) -> None:
+    print(f"\033[1m==> {message}\033[0m", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def psql(database: str, sql: str) -> list[list[str]]:
+    done = subprocess.run([*PG, "-d", database, "-F", "\t", "-c", sql], capture_output=True, text=True, check=True)
+    return [line.split("\t") for line in done.stdout.splitlines() if line]
+
+
+def rss_kib(pid: int) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def http(method: str, url: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body else None)
+    request.add_header("content-type", "application/json")
+    if token:
+        request.add_header("authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+class Process:
+    """A binary of ours, with its log in the results directory."""
+
+    def __init__(self, name: str, binary: str, args: list[str], env: dict[str, str], log: pathlib.Path):
+        self.name = name
+        self.log = log
+        self.process = subprocess.Popen(
+            [binary, *args], env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, url: str, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                sys.exit(f"{self.name} exited: see {self.log}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.2)
+        sys.exit(f"{self.name} never became ready at {url}: see {self.log}")
+
+    def rss_mib(self) -> float:
+        return round(rss_kib(self.process.pid) / 1024, 1)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def wrk(label: str, script: str, url: str, args, env: dict[str, str], seconds: int, progress: str) -> dict:
+    """One wrk run; its result line parsed. Shows what runs and how long is left."""
+    command = [
+        "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s", "--latency", "--timeout", "10s",
+        "-s", str(LOADTEST / script), url,
+    ]
+    wrk_env = {
+        **os.environ,
+        "LOADTEST_DIR": str(LOADTEST),
+        "LOADTEST_DATA": str(args.data),
+        "LOADTEST_PASSWORD": PASSWORD,
+        "LOADTEST_CONNECTIONS": str(args.connections),
+        "LOADTEST_THREADS": str(args.threads),
+        **env,
+    }
+    started = time.time()
+    process = subprocess.Popen(command, env=wrk_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while process.poll() is None:
+        left = max(0, seconds - int(time.time() - started))
+        print(f"\r    {progress} {label}: {left:3d}s left ", end="", flush=True)
+        time.sleep(1)
+    print(f"\r    {progress} {label}: done{' ' * 12}", flush=True)
+    output = process.stdout.read()
+    line = next((l for l in output.splitlines() if l.startswith("LOADTEST_RESULT ")), None)
+    if process.returncode != 0 or line is None:
+        sys.exit(f"wrk failed for {label}:\n{output}")
+    result = json.loads(line.removeprefix("LOADTEST_RESULT "))
+    statuses: dict[str, int] = {}
+    for per_thread in result.pop("statuses_by_thread"):
+        for status, n in per_thread.items():
+            statuses[status] = statuses.get(status, 0) + n
+    result["non_2xx_by_status"] = statuses
+    result["wrk_output"] = [l for l in output.splitlines() if not l.startswith("LOADTEST_RESULT ")]
+    return result
+
+
+def prepare_data(database: str, base: str, args) -> None:
+    """The files the scenarios read: product, category and checkout ids, search terms, customers."""
+    data = args.data
+    data.mkdir(parents=True, exist_ok=True)
+    ids = psql(database, "SELECT id FROM catalog.products WHERE deleted_at IS NULL ORDER BY random() LIMIT 20000")
+    (data / "product-ids.txt").write_text("".join(f"{row[0]}\n" for row in ids))
+    categories = psql(database, "SELECT id FROM catalog.categories")
+    (data / "category-ids.txt").write_text("".join(f"{row[0]}\n" for row in categories))
+    words = psql(
+        database,
+        "SELECT w FROM (SELECT DISTINCT lower(regexp_split_to_table(name, '\\s+')) AS w "
+        "FROM (SELECT name FROM catalog.products LIMIT 5000) p) t WHERE length(w) > 3 ORDER BY w",
+    )
+    (data / "search-terms.txt").write_text("".join(f"{row[0]}\n" for row in words))
+    # Products the checkouts buy: plenty of stock, so that "sold out" is not what is measured.
+    checkout = psql(
+        database,
+        "WITH picked AS (SELECT id FROM catalog.products WHERE deleted_at IS NULL ORDER BY random() LIMIT 2000) "
+        "UPDATE catalog.products p SET stock = 1000000 FROM picked WHERE p.id = picked.id RETURNING p.id",
+    )
+    (data / "checkout-ids.txt").write_text("".join(f"{row[0]}\n" for row in checkout))
+    count = args.customers
+
+    def register(n: int) -> str:
+        email = f"customer{n}@loadtest.example"
+        status, body = http(
+            "POST", f"{base}/api/auth/register", {"username": f"loadtest{n}", "email": email, "password": PASSWORD}
+        )
+        if status not in (201, 409):
+            sys.exit(f"registering {email}: {status} {body}")
+        return email
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        emails = list(pool.map(register, range(count)))
+    (data / "customers.txt").write_text("".join(f"{email}\n" for email in emails))
+
+
+def settle(database: str, timeout: float = 60) -> list[str]:
+    """Waits until no checkout, payment attempt, refund or event is in flight; what still is."""
+    deadline = time.time() + timeout
+    while True:
+        busy = psql(database, (LOADTEST / "sql" / "busy.sql").read_text())
+        if not busy or time.time() > deadline:
+            return [f"{row[1]} {row[0]}" for row in busy]
+        time.sleep(0.5)
+
+
+def audit(database: str) -> dict:
+    """The invariants of API.md, from the databases (loadtest/sql/invariants.sql)."""
+    still_busy = settle(database)
+    violations = [row[0] for row in psql(database, (LOADTEST / "sql" / "invariants.sql").read_text())]
+    stock = psql(
+        database,
+        "SELECT p.id || ': stock ' || p.stock || ' + held ' || coalesce(h.held, 0) || ' != ' || b.total "
+        "FROM catalog.products p JOIN loadtest_stock_before b ON b.id = p.id "
+        "LEFT JOIN (SELECT ri.product_id, sum(ri.quantity) AS held FROM catalog.reservation_items ri "
+        "           JOIN catalog.reservations r ON r.order_id = ri.order_id "
+        "           WHERE r.status IN ('reserved', 'committed') GROUP BY ri.product_id) h ON h.product_id = p.id "
+        "WHERE p.stock + coalesce(h.held, 0) <> b.total",
+    )
+    violations += [f"product {row[0]}" for row in stock]
+    orders = dict(psql(database, "SELECT status, count(*) FROM ordering.orders GROUP BY status"))
+    return {"violations": violations, "still_in_flight": still_busy, "orders_by_status": orders}
+
+
+def snapshot_stock(database: str) -> None:
+    psql(
+        database,
+        "DROP TABLE IF EXISTS loadtest_stock_before; "
+        "CREATE TABLE loadtest_stock_before AS SELECT p.id, p.stock + coalesce(h.held, 0) AS total "
+        "FROM catalog.products p LEFT JOIN (SELECT ri.product_id, sum(ri.quantity) AS held "
+        "FROM catalog.reservation_items ri JOIN catalog.reservations r ON r.order_id = ri.order_id "
+        "WHERE r.status IN ('reserved', 'committed') GROUP BY ri.product_id) h ON h.product_id = p.id",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--products", type=int, default=100_000, help="catalogue size (default 100000)")
+    parser.add_argument("--duration", type=int, default=30, help="seconds per measured run (default 30)")
+    parser.add_argument("--warmup", type=int, default=5, help="seconds of unmeasured warm-up per scenario")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--customers", type=int, default=0, help="customers (default 2 per connection)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
+    parser.add_argument("--out", type=pathlib.Path, help="results directory (default loadtest/results/<date>)")
+    args = parser.parse_args()
+    args.customers = args.customers or 2 * args.connections + args.threads
+    today = datetime.date.today().isoformat()
+    out = args.out or LOADTEST / "results" / today
+    out.mkdir(parents=True, exist_ok=True)
+    args.data = out / "data"
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        sys.exit(f"unknown scenarios: {sorted(unknown)}; known: {list(SCENARIOS)}")
+    bin_dir = pathlib.Path(os.environ.get("SHOP_BIN_DIR", ROOT / "target" / "release"))
+    if not bin_dir.is_absolute():
+        bin_dir = ROOT / bin_dir
+    database = "shop_loadtest"
+    url = f"postgres://postgres@127.0.0.1:5432/{database}"
+    port, ceiling_port = free_port(), free_port()
+    base, ceiling_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ceiling_port}"
+
+    say(f"fresh database {database}, seeding {args.products} products")
+    subprocess.run([*PG, "-d", "postgres", "-c", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"], check=True)
+    env = {
+        "DATABASE_URL": url,
+        "REDIS_URL": "redis://127.0.0.1:6379",
+        "REDIS_PREFIX": f"loadtest-{int(time.time())}",
+        "PORT": str(port),
+        "RUST_LOG": "warn",
+        # Load-test settings, by configuration: cheap password hashing (logins are not
+        # what is measured) and a login budget that many customers from one address fit in.
+        "BCRYPT_COST": "4",
+        "LOGIN_RATE_LIMIT": "1000000",
+        "DB_MAX_CONNECTIONS": "16",
+    }
+    seeded = subprocess.run(
+        [str(bin_dir / "shop"), "seed", "--products", str(args.products)],
+        env={**os.environ, **env}, capture_output=True, text=True,
+    )
+    if seeded.returncode != 0:
+        sys.exit(f"seeding failed:\n{seeded.stderr}")
+
+    say("starting shop and the ceiling")
+    shop = Process("shop", str(bin_dir / "shop"), [], env, out / "shop.log")
+    shop.wait_ready(f"{base}/ready")
+    ceiling = Process(
+        "ceiling", str(bin_dir / "ceiling"), [],
+        {"DATABASE_URL": url, "PORT": str(ceiling_port), "DB_MAX_CONNECTIONS": env["DB_MAX_CONNECTIONS"]},
+        out / "ceiling.log",
+    )
+    ceiling.wait_ready(f"{ceiling_base}/json")
+    time.sleep(1)
+    memory = {"shop": {"idle_mib": shop.rss_mib()}, "ceiling": {"idle_mib": ceiling.rss_mib()}}
+
+    say(f"customers and data files ({args.customers} customers)")
+    prepare_data(database, base, args)
+    snapshot_stock(database)
+
+    ceilings_needed = sorted({SCENARIOS[s]["ceiling"] for s in scenarios})
+    runs = len(ceilings_needed) + len(scenarios)
+    say(
+        f"{runs} runs of {args.duration}s (+{args.warmup}s warm-up each), {args.connections} connections, "
+        f"{args.threads} threads: about {runs * (args.duration + args.warmup) // 60 + 1} minutes"
+    )
+    results: dict[str, dict] = {}
+    step = 0
+    for name in ceilings_needed:
+        step += 1
+        method, path = CEILINGS[name]
+        env_run = {"LOADTEST_METHOD": method, "LOADTEST_PATH": path}
+        label = f"ceiling-{name}"
+        if args.warmup:
+            wrk(label + " (warm-up)", "ceiling.lua", ceiling_base, args, env_run, args.warmup, f"[{step}/{runs}]")
+        results[label] = wrk(label, "ceiling.lua", ceiling_base, args, env_run, args.duration, f"[{step}/{runs}]")
+    audit_result = None
+    for name in scenarios:
+        step += 1
+        script = SCENARIOS[name]["script"]
+        if args.warmup:
+            wrk(name + " (warm-up)", script, base, args, {}, args.warmup, f"[{step}/{runs}]")
+        results[name] = wrk(name, script, base, args, {}, args.duration, f"[{step}/{runs}]")
+        if name == "checkout":
+            say("auditing the invariants after the checkout scenario")
+            audit_result = audit(database)
+    memory["shop"]["after_mib"] = shop.rss_mib()
+    memory["ceiling"]["after_mib"] = ceiling.rss_mib()
+    if audit_result is None and any(s in scenarios for s in ("mixed",)):
+        audit_result = audit(database)
+    shop.stop()
+    ceiling.stop()
+
+    report = build_report(args, scenarios, results, memory, audit_result, today)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    import report as render  # loadtest/report.py: the markdown and the plots
+
+    render.write(report, out)
+    shutil.rmtree(args.data, ignore_errors=True)
+    say(f"report: {out / 'report.md'}")
+
+
+def build_report(args, scenarios, results, memory, audit_result, today) -> dict:
+    def summary(result: dict) -> dict:
+        keep = ("requests", "seconds", "rps", "p50_us", "p90_us", "p99_us", "max_us", "mean_us", "non_2xx",
+                "connect_errors", "read_errors", "write_errors", "timeouts", "orders", "payments", "non_2xx_by_status")
+        return {key: result[key] for key in keep}
+
+    ceilings = {name.removeprefix("ceiling-"): summary(r) for name, r in results.items() if name.startswith("ceiling-")}
+    rows = {}
+    for name in scenarios:
+        row = summary(results[name])
+        spec = SCENARIOS[name]
+        ceiling = ceilings[spec["ceiling"]]
+        if name == "checkout":
+            row["orders_per_s"] = round(row["orders"] / row["seconds"], 1)
+            row["ratio"] = round(row["orders_per_s"] / ceiling["rps"], 3)
+        else:
+            row["ratio"] = round(row["rps"] / ceiling["rps"], 3)
+        row["compared_with"] = f"ceiling-{spec['ceiling']}"
+        row["target_ratio"] = spec["target"]
+        row["wrk_output"] = results[name]["wrk_output"]
+        rows[name] = row
+    return {
+        "date": today,
+        "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
+        "settings": {
+            "products": args.products, "duration_s": args.duration, "warmup_s": args.warmup,
+            "connections": args.connections, "threads": args.threads, "customers": args.customers,
+        },
+        "ceilings": ceilings,
+        "scenarios": rows,
+        "memory_mib": memory,
+        "audit": audit_result,
+    }
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(LOADTEST))
+    main()
