@@ -213,6 +213,7 @@ pub fn app(services: Vec<Service>, shared: Shared) -> Router {
         // Outermost first: the request id is settled before anything can log or fail.
         .layer(
             ServiceBuilder::new()
+                .layer(middleware::from_fn(run_to_completion))
                 .layer(middleware::from_fn(request_id::middleware))
                 .layer(middleware::from_fn(trace::middleware))
                 .layer(TraceLayer::new_for_http().make_span_with(make_span).on_response(on_response))
@@ -225,6 +226,18 @@ pub fn app(services: Vec<Service>, shared: Shared) -> Router {
                 ))
                 .layer(DefaultBodyLimit::max(BODY_LIMIT)),
         )
+}
+
+/// Runs each request to its end even if the client goes away. hyper drops a request's
+/// future when its connection closes; dropped half way, a handler abandons a transaction
+/// or a pool checkout at an arbitrary await, and under load such cancellations were seen
+/// to strand sqlx pool permits until every acquire timed out. A request, once started,
+/// finishes; only its answer is lost.
+async fn run_to_completion(request: Request, next: Next) -> Response {
+    match tokio::spawn(next.run(request)).await {
+        Ok(response) => response,
+        Err(err) => ApiError::internal(anyhow::anyhow!("request task failed: {err}")).into_response(),
+    }
 }
 
 fn make_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
