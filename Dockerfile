@@ -1,5 +1,6 @@
 # One image for every service binary (user-service, product-service, order-service,
-# payment-service) and `shop`; the container's command names the one to run:
+# payment-service), `shop`, and the load tests' bare `ceiling`; the container's command
+# names the one to run:
 #   docker build -t shop .
 #   docker run shop order-service
 #
@@ -23,8 +24,9 @@ RUN cargo chef cook --release --recipe-path recipe.json
 COPY . .
 RUN cargo build --release --locked \
       --bin shop --bin user-service --bin product-service --bin order-service --bin payment-service \
+      --bin ceiling \
  && mkdir /out \
- && cp target/release/shop target/release/*-service /out/
+ && cp target/release/shop target/release/*-service target/release/ceiling /out/
 
 FROM debian:bookworm-slim AS runtime
 # curl for the health check; ca-certificates for TLS to managed PostgreSQL/Redis/Kafka.

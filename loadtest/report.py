@@ -21,13 +21,16 @@ def plot_throughput(report: dict, out: pathlib.Path) -> None:
     names = list(report["scenarios"])
     ceilings = report["ceilings"]
     ours = [report["scenarios"][n].get("orders_per_s", report["scenarios"][n]["rps"]) for n in names]
-    bare = [ceilings[report["scenarios"][n]["compared_with"].removeprefix("ceiling-")]["rps"] for n in names]
+    compared = [report["scenarios"][n]["compared_with"] for n in names]
+    bare = [ceilings[c.removeprefix("ceiling-")]["rps"] if c else 0 for c in compared]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     x = range(len(names))
     ax.bar([i - 0.2 for i in x], bare, width=0.4, label="bare ceiling", color="#bbbbbb")
     ax.bar([i + 0.2 for i in x], ours, width=0.4, label="shop", color="#3b7dd8")
     for i, name in enumerate(names):
         row = report["scenarios"][name]
+        if row["ratio"] is None:
+            continue
         label = f"{row['ratio']:.0%}"
         if row["target_ratio"]:
             label += f"\n(target {row['target_ratio']:.0%})"
@@ -73,13 +76,20 @@ def verdict(ok: bool) -> str:
 
 def markdown(report: dict) -> str:
     s = report["settings"]
+    target = report.get("target", "shop")
+    if target == "shop":
+        what = "`shop` (all four services in one process, Redis cache, in-process events)"
+        catalogue = f"a catalogue of {s['products']} products"
+    else:
+        what = f"The deployment at {target}"
+        catalogue = "its catalogue"
     lines = [
         f"# Load test, {report['date']}",
         "",
-        f"{report['machine']['cpus']} CPUs, kernel {report['machine']['kernel']}. `shop` (all four services in one",
-        f"process, Redis cache, in-process events) on a catalogue of {s['products']} products, "
+        f"{report['machine']['cpus']} CPUs, kernel {report['machine']['kernel']}. {what} on {catalogue}, "
         f"{s['customers']} customers; wrk with {s['threads']} threads and {s['connections']} connections, "
-        f"{s['duration_s']} s per run after {s['warmup_s']} s of warm-up, on the same machine as the server.",
+        f"{s['duration_s']} s per run after {s['warmup_s']} s of warm-up"
+        + (", on the same machine as the server." if target == "shop" else "."),
         "",
         "![throughput](throughput.png)",
         "",
@@ -100,14 +110,16 @@ def markdown(report: dict) -> str:
         if "orders_per_s" in row:
             rps += f" ({row['orders_per_s']:.0f} orders/s)"
         target = row["target_ratio"]
-        judged = f"≥ {target:.0%}: {verdict(row['ratio'] >= target)}" if target else "–"
+        compared = row["ratio"] is not None
+        judged = f"≥ {target:.0%}: {verdict(row['ratio'] >= target)}" if target and compared else "–"
+        ratio = f"{row['ratio']:.0%} of {row['compared_with']}" if compared else "no ceiling measured"
         lines.append(
             f"| {name} | {rps} | {ms(row['p50_us'])} | {ms(row['p90_us'])} | {ms(row['p99_us'])} | {ms(row['max_us'])} "
-            f"| {non_2xx(row)} | {errors} | {row['ratio']:.0%} of {row['compared_with']} | {judged} |"
+            f"| {non_2xx(row)} | {errors} | {ratio} | {judged} |"
         )
     lines += ["", "## Targets", ""]
     for name, row in report["scenarios"].items():
-        if row["target_ratio"]:
+        if row["target_ratio"] and row["ratio"] is not None:
             ok = row["ratio"] >= row["target_ratio"]
             lines.append(
                 f"- {name}: {row['ratio']:.0%} of {row['compared_with']} (target {row['target_ratio']:.0%}): "
@@ -119,13 +131,17 @@ def markdown(report: dict) -> str:
         p99 = ms(report["scenarios"]["checkout"]["p99_us"])
         lines.append(f"- checkout p99 {p99} ms at {s['connections']} connections (target < 50 ms): {verdict(p99 < 50)}")
     memory = report["memory_mib"]
-    lines += ["", "## Memory (resident, MiB)", "", "| process | idle | after the runs |", "|---|---:|---:|"]
-    for process, m in memory.items():
-        lines.append(f"| {process} | {m['idle_mib']} | {m.get('after_mib', '–')} |")
+    lines += ["", "## Memory (resident, MiB)", ""]
+    if memory:
+        lines += ["| process | idle | after the runs |", "|---|---:|---:|"]
+        for process, m in memory.items():
+            lines.append(f"| {process} | {m['idle_mib']} | {m.get('after_mib', '–')} |")
+    else:
+        lines.append("Not measured: the processes under test ran elsewhere (see the deployment's own metrics).")
     audit = report["audit"]
     lines += ["", "## Invariant audit after the checkout scenario", ""]
     if audit is None:
-        lines.append("Not run (no checkout scenario in this run).")
+        lines.append("Not run (no checkout scenario in this run, or no --database-url to audit).")
     else:
         lines.append(f"Orders by status: {audit['orders_by_status']}.")
         lines.append("")

@@ -23,7 +23,12 @@ import urllib.request
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LOADTEST = ROOT / "loadtest"
 PASSWORD = "loadtest-password"
-PG = ["psql", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "-qAtX", "-v", "ON_ERROR_STOP=1"]
+PSQL = ["psql", "-qAtX", "-v", "ON_ERROR_STOP=1"]
+LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432"
+# The first admin of development configurations (shop, compose): the runner adds stock
+# through the API as an admin would.
+ADMIN = {"email": os.environ.get("LOADTEST_ADMIN_EMAIL", "admin@shop.local"),
+         "password": os.environ.get("LOADTEST_ADMIN_PASSWORD", "admin-password-dev-only")}
 
 # What each scenario is compared with, and the share of that ceiling it should reach.
 SCENARIOS = {
@@ -46,7 +51,8 @@ def free_port() -> int:
 
 
 def psql(database: str, sql: str) -> list[list[str]]:
-    done = subprocess.run([*PG, "-d", database, "-F", "\t", "-c", sql], capture_output=True, text=True, check=True)
+    """Rows of a query; `database` is a connection URL."""
+    done = subprocess.run([*PSQL, "-d", database, "-F", "\t", "-c", sql], capture_output=True, text=True, check=True)
     return [line.split("\t") for line in done.stdout.splitlines() if line]
 
 
@@ -140,28 +146,40 @@ def wrk(label: str, script: str, url: str, args, env: dict[str, str], seconds: i
     return result
 
 
-def prepare_data(database: str, base: str, args) -> None:
-    """The files the scenarios read: product, category and checkout ids, search terms, customers."""
+def prepare_data(base: str, args) -> None:
+    """The files the scenarios read, through the API alone (so any deployment will do):
+    product, category and checkout ids, search terms, and registered customers."""
     data = args.data
     data.mkdir(parents=True, exist_ok=True)
-    ids = psql(database, "SELECT id FROM catalog.products WHERE deleted_at IS NULL ORDER BY random() LIMIT 20000")
-    (data / "product-ids.txt").write_text("".join(f"{row[0]}\n" for row in ids))
-    categories = psql(database, "SELECT id FROM catalog.categories")
-    (data / "category-ids.txt").write_text("".join(f"{row[0]}\n" for row in categories))
-    words = psql(
-        database,
-        "SELECT w FROM (SELECT DISTINCT lower(regexp_split_to_table(name, '\\s+')) AS w "
-        "FROM (SELECT name FROM catalog.products LIMIT 5000) p) t WHERE length(w) > 3 ORDER BY w",
-    )
-    (data / "search-terms.txt").write_text("".join(f"{row[0]}\n" for row in words))
-    # Products the checkouts buy: plenty of stock, so that "sold out" is not what is measured.
-    checkout = psql(
-        database,
-        "WITH picked AS (SELECT id FROM catalog.products WHERE deleted_at IS NULL ORDER BY random() LIMIT 2000) "
-        "UPDATE catalog.products p SET stock = 1000000 FROM picked WHERE p.id = picked.id RETURNING p.id",
-    )
-    (data / "checkout-ids.txt").write_text("".join(f"{row[0]}\n" for row in checkout))
-    count = args.customers
+    products, cursor = [], None
+    while len(products) < 20_000:
+        status, page = http("GET", f"{base}/api/products?limit=100" + (f"&cursor={cursor}" if cursor else ""))
+        if status != 200:
+            sys.exit(f"listing products: {status} {page}")
+        products += page["items"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
+    if len(products) < 100:
+        sys.exit(f"the catalogue has {len(products)} products: seed it first (product-service seed --products N)")
+    (data / "product-ids.txt").write_text("".join(f"{p['id']}\n" for p in products))
+    status, categories = http("GET", f"{base}/api/categories")
+    (data / "category-ids.txt").write_text("".join(f"{c['id']}\n" for c in categories["items"]))
+    words = sorted({w.lower() for p in products[:5000] for w in p["name"].split() if len(w) > 3 and w.isalpha()})
+    (data / "search-terms.txt").write_text("".join(f"{w}\n" for w in words))
+    # Products the checkouts buy get plenty of stock (by the admin, through the API), so
+    # that "sold out" is not what is measured.
+    status, tokens = http("POST", f"{base}/api/auth/login", ADMIN)
+    if status != 200:
+        sys.exit(f"admin login ({ADMIN['email']}; LOADTEST_ADMIN_EMAIL/PASSWORD): {status} {tokens}")
+    admin = tokens["access_token"]
+    picked = products[:: max(1, len(products) // 500)][:500]
+
+    def restock(product: dict) -> str:
+        status, body = http("POST", f"{base}/api/products/{product['id']}/stock", {"delta": 1_000_000}, admin)
+        if status != 200:
+            sys.exit(f"adding stock to {product['id']}: {status} {body}")
+        return product["id"]
 
     def register(n: int) -> str:
         email = f"customer{n}@loadtest.example"
@@ -173,7 +191,9 @@ def prepare_data(database: str, base: str, args) -> None:
         return email
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        emails = list(pool.map(register, range(count)))
+        checkout = list(pool.map(restock, picked))
+        emails = list(pool.map(register, range(args.customers)))
+    (data / "checkout-ids.txt").write_text("".join(f"{i}\n" for i in checkout))
     (data / "customers.txt").write_text("".join(f"{email}\n" for email in emails))
 
 
@@ -226,6 +246,12 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=0, help="customers (default 2 per connection)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
     parser.add_argument("--out", type=pathlib.Path, help="results directory (default loadtest/results/<date>)")
+    parser.add_argument("--base-url", help="test a running deployment (Envoy in compose, say) instead of starting shop")
+    parser.add_argument("--ceiling-url", help="with --base-url: the running ceiling to compare with")
+    parser.add_argument("--database-url", help="with --base-url: PostgreSQL of that deployment, for the audit")
+    parser.add_argument(
+        "--gateway-admin", help="Envoy's admin URL: its rate limit is not enforced during the runs (a runtime key)"
+    )
     args = parser.parse_args()
     args.customers = args.customers or 2 * args.connections + args.threads
     today = datetime.date.today().isoformat()
@@ -236,52 +262,22 @@ def main() -> None:
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         sys.exit(f"unknown scenarios: {sorted(unknown)}; known: {list(SCENARIOS)}")
-    bin_dir = pathlib.Path(os.environ.get("SHOP_BIN_DIR", ROOT / "target" / "release"))
-    if not bin_dir.is_absolute():
-        bin_dir = ROOT / bin_dir
-    database = "shop_loadtest"
-    url = f"postgres://postgres@127.0.0.1:5432/{database}"
-    port, ceiling_port = free_port(), free_port()
-    base, ceiling_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ceiling_port}"
 
-    say(f"fresh database {database}, seeding {args.products} products")
-    subprocess.run([*PG, "-d", "postgres", "-c", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"], check=True)
-    env = {
-        "DATABASE_URL": url,
-        "REDIS_URL": "redis://127.0.0.1:6379",
-        "REDIS_PREFIX": f"loadtest-{int(time.time())}",
-        "PORT": str(port),
-        "RUST_LOG": "warn",
-        # Load-test settings, by configuration: cheap password hashing (logins are not
-        # what is measured) and a login budget that many customers from one address fit in.
-        "BCRYPT_COST": "4",
-        "LOGIN_RATE_LIMIT": "1000000",
-        "DB_MAX_CONNECTIONS": "16",
-    }
-    seeded = subprocess.run(
-        [str(bin_dir / "shop"), "seed", "--products", str(args.products)],
-        env={**os.environ, **env}, capture_output=True, text=True,
-    )
-    if seeded.returncode != 0:
-        sys.exit(f"seeding failed:\n{seeded.stderr}")
+    processes: dict[str, Process] = {}
+    if args.base_url:
+        base, ceiling_base, database = args.base_url.rstrip("/"), args.ceiling_url, args.database_url
+    else:
+        base, ceiling_base, database = start_locally(args, out, processes)
+    memory = {name: {"idle_mib": process.rss_mib()} for name, process in processes.items()}
 
-    say("starting shop and the ceiling")
-    shop = Process("shop", str(bin_dir / "shop"), [], env, out / "shop.log")
-    shop.wait_ready(f"{base}/ready")
-    ceiling = Process(
-        "ceiling", str(bin_dir / "ceiling"), [],
-        {"DATABASE_URL": url, "PORT": str(ceiling_port), "DB_MAX_CONNECTIONS": env["DB_MAX_CONNECTIONS"]},
-        out / "ceiling.log",
-    )
-    ceiling.wait_ready(f"{ceiling_base}/json")
-    time.sleep(1)
-    memory = {"shop": {"idle_mib": shop.rss_mib()}, "ceiling": {"idle_mib": ceiling.rss_mib()}}
-
+    if args.gateway_admin:
+        gateway_rate_limit(args.gateway_admin, enforced=False)
     say(f"customers and data files ({args.customers} customers)")
-    prepare_data(database, base, args)
-    snapshot_stock(database)
+    prepare_data(base, args)
+    if database:
+        snapshot_stock(database)
 
-    ceilings_needed = sorted({SCENARIOS[s]["ceiling"] for s in scenarios})
+    ceilings_needed = sorted({SCENARIOS[s]["ceiling"] for s in scenarios}) if ceiling_base else []
     runs = len(ceilings_needed) + len(scenarios)
     say(
         f"{runs} runs of {args.duration}s (+{args.warmup}s warm-up each), {args.connections} connections, "
@@ -304,15 +300,15 @@ def main() -> None:
         if args.warmup:
             wrk(name + " (warm-up)", script, base, args, {}, args.warmup, f"[{step}/{runs}]")
         results[name] = wrk(name, script, base, args, {}, args.duration, f"[{step}/{runs}]")
-        if name == "checkout":
+        if name == "checkout" and database:
             say("auditing the invariants after the checkout scenario")
             audit_result = audit(database)
-    memory["shop"]["after_mib"] = shop.rss_mib()
-    memory["ceiling"]["after_mib"] = ceiling.rss_mib()
-    if audit_result is None and any(s in scenarios for s in ("mixed",)):
-        audit_result = audit(database)
-    shop.stop()
-    ceiling.stop()
+    for name, process in processes.items():
+        memory[name]["after_mib"] = process.rss_mib()
+        process.stop()
+    if args.gateway_admin:
+        gateway_rate_limit(args.gateway_admin, enforced=True)
+    args.target = base if args.base_url else "shop"
 
     report = build_report(args, scenarios, results, memory, audit_result, today)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -321,6 +317,56 @@ def main() -> None:
     render.write(report, out)
     shutil.rmtree(args.data, ignore_errors=True)
     say(f"report: {out / 'report.md'}")
+
+
+def gateway_rate_limit(admin: str, enforced: bool) -> None:
+    """Turns the gateway's local rate limit on or off (configuration, not code): a load test
+    measures the platform, not the limit meant for one client."""
+    value = 100 if enforced else 0
+    request = urllib.request.Request(f"{admin.rstrip('/')}/runtime_modify?gateway.rate_limit_enforced={value}", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        if response.status != 200:
+            sys.exit(f"the gateway's admin refused the runtime change: {response.status}")
+    say(f"gateway rate limit {'enforced again' if enforced else 'not enforced during the runs'}")
+
+
+def start_locally(args, out: pathlib.Path, processes: dict) -> tuple[str, str, str]:
+    """A fresh database with the seeded catalogue, `shop` and the ceiling on free ports."""
+    bin_dir = pathlib.Path(os.environ.get("SHOP_BIN_DIR", ROOT / "target" / "release"))
+    if not bin_dir.is_absolute():
+        bin_dir = ROOT / bin_dir
+    name = "shop_loadtest"
+    database = f"{LOCAL_SERVER}/{name}"
+    port, ceiling_port = free_port(), free_port()
+    say(f"fresh database {name}, seeding {args.products} products")
+    psql(f"{LOCAL_SERVER}/postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    env = {
+        "DATABASE_URL": database,
+        "REDIS_URL": "redis://127.0.0.1:6379",
+        "REDIS_PREFIX": f"loadtest-{int(time.time())}",
+        "PORT": str(port),
+        "RUST_LOG": "warn",
+        # Load-test settings, by configuration: cheap password hashing (logins are not
+        # what is measured) and a login budget that many customers from one address fit in.
+        "BCRYPT_COST": "4",
+        "LOGIN_RATE_LIMIT": "1000000",
+        "DB_MAX_CONNECTIONS": "16",
+    }
+    seeded = subprocess.run(
+        [str(bin_dir / "shop"), "seed", "--products", str(args.products)],
+        env={**os.environ, **env}, capture_output=True, text=True,
+    )
+    if seeded.returncode != 0:
+        sys.exit(f"seeding failed:\n{seeded.stderr}")
+    say("starting shop and the ceiling")
+    base, ceiling_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ceiling_port}"
+    processes["shop"] = Process("shop", str(bin_dir / "shop"), [], env, out / "shop.log")
+    processes["shop"].wait_ready(f"{base}/ready")
+    ceiling_env = {"DATABASE_URL": database, "PORT": str(ceiling_port), "DB_MAX_CONNECTIONS": env["DB_MAX_CONNECTIONS"]}
+    processes["ceiling"] = Process("ceiling", str(bin_dir / "ceiling"), [], ceiling_env, out / "ceiling.log")
+    processes["ceiling"].wait_ready(f"{ceiling_base}/json")
+    time.sleep(1)
+    return base, ceiling_base, database
 
 
 def build_report(args, scenarios, results, memory, audit_result, today) -> dict:
@@ -334,19 +380,19 @@ def build_report(args, scenarios, results, memory, audit_result, today) -> dict:
     for name in scenarios:
         row = summary(results[name])
         spec = SCENARIOS[name]
-        ceiling = ceilings[spec["ceiling"]]
+        ceiling = ceilings.get(spec["ceiling"])
         if name == "checkout":
             row["orders_per_s"] = round(row["orders"] / row["seconds"], 1)
-            row["ratio"] = round(row["orders_per_s"] / ceiling["rps"], 3)
-        else:
-            row["ratio"] = round(row["rps"] / ceiling["rps"], 3)
-        row["compared_with"] = f"ceiling-{spec['ceiling']}"
+        ours = row.get("orders_per_s", row["rps"])
+        row["ratio"] = round(ours / ceiling["rps"], 3) if ceiling else None
+        row["compared_with"] = f"ceiling-{spec['ceiling']}" if ceiling else None
         row["target_ratio"] = spec["target"]
         row["wrk_output"] = results[name]["wrk_output"]
         rows[name] = row
     return {
         "date": today,
         "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
+        "target": args.target,
         "settings": {
             "products": args.products, "duration_s": args.duration, "warmup_s": args.warmup,
             "connections": args.connections, "threads": args.threads, "customers": args.customers,
