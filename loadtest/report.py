@@ -133,9 +133,13 @@ def markdown(report: dict) -> str:
     memory = report["memory_mib"]
     lines += ["", "## Memory (resident, MiB)", ""]
     if memory:
-        lines += ["| process | idle | after the runs |", "|---|---:|---:|"]
+        lines += ["| process | idle | after the runs | target (each service) |", "|---|---:|---:|---|"]
         for process, m in memory.items():
-            lines.append(f"| {process} | {m['idle_mib']} | {m.get('after_mib', '–')} |")
+            judged = "–"
+            if process.endswith("-service"):
+                after = m.get("after_mib", 0)
+                judged = f"< 30 idle, < 100 loaded: {verdict(m['idle_mib'] < 30 and after < 100)}"
+            lines.append(f"| {process} | {m['idle_mib']} | {m.get('after_mib', '–')} | {judged} |")
     else:
         lines.append("Not measured: the processes under test ran elsewhere (see the deployment's own metrics).")
     audit = report["audit"]

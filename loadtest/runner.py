@@ -306,6 +306,11 @@ def main() -> None:
     for name, process in processes.items():
         memory[name]["after_mib"] = process.rss_mib()
         process.stop()
+    if not args.base_url and "product-by-id" in scenarios:
+        services, product_run = measure_services(args, out)
+        memory.update(services)
+        if product_run:
+            results["product-by-id (product-service alone)"] = product_run
     if args.gateway_admin:
         gateway_rate_limit(args.gateway_admin, enforced=True)
     args.target = base if args.base_url else "shop"
@@ -330,11 +335,68 @@ def gateway_rate_limit(admin: str, enforced: bool) -> None:
     say(f"gateway rate limit {'enforced again' if enforced else 'not enforced during the runs'}")
 
 
+SERVICES = {"user": 8081, "product": 8082, "order": 8083, "payment": 8084}
+
+
+def measure_services(args, out: pathlib.Path) -> tuple[dict, dict | None]:
+    """The four service binaries as they are deployed (each its own process, with Redis and
+    a Kafka-protocol broker): resident memory idle, and after product-by-id against the
+    product service alone. Skipped, and said so, without tansu or the release binaries."""
+    bin_dir = binaries()
+    tansu = os.environ.get("TANSU") or shutil.which("tansu") or str(pathlib.Path.home() / ".cargo/bin/tansu")
+    missing = [name for name in SERVICES if not (bin_dir / f"{name}-service").exists()]
+    if not pathlib.Path(tansu).exists() or missing:
+        say("per-service memory not measured: needs tansu and the release service binaries (loadtest/run builds them)")
+        return {}, None
+    say("the four services as separate processes: memory idle and under product-by-id")
+    broker_port = free_port()
+    broker_url = f"tcp://127.0.0.1:{broker_port}"
+    broker = subprocess.Popen(
+        [tansu, "broker", "--listener-url", broker_url, "--advertised-listener-url", broker_url,
+         "--storage-engine", "memory://tansu/"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    ports = {name: free_port() for name in SERVICES}
+    env = {
+        "DATABASE_URL": f"{LOCAL_SERVER}/shop_loadtest",
+        "REDIS_URL": "redis://127.0.0.1:6379",
+        "REDIS_PREFIX": f"loadtest-services-{int(time.time())}",
+        "KAFKA_BROKERS": f"127.0.0.1:{broker_port}",
+        "PRODUCT_SERVICE_URL": f"http://127.0.0.1:{ports['product']}",
+        "ORDER_SERVICE_URL": f"http://127.0.0.1:{ports['order']}",
+        "RUST_LOG": "warn",
+        "DB_MAX_CONNECTIONS": "16",
+    }
+    services: dict[str, Process] = {}
+    try:
+        for name in SERVICES:
+            service = Process(f"{name}-service", str(bin_dir / f"{name}-service"), [],
+                              {**env, "PORT": str(ports[name])}, out / f"{name}-service.log")
+            service.wait_ready(f"http://127.0.0.1:{ports[name]}/ready")
+            services[f"{name}-service"] = service
+        time.sleep(2)
+        memory = {name: {"idle_mib": service.rss_mib()} for name, service in services.items()}
+        base = f"http://127.0.0.1:{ports['product']}"
+        if args.warmup:
+            wrk("product-service (warm-up)", "product-by-id.lua", base, args, {}, args.warmup, "[+]")
+        run = wrk("product-by-id against product-service", "product-by-id.lua", base, args, {}, args.duration, "[+]")
+        for name, service in services.items():
+            memory[name]["after_mib"] = service.rss_mib()
+        return memory, run
+    finally:
+        for service in services.values():
+            service.stop()
+        broker.kill()
+
+
+def binaries() -> pathlib.Path:
+    bin_dir = pathlib.Path(os.environ.get("SHOP_BIN_DIR", ROOT / "target" / "release"))
+    return bin_dir if bin_dir.is_absolute() else ROOT / bin_dir
+
+
 def start_locally(args, out: pathlib.Path, processes: dict) -> tuple[str, str, str]:
     """A fresh database with the seeded catalogue, `shop` and the ceiling on free ports."""
-    bin_dir = pathlib.Path(os.environ.get("SHOP_BIN_DIR", ROOT / "target" / "release"))
-    if not bin_dir.is_absolute():
-        bin_dir = ROOT / bin_dir
+    bin_dir = binaries()
     name = "shop_loadtest"
     database = f"{LOCAL_SERVER}/{name}"
     port, ceiling_port = free_port(), free_port()
@@ -377,9 +439,12 @@ def build_report(args, scenarios, results, memory, audit_result, today) -> dict:
 
     ceilings = {name.removeprefix("ceiling-"): summary(r) for name, r in results.items() if name.startswith("ceiling-")}
     rows = {}
-    for name in scenarios:
+    # The product pages again, from the product service as deployed (no target of its own).
+    alone = "product-by-id (product-service alone)"
+    specs = {**SCENARIOS, alone: {"ceiling": "json", "target": None}}
+    for name in [*scenarios, *([alone] if alone in results else [])]:
         row = summary(results[name])
-        spec = SCENARIOS[name]
+        spec = specs[name]
         ceiling = ceilings.get(spec["ceiling"])
         if name == "checkout":
             row["orders_per_s"] = round(row["orders"] / row["seconds"], 1)
