@@ -1,13 +1,7 @@
 -- Listing pages (sorted, by category, by price, following cursors) and full-text searches.
 local lib = dofile((os.getenv("LOADTEST_DIR") or "loadtest") .. "/lib.lua")
 
-setup = lib.setup
-done = lib.done
-
-function init()
-  lib.seed()
-  lib.init_browsing()
-end
+lib.scenario({ browsing = true })
 
 request = lib.listing
 

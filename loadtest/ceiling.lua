@@ -2,8 +2,7 @@
 -- `ceiling` binary, reported like the scenarios.
 local lib = dofile((os.getenv("LOADTEST_DIR") or "loadtest") .. "/lib.lua")
 
-setup = lib.setup
-done = lib.done
+lib.scenario({})
 
 local method = os.getenv("LOADTEST_METHOD") or "GET"
 local path = os.getenv("LOADTEST_PATH") or "/json"

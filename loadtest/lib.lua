@@ -36,6 +36,23 @@ function lib.seed()
   math.randomseed(os.time() * 1000 + (thread_id or 0) * 7919)
 end
 
+-- A scenario's wrk hooks: setup and done from here; init seeds this thread's random
+-- numbers and loads the browsing data and/or this thread's customers.
+function lib.scenario(wants)
+  setup = lib.setup
+  done = lib.done
+  init = function()
+    lib.seed()
+    if wants.browsing then lib.init_browsing() end
+    if wants.journeys then
+      -- Twice as many customers as connections, so one is always ready when a connection is.
+      local connections = tonumber(os.getenv("LOADTEST_CONNECTIONS") or "64")
+      local threads = tonumber(os.getenv("LOADTEST_THREADS") or "2")
+      lib.init_journeys(2 * math.ceil(connections / threads), threads)
+    end
+  end
+end
+
 -- Browsing --------------------------------------------------------------------------
 
 local products, categories, terms

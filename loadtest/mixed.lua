@@ -3,16 +3,7 @@
 -- (roughly half of them cart additions, a quarter orders, a quarter payments).
 local lib = dofile((os.getenv("LOADTEST_DIR") or "loadtest") .. "/lib.lua")
 
-setup = lib.setup
-done = lib.done
-
-function init(args)
-  lib.seed()
-  lib.init_browsing()
-  local connections = tonumber(os.getenv("LOADTEST_CONNECTIONS") or "64")
-  local threads = tonumber(os.getenv("LOADTEST_THREADS") or "2")
-  lib.init_journeys(2 * math.ceil(connections / threads), threads)
-end
+lib.scenario({ browsing = true, journeys = true })
 
 function request()
   local r = math.random()

@@ -2,6 +2,17 @@
 -- sentence). Stock conservation needs the starting stock, which each caller knows its own
 -- way. Used by the saga test (services/shop/tests/saga.rs) and the load tests' audit.
 
+WITH books AS (
+  -- What the provider charged and gave back for each order.
+  SELECT o.id, o.status, o.total, coalesce(c.charged, 0) AS charged, coalesce(r.refunded, 0) AS refunded
+  FROM ordering.orders o
+  LEFT JOIN (SELECT p.order_id, sum(pc.amount) AS charged FROM payments.provider_charges pc
+             JOIN payments.payments p ON p.id = pc.payment_id WHERE pc.outcome = 'succeeded' GROUP BY p.order_id) c
+         ON c.order_id = o.id
+  LEFT JOIN (SELECT p.order_id, sum(pr.amount) AS refunded FROM payments.provider_refunds pr
+             JOIN payments.payments p ON p.id = pr.payment_id GROUP BY p.order_id) r
+         ON r.order_id = o.id
+)
 -- 1. Reservations agree with their orders.
 SELECT 'order ' || o.id || ' is ' || o.status || ' but its reservation is ' || coalesce(r.status, 'missing')
 FROM ordering.orders o LEFT JOIN catalog.reservations r ON r.order_id = o.id
@@ -22,15 +33,8 @@ WHERE o.status IN ('paid', 'shipped', 'delivered') GROUP BY o.id HAVING count(p.
 UNION ALL
 -- 3. Every cancelled order was never charged, or was refunded in full (what the provider
 --    charged minus what it gave back is zero).
-SELECT 'cancelled order ' || o.id || ' kept ' || (coalesce(c.charged, 0) - coalesce(r.refunded, 0)) || ' of the customer''s money'
-FROM ordering.orders o
-LEFT JOIN (SELECT p.order_id, sum(pc.amount) AS charged FROM payments.provider_charges pc
-           JOIN payments.payments p ON p.id = pc.payment_id WHERE pc.outcome = 'succeeded' GROUP BY p.order_id) c
-       ON c.order_id = o.id
-LEFT JOIN (SELECT p.order_id, sum(pr.amount) AS refunded FROM payments.provider_refunds pr
-           JOIN payments.payments p ON p.id = pr.payment_id GROUP BY p.order_id) r
-       ON r.order_id = o.id
-WHERE o.status = 'cancelled' AND coalesce(c.charged, 0) <> coalesce(r.refunded, 0)
+SELECT 'cancelled order ' || id || ' kept ' || (charged - refunded) || ' of the customer''s money'
+FROM books WHERE status = 'cancelled' AND charged <> refunded
 UNION ALL
 SELECT 'order ' || p.order_id || ' was charged ' || count(*) || ' times'
 FROM payments.provider_charges pc JOIN payments.payments p ON p.id = pc.payment_id
@@ -38,15 +42,8 @@ WHERE pc.outcome = 'succeeded' GROUP BY p.order_id HAVING count(*) > 1
 UNION ALL
 -- The provider's books agree: a paid order kept exactly its total; no charge exists that
 -- the payment service has no record of; no failed payment was charged.
-SELECT 'paid order ' || o.id || ' of ' || o.total || ': the provider kept ' || (coalesce(c.charged, 0) - coalesce(r.refunded, 0))
-FROM ordering.orders o
-LEFT JOIN (SELECT p.order_id, sum(pc.amount) AS charged FROM payments.provider_charges pc
-           JOIN payments.payments p ON p.id = pc.payment_id WHERE pc.outcome = 'succeeded' GROUP BY p.order_id) c
-       ON c.order_id = o.id
-LEFT JOIN (SELECT p.order_id, sum(pr.amount) AS refunded FROM payments.provider_refunds pr
-           JOIN payments.payments p ON p.id = pr.payment_id GROUP BY p.order_id) r
-       ON r.order_id = o.id
-WHERE o.status IN ('paid', 'shipped', 'delivered') AND coalesce(c.charged, 0) - coalesce(r.refunded, 0) <> o.total
+SELECT 'paid order ' || id || ' of ' || total || ': the provider kept ' || (charged - refunded)
+FROM books WHERE status IN ('paid', 'shipped', 'delivered') AND charged - refunded <> total
 UNION ALL
 SELECT 'the provider charged ' || pc.payment_id || ', which the payment service does not know'
 FROM payments.provider_charges pc

@@ -101,13 +101,7 @@ impl Load {
         key: Option<&str>,
         body: &Value,
     ) -> Result<(StatusCode, Value), reqwest::Error> {
-        let mut request = self.platform.client.request(method, self.platform.url(service, path)).json(body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(key) = key {
-            request = request.header("idempotency-key", key);
-        }
+        let request = self.platform.request(service, method, path, token, key, Some(body));
         let response = request.send().await?;
         let status = response.status();
         let body = response.json().await?;

@@ -200,6 +200,29 @@ impl Platform {
         format!("http://127.0.0.1:{}{path}", self.ports[service])
     }
 
+    /// One request to a service, with its bearer token, Idempotency-Key and JSON body.
+    pub fn request(
+        &self,
+        service: &str,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> reqwest::RequestBuilder {
+        let mut request = self.client.request(method, self.url(service, path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request
+    }
+
     /// Sends until the platform answers something other than "unavailable": a service may
     /// be down for a restart. Requests that change things carry an Idempotency-Key where
     /// the API has one, so a retry never does them twice.
@@ -215,17 +238,7 @@ impl Platform {
         let slow_card = body_token(body) == Some("tok_providerTimeout");
         let deadline = Instant::now() + Duration::from_secs(45);
         loop {
-            let mut request = self.client.request(method.clone(), self.url(service, path));
-            if let Some(token) = token {
-                request = request.bearer_auth(token);
-            }
-            if let Some(key) = key {
-                request = request.header("idempotency-key", key);
-            }
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            match request.send().await {
+            match self.request(service, method.clone(), path, token, key, body).send().await {
                 Ok(res) => {
                     let status = res.status();
                     let body: Value = res.json().await.unwrap_or(Value::Null);
