@@ -128,40 +128,46 @@ pub async fn migrate(url: &SecretString, schema: Schema, service: &Migrator) -> 
 }
 
 /// Waits until the schema carries every migration this binary knows, checking every two
-/// seconds (a startup probe bounds how long). A newer schema is fine: migrations only add.
+/// seconds (a startup probe bounds how long). Extra newer ones are fine: migrations only
+/// add. Every version is checked, not just the newest: the common migrations are numbered
+/// above the services' own.
 pub async fn await_migrations(url: &SecretString, schema: Schema, service: &Migrator) -> anyhow::Result<()> {
-    let latest = merged(service).last().map_or(0, |m| m.version);
+    let known: Vec<i64> = merged(service).iter().map(|m| m.version).collect();
     let mut reported = false;
     loop {
-        match applied_version(url, schema).await {
-            Ok(Some(version)) if version >= latest => return Ok(()),
-            Ok(version) if !reported => {
-                tracing::info!(schema = schema.name, latest, applied = ?version, "waiting for the migration job");
-                reported = true;
+        match applied_versions(url, schema).await {
+            Ok(applied) => {
+                let missing: Vec<i64> = known.iter().copied().filter(|v| !applied.contains(v)).collect();
+                if missing.is_empty() {
+                    return Ok(());
+                }
+                if !reported {
+                    tracing::info!(schema = schema.name, ?missing, "waiting for the migration job");
+                    reported = true;
+                }
             }
-            Ok(_) => {}
             Err(err) => tracing::warn!(schema = schema.name, error = %err, "cannot read the schema's migrations yet"),
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
-/// The newest migration applied to the schema, `None` before the first.
-async fn applied_version(url: &SecretString, schema: Schema) -> anyhow::Result<Option<i64>> {
+/// The migrations applied to the schema successfully (none before the first).
+async fn applied_versions(url: &SecretString, schema: Schema) -> anyhow::Result<Vec<i64>> {
     let mut conn = options(url)?.connect().await?;
     let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
         .bind(format!("{}._sqlx_migrations", schema.name))
         .fetch_one(&mut conn)
         .await?;
-    let version = if exists {
-        sqlx::query_scalar(&format!("SELECT max(version) FROM {}._sqlx_migrations WHERE success", schema.name))
-            .fetch_one(&mut conn)
+    let versions = if exists {
+        sqlx::query_scalar(&format!("SELECT version FROM {}._sqlx_migrations WHERE success", schema.name))
+            .fetch_all(&mut conn)
             .await?
     } else {
-        None
+        Vec::new()
     };
     conn.close().await?;
-    Ok(version)
+    Ok(versions)
 }
 
 async fn enter(conn: &mut PgConnection, schema: Schema) -> Result<(), sqlx::Error> {

@@ -21,6 +21,7 @@ use axum::routing::get;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
@@ -39,6 +40,10 @@ use crate::extract::{BODY_LIMIT, TrustForwardedFor, client_addr_middleware};
 use crate::ratelimit::Limiter;
 use crate::request_id::{self, RequestId};
 use crate::{db, telemetry, trace};
+
+/// How long shutdown waits for requests whose client has gone, after the connections
+/// closed: past it, Kubernetes' grace period would end it anyway.
+const REQUESTS_GRACE: Duration = Duration::from_secs(15);
 
 /// How long a readiness check may take before its dependency counts as down.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -128,6 +133,8 @@ pub struct Shared {
     pub trust_forwarded_for: bool,
     /// Set once the process is shutting down; `/ready` then answers 503.
     pub draining: Draining,
+    /// Every request's task, so that shutdown waits for those whose client left too.
+    pub requests: TaskTracker,
 }
 
 /// Whether the process has been asked to stop. Until the listener closes it still serves,
@@ -161,6 +168,7 @@ impl Shared {
             events: Events::connect_as(config.kafka_brokers.as_deref(), config.kafka_group_instance_id.as_deref())?,
             trust_forwarded_for: config.trust_forwarded_for,
             draining: Draining::default(),
+            requests: TaskTracker::new(),
         })
     }
 
@@ -213,7 +221,7 @@ pub fn app(services: Vec<Service>, shared: Shared) -> Router {
         // Outermost first: the request id is settled before anything can log or fail.
         .layer(
             ServiceBuilder::new()
-                .layer(middleware::from_fn(run_to_completion))
+                .layer(middleware::from_fn_with_state(shared.requests.clone(), run_to_completion))
                 .layer(middleware::from_fn(request_id::middleware))
                 .layer(middleware::from_fn(trace::middleware))
                 .layer(TraceLayer::new_for_http().make_span_with(make_span).on_response(on_response))
@@ -233,8 +241,10 @@ pub fn app(services: Vec<Service>, shared: Shared) -> Router {
 /// or a pool checkout at an arbitrary await, and under load such cancellations were seen
 /// to strand sqlx pool permits until every acquire timed out. A request, once started,
 /// finishes; only its answer is lost.
-async fn run_to_completion(request: Request, next: Next) -> Response {
-    match tokio::spawn(next.run(request)).await {
+/// The tasks are tracked, so that shutdown waits for them all, whether or not their
+/// connection is still open.
+async fn run_to_completion(State(requests): State<TaskTracker>, request: Request, next: Next) -> Response {
+    match requests.spawn(next.run(request)).await {
         Ok(response) => response,
         Err(err) => ApiError::internal(anyhow::anyhow!("request task failed: {err}")).into_response(),
     }
@@ -375,7 +385,7 @@ pub async fn serve(
 pub async fn run(config: &CommonConfig, services: Vec<Service>, shared: Shared) -> anyhow::Result<()> {
     let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], config.port))).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    let draining = shared.draining.clone();
+    let (draining, requests) = (shared.draining.clone(), shared.requests.clone());
     let delay = config.shutdown_delay;
     let shutdown = async move {
         shutdown_signal().await;
@@ -386,6 +396,12 @@ pub async fn run(config: &CommonConfig, services: Vec<Service>, shared: Shared) 
         }
     };
     serve(listener, app(services, shared), shutdown).await?;
-    tracing::info!("stopped: every request in flight was answered");
+    // Connections are closed; requests whose client left before its answer may still run.
+    requests.close();
+    if tokio::time::timeout(REQUESTS_GRACE, requests.wait()).await.is_err() {
+        tracing::warn!(running = requests.len(), "stopping with requests still running");
+    } else {
+        tracing::info!("stopped: every request in flight was finished");
+    }
     Ok(())
 }
