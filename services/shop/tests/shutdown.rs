@@ -10,6 +10,11 @@
 //! connection closed before the service read the request) and are what clients and
 //! Envoy retry. The process must also say `/ready` 503 while it drains, keep answering
 //! meanwhile, and exit with status 0 well within the 30 s grace period.
+//!
+//! A trace only shows what committed, so the payment phase also sends one slow request
+//! just before SIGTERM (a card whose provider answers after `PROVIDER_TIMEOUT`, longer
+//! than the drain): it is still running when the listener closes, and must get its whole
+//! answer (the documented 504) after that.
 
 #[allow(dead_code)] // each test uses its own part of the harness
 mod support;
@@ -30,6 +35,9 @@ const WORKERS: usize = 12;
 const DRAIN: &str = "1s";
 /// Kubernetes' default terminationGracePeriodSeconds, as in deploy/k8s.
 const GRACE: Duration = Duration::from_secs(30);
+/// How long the slow card's provider call runs before the service answers 504; longer
+/// than `DRAIN`.
+const PROVIDER_TIMEOUT: &str = "3s";
 
 /// What one request left behind, and what it got.
 struct Outcome {
@@ -169,11 +177,19 @@ impl Load {
 
 #[tokio::test]
 async fn every_service_answers_what_it_started_when_terminated() {
-    let platform = Arc::new(Platform::start(&[("SHUTDOWN_DELAY", DRAIN), ("ORDER_PAYMENT_TIMEOUT", "10m")]).await);
+    let platform = Arc::new(
+        Platform::start(&[
+            ("SHUTDOWN_DELAY", DRAIN),
+            ("ORDER_PAYMENT_TIMEOUT", "10m"),
+            ("PROVIDER_TIMEOUT", PROVIDER_TIMEOUT),
+        ])
+        .await,
+    );
     let admin = platform.admin_token().await;
     let (category, products) = platform.catalogue(&admin, 4, 1_000_000).await;
     let mut customers = Vec::new();
-    for n in 0..WORKERS {
+    // One customer per worker, and one more for the slow request.
+    for n in 0..=WORKERS {
         let email = format!("worker{n}@example.com");
         let body = json!({"username": format!("worker{n}"), "email": email, "password": "correct horse"});
         let (status, _) = platform.send("user", Method::POST, "/api/auth/register", None, None, Some(&body)).await;
@@ -195,6 +211,7 @@ async fn every_service_answers_what_it_started_when_terminated() {
         let order = Some((order["id"].as_str().unwrap().to_owned(), order["total"].as_str().unwrap().to_owned()));
         customers.push(Customer { token, order });
     }
+    let slow = customers.pop().expect("the slow request's customer");
     let customers = Arc::new(customers);
     let db = PgPool::connect(platform.database.url()).await.unwrap();
 
@@ -226,7 +243,24 @@ async fn every_service_answers_what_it_started_when_terminated() {
             })
             .collect();
 
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let straddling = (service == "payment").then(|| {
+            let (platform, token) = (platform.clone(), slow.token.clone());
+            let (order, total) = slow.order.clone().expect("an order to pay");
+            tokio::spawn(async move {
+                let card = json!({"type": "card", "token": "tok_providerTimeout"});
+                let body = json!({"order_id": order, "amount": total, "currency": "USD", "method": card});
+                let response = platform
+                    .request("payment", Method::POST, "/api/payments", Some(&token), Some("slow"), Some(&body))
+                    .send()
+                    .await
+                    .expect("the slow request gets an answer");
+                let status = response.status();
+                let body: Value = response.json().await.expect("the whole answer");
+                (status, body, Instant::now())
+            })
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let mut processes = platform.processes.lock().await;
         let process = processes.iter_mut().find(|p| p.name == service).unwrap();
         let ready_url = process.url("/ready");
@@ -278,6 +312,16 @@ async fn every_service_answers_what_it_started_when_terminated() {
             answered_after_signal > 0,
             "{service}: no request was in flight after SIGTERM, so the test proved nothing"
         );
+        if let Some(straddling) = straddling {
+            let (status, body, answered_at) = straddling.await.expect("the slow request's task");
+            assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "the slow payment: {body}");
+            assert_eq!(body["code"], "upstream_timeout", "{body}");
+            let drain: Duration = DRAIN.trim_end_matches('s').parse().map(Duration::from_secs).expect("whole seconds");
+            assert!(
+                answered_at.duration_since(signalled_at) > drain,
+                "the slow payment was answered before the listener closed, so it proved nothing"
+            );
+        }
 
         process.start();
         process.wait_ready(&platform.client).await;
