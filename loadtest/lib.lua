@@ -136,11 +136,31 @@ local function key(c)
   return string.format("lt-%d-%d-%d-%d", thread_id or 0, c, counter, os.time())
 end
 
+-- Customers whose answer never came (a socket error or timeout calls no response()) go
+-- back to the idle ones after this long, starting their journey again.
+local STUCK_AFTER = 15
+
+local function reclaim_stuck()
+  local now = os.time()
+  for c, customer in ipairs(customers) do
+    if customer.sent_at and now - customer.sent_at > STUCK_AFTER then
+      customer.sent_at = nil
+      if customer.step ~= "login" then customer.step, customer.lines = "cart", 0 end
+      idle[#idle + 1] = c
+    end
+  end
+end
+
 -- The next request of some customer that is not waiting for an answer (nil if all are).
 function lib.journey_step()
   local c = table.remove(idle, 1)
-  if not c then return nil end
+  if not c then
+    reclaim_stuck()
+    c = table.remove(idle, 1)
+    if not c then return nil end
+  end
   local customer = customers[c]
+  customer.sent_at = os.time()
   counter = counter + 1
   local headers = { ["X-Request-Id"] = string.format("j%d-%d", c, counter), ["Content-Type"] = "application/json" }
   if customer.token then headers["Authorization"] = "Bearer " .. customer.token end
@@ -164,8 +184,9 @@ end
 function lib.journey_response(status, headers, body)
   local id = headers["x-request-id"] or headers["X-Request-Id"]
   local c = id and tonumber(id:match("^j(%d+)-"))
-  if not c then return false end
+  if not c or not customers[c] or not customers[c].sent_at then return false end
   local customer = customers[c]
+  customer.sent_at = nil
   if customer.step == "login" and status == 200 then
     customer.token = body:match('"access_token":"([^"]+)"')
     customer.step = "cart"

@@ -136,9 +136,11 @@ def markdown(report: dict) -> str:
         lines += ["| process | idle | after the runs | target (each service) |", "|---|---:|---:|---|"]
         for process, m in memory.items():
             judged = "–"
-            if process.endswith("-service"):
+            if process.endswith("-service") and m.get("loaded"):
                 after = m.get("after_mib", 0)
                 judged = f"< 30 idle, < 100 loaded: {verdict(m['idle_mib'] < 30 and after < 100)}"
+            elif process.endswith("-service"):
+                judged = f"< 30 idle: {verdict(m['idle_mib'] < 30)} (not loaded in this run)"
             lines.append(f"| {process} | {m['idle_mib']} | {m.get('after_mib', '–')} | {judged} |")
     else:
         lines.append("Not measured: the processes under test ran elsewhere (see the deployment's own metrics).")

@@ -272,6 +272,25 @@ def main() -> None:
 
     if args.gateway_admin:
         gateway_rate_limit(args.gateway_admin, enforced=False)
+    try:
+        results, memory, audit_result = run_all(args, out, scenarios, base, ceiling_base, database, processes, memory)
+    finally:
+        for process in processes.values():
+            process.stop()
+        if args.gateway_admin:
+            gateway_rate_limit(args.gateway_admin, enforced=True)
+    args.target = base if args.base_url else "shop"
+    report = build_report(args, scenarios, results, memory, audit_result, today)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    import report as render  # loadtest/report.py: the markdown and the plots
+
+    render.write(report, out)
+    shutil.rmtree(args.data, ignore_errors=True)
+    say(f"report: {out / 'report.md'}")
+
+
+def run_all(args, out, scenarios, base, ceiling_base, database, processes, memory):
+    """Data, ceilings, scenarios, audit and per-service memory: the measured part."""
     say(f"customers and data files ({args.customers} customers)")
     prepare_data(base, args)
     if database:
@@ -311,17 +330,7 @@ def main() -> None:
         memory.update(services)
         if product_run:
             results["product-by-id (product-service alone)"] = product_run
-    if args.gateway_admin:
-        gateway_rate_limit(args.gateway_admin, enforced=True)
-    args.target = base if args.base_url else "shop"
-
-    report = build_report(args, scenarios, results, memory, audit_result, today)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    import report as render  # loadtest/report.py: the markdown and the plots
-
-    render.write(report, out)
-    shutil.rmtree(args.data, ignore_errors=True)
-    say(f"report: {out / 'report.md'}")
+    return results, memory, audit_result
 
 
 def gateway_rate_limit(admin: str, enforced: bool) -> None:
@@ -382,6 +391,7 @@ def measure_services(args, out: pathlib.Path) -> tuple[dict, dict | None]:
         run = wrk("product-by-id against product-service", "product-by-id.lua", base, args, {}, args.duration, "[+]")
         for name, service in services.items():
             memory[name]["after_mib"] = service.rss_mib()
+            memory[name]["loaded"] = name == "product-service"
         return memory, run
     finally:
         for service in services.values():
