@@ -242,32 +242,39 @@ impl CommonConfig {
     }
 }
 
-/// What a service binary was asked to do: serve (no arguments), or apply its migrations
-/// and exit (`migrate`, what the Kubernetes migration Job runs).
+/// What a binary was asked to do: serve (no arguments), apply its migrations and exit
+/// (`migrate`, what the Kubernetes migration Job runs), or, where the catalogue lives,
+/// fill it (`seed --products N`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     Serve,
     Migrate,
+    Seed(usize),
 }
 
 impl Command {
-    /// Reads the command line; prints the usage and exits with 2 on anything else.
-    pub fn from_args(binary: &str) -> Self {
+    /// Reads the command line (`seed` only if `can_seed`); prints `usage` and exits, with
+    /// 0 when help was asked for and 2 on anything it does not know.
+    pub fn from_args(usage: &str, can_seed: bool) -> Self {
         let args: Vec<String> = std::env::args().skip(1).collect();
         match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
             [] => Self::Serve,
             ["migrate"] => Self::Migrate,
+            ["seed", "--products", n] if can_seed => match n.parse() {
+                Ok(count) => Self::Seed(count),
+                Err(_) => Self::usage(usage),
+            },
             ["-h" | "--help" | "help"] => {
-                println!(
-                    "usage: {binary} [migrate]\n\n  (no command)  migrate (unless MIGRATE_ON_START=false) and serve\n  migrate       apply the schema's migrations and exit"
-                );
+                println!("{usage}");
                 std::process::exit(0)
             }
-            _ => {
-                eprintln!("usage: {binary} [migrate]");
-                std::process::exit(2)
-            }
+            _ => Self::usage(usage),
         }
+    }
+
+    fn usage(usage: &str) -> ! {
+        eprintln!("{usage}");
+        std::process::exit(2)
     }
 }
 

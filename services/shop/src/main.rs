@@ -7,7 +7,7 @@
 //! With no `REDIS_URL` the cache, revocations, rate limits and WebSocket fan-out live
 //! in-process; with no `KAFKA_BROKERS` events go to the other services in-process.
 
-use common::config::{CommonConfig, ConfigError, Env};
+use common::config::{Command, CommonConfig, ConfigError, Env};
 use common::http::Shared;
 
 const USAGE: &str = "usage: shop [migrate | seed --products N]\n\n  (no command)          create the database if missing, migrate, and serve the whole API\n  migrate               create the database if missing and apply every migration\n  seed --products N     migrate, then add N generated products to the catalogue\n\nConfigured by environment variables; see README.md.";
@@ -39,26 +39,7 @@ fn config(env: &Env) -> Result<Config, ConfigError> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        [] => Command::Serve,
-        ["migrate"] => Command::Migrate,
-        ["seed", "--products", n] => match n.parse() {
-            Ok(count) => Command::Seed(count),
-            Err(_) => {
-                eprintln!("{USAGE}");
-                std::process::exit(2);
-            }
-        },
-        ["-h" | "--help" | "help"] => {
-            println!("{USAGE}");
-            return Ok(());
-        }
-        _ => {
-            eprintln!("{USAGE}");
-            std::process::exit(2);
-        }
-    };
+    let command = Command::from_args(USAGE, true);
     let config = config(&Env::from_process()).unwrap_or_else(|err| {
         eprintln!("shop: {err}");
         std::process::exit(2);
@@ -99,10 +80,4 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
     product::migrate(&config.common.database_url).await?;
     order::migrate(&config.common.database_url).await?;
     payment::migrate(&config.common.database_url).await
-}
-
-enum Command {
-    Serve,
-    Migrate,
-    Seed(usize),
 }

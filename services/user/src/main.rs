@@ -4,9 +4,11 @@
 use common::config::{Command, Env};
 use common::http::Shared;
 
+const USAGE: &str = "usage: user-service [migrate]\n\n  (no command)  migrate (unless MIGRATE_ON_START=false) and serve\n  migrate       apply the schema's migrations and exit";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let command = Command::from_args("user-service");
+    let command = Command::from_args(USAGE, false);
     let config = user::Config::from_env(&Env::from_process()).unwrap_or_else(|err| {
         eprintln!("user-service: {err}");
         std::process::exit(2);
