@@ -38,6 +38,10 @@ SCENARIOS = {
     "mixed": {"script": "mixed.lua", "ceiling": "json", "target": None},
 }
 CEILINGS = {"json": ("GET", "/json"), "tx": ("POST", "/tx")}
+# Each product's stock and held units (loadtest/sql/stock.sql), without its comments.
+STOCK = " ".join(
+    line for line in (LOADTEST / "sql" / "stock.sql").read_text().splitlines() if not line.startswith("--")
+)
 
 
 def say(message: str) -> None:
@@ -213,12 +217,8 @@ def audit(database: str) -> dict:
     violations = [row[0] for row in psql(database, (LOADTEST / "sql" / "invariants.sql").read_text())]
     stock = psql(
         database,
-        "SELECT p.id || ': stock ' || p.stock || ' + held ' || coalesce(h.held, 0) || ' != ' || b.total "
-        "FROM catalog.products p JOIN loadtest_stock_before b ON b.id = p.id "
-        "LEFT JOIN (SELECT ri.product_id, sum(ri.quantity) AS held FROM catalog.reservation_items ri "
-        "           JOIN catalog.reservations r ON r.order_id = ri.order_id "
-        "           WHERE r.status IN ('reserved', 'committed') GROUP BY ri.product_id) h ON h.product_id = p.id "
-        "WHERE p.stock + coalesce(h.held, 0) <> b.total",
+        f"SELECT s.id || ': stock ' || s.stock || ' + held ' || s.held || ' != ' || b.total "
+        f"FROM ({STOCK}) s JOIN loadtest_stock_before b ON b.id = s.id WHERE s.stock + s.held <> b.total",
     )
     violations += [f"product {row[0]}" for row in stock]
     orders = dict(psql(database, "SELECT status, count(*) FROM ordering.orders GROUP BY status"))
@@ -226,13 +226,11 @@ def audit(database: str) -> dict:
 
 
 def snapshot_stock(database: str) -> None:
+    """What each product holds before the runs (stock + held), for the audit's conservation check."""
     psql(
         database,
         "DROP TABLE IF EXISTS loadtest_stock_before; "
-        "CREATE TABLE loadtest_stock_before AS SELECT p.id, p.stock + coalesce(h.held, 0) AS total "
-        "FROM catalog.products p LEFT JOIN (SELECT ri.product_id, sum(ri.quantity) AS held "
-        "FROM catalog.reservation_items ri JOIN catalog.reservations r ON r.order_id = ri.order_id "
-        "WHERE r.status IN ('reserved', 'committed') GROUP BY ri.product_id) h ON h.product_id = p.id",
+        f"CREATE TABLE loadtest_stock_before AS SELECT id, stock + held AS total FROM ({STOCK}) s",
     )
 
 

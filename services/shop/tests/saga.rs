@@ -164,16 +164,8 @@ async fn busy(db: &mut PgConnection) -> Vec<String> {
 async fn violations(db: &mut PgConnection) -> Vec<String> {
     let mut found = Vec::new();
     // Stock put in = stock + reserved for pending orders + sold.
-    let rows: Vec<(Uuid, i32, i64)> = sqlx::query_as(
-        "SELECT p.id, p.stock, coalesce(sum(ri.quantity) FILTER (WHERE r.status IN ('reserved', 'committed')), 0)
-         FROM catalog.products p
-         LEFT JOIN catalog.reservation_items ri ON ri.product_id = p.id
-         LEFT JOIN catalog.reservations r ON r.order_id = ri.order_id
-         GROUP BY p.id, p.stock",
-    )
-    .fetch_all(&mut *db)
-    .await
-    .unwrap();
+    let rows: Vec<(Uuid, i32, i64)> =
+        sqlx::query_as(include_str!("../../../loadtest/sql/stock.sql")).fetch_all(&mut *db).await.unwrap();
     for (product, stock, held) in rows {
         if i64::from(stock) + held != STOCK {
             found.push(format!("product {product}: stock {stock} + held {held} != {STOCK}"));

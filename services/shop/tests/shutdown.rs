@@ -32,7 +32,7 @@ use uuid::Uuid;
 /// Clients sending at once.
 const WORKERS: usize = 12;
 /// How long each service drains (answers /ready with 503) before closing its listener.
-const DRAIN: &str = "1s";
+const DRAIN: Duration = Duration::from_secs(1);
 /// Kubernetes' default terminationGracePeriodSeconds, as in deploy/k8s.
 const GRACE: Duration = Duration::from_secs(30);
 /// How long the slow card's provider call runs before the service answers 504; longer
@@ -179,7 +179,7 @@ impl Load {
 async fn every_service_answers_what_it_started_when_terminated() {
     let platform = Arc::new(
         Platform::start(&[
-            ("SHUTDOWN_DELAY", DRAIN),
+            ("SHUTDOWN_DELAY", &format!("{}s", DRAIN.as_secs())),
             ("ORDER_PAYMENT_TIMEOUT", "10m"),
             ("PROVIDER_TIMEOUT", PROVIDER_TIMEOUT),
         ])
@@ -316,9 +316,8 @@ async fn every_service_answers_what_it_started_when_terminated() {
             let (status, body, answered_at) = straddling.await.expect("the slow request's task");
             assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "the slow payment: {body}");
             assert_eq!(body["code"], "upstream_timeout", "{body}");
-            let drain: Duration = DRAIN.trim_end_matches('s').parse().map(Duration::from_secs).expect("whole seconds");
             assert!(
-                answered_at.duration_since(signalled_at) > drain,
+                answered_at.duration_since(signalled_at) > DRAIN,
                 "the slow payment was answered before the listener closed, so it proved nothing"
             );
         }
