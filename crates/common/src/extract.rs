@@ -89,7 +89,19 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        if inner.is_data() { data_error(&path, &inner) } else { syntax_error(&inner) }
+        if !inner.is_data() {
+            return syntax_error(&inner);
+        }
+        // serde stops at the first bad field, which may come before a syntax error (or
+        // bytes that are not UTF-8) further on; a body that is not JSON at all is a 400
+        // whatever its fields. Only failing bodies pay for this second look.
+        if std::str::from_utf8(bytes).is_err() {
+            return ApiError::bad_request("the request body is not UTF-8");
+        }
+        match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Err(syntax) if !syntax.is_data() => syntax_error(&syntax),
+            _ => data_error(&path, &inner),
+        }
     })?;
     deserializer.end().map_err(|err| syntax_error(&err))?;
     Ok(value)
@@ -271,6 +283,12 @@ mod tests {
         for body in ["{", "", "{\"items\":[]} trailing", "[1,2]", "null", &"[".repeat(1000)] {
             let err = parse::<Order>(body.as_bytes()).unwrap_err();
             assert_eq!(err.code(), ErrorCode::BadRequest, "{body:.20}");
+        }
+        // An unknown field before the syntax error, or before bytes that are not UTF-8:
+        // still malformed, not a field problem.
+        for body in [&b"{\"role\": "[..], b"{\"role\": \"\xff\"}", b"{\"role\": 1, \"items\": [}"] {
+            let err = parse::<Order>(body).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::BadRequest, "{}", String::from_utf8_lossy(body));
         }
     }
 
