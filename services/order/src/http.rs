@@ -48,7 +48,19 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// The cart with the product service's current names and prices. Products that were
 /// deleted since they were added leave the cart.
 async fn cart_view(state: &AppState, user_id: Uuid) -> Result<Cart, ApiError> {
-    let lines = repository::cart(&state.db, user_id).await?;
+    priced_cart(state, user_id, None).await
+}
+
+/// The cart as it is, or as it would be with `change` (a product and its new quantity),
+/// priced; nothing but dropping deleted products is written.
+async fn priced_cart(state: &AppState, user_id: Uuid, change: Option<Line>) -> Result<Cart, ApiError> {
+    let mut lines = repository::cart(&state.db, user_id).await?;
+    if let Some(change) = change {
+        match lines.iter_mut().find(|line| line.product_id == change.product_id) {
+            Some(line) => line.quantity = change.quantity,
+            None => lines.push(change),
+        }
+    }
     let products =
         futures::future::try_join_all(lines.iter().map(|line| state.products.product(line.product_id))).await?;
     let mut items = Vec::with_capacity(lines.len());
@@ -98,7 +110,7 @@ pub struct CartQuantity {
         (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such product, or it can't be ordered", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`conflict`: the cart already holds 50 products", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A quantity outside 1–100", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A quantity outside 1–100, or a cart total past 9999999999.99 (nothing is changed)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[tracing::instrument(skip_all, fields(user_id = %user.id, %product_id))]
@@ -110,8 +122,12 @@ async fn put_cart_item(
 ) -> Result<Json<Cart>, ApiError> {
     let quantity = Quantity::parse(req.quantity).map_err(|e| ApiError::invalid_field("quantity", e))?;
     state.products.product(product_id).await?.ok_or(Error::UnknownProduct)?;
+    // Priced before it is written: a change refused (a total past the largest amount) is
+    // not kept, and the cart stays readable.
+    let change = Line { product_id, quantity: quantity.get() };
+    let cart = priced_cart(&state, user.id, Some(change)).await?;
     repository::put_cart_item(&state.db, user.id, product_id, quantity.get()).await?;
-    Ok(Json(cart_view(&state, user.id).await?))
+    Ok(Json(cart))
 }
 
 /// Take a product out of your cart (no error if it was not there).

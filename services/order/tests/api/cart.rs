@@ -2,6 +2,7 @@
 
 use reqwest::Method;
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use crate::helpers::{TestApp, expected, problem, validation};
 
@@ -135,4 +136,26 @@ async fn a_cart_holds_at_most_fifty_products() {
     let res =
         app.send(Method::PUT, &format!("/api/cart/items/{product}"), Some(&json!({"quantity": 2})), &alice.token).await;
     assert_eq!(res.status(), 200, "changing a line already there is fine");
+}
+
+#[tokio::test]
+async fn a_change_that_would_take_the_total_past_the_largest_amount_is_not_kept() {
+    let app = TestApp::spawn().await;
+    let alice = app.customer();
+    let (dear, cheap) = (app.product("9999999999.99", 5).await, app.product("1.00", 5).await);
+    let put = |product: Uuid, quantity: i64| put_item(&app, &alice.token, product, quantity);
+    assert_eq!(put(cheap, 1).await.status(), 200);
+    assert_eq!(put(dear, 1).await.status(), 422, "the total would be 10000000000.99");
+    assert_eq!(put(dear, 2).await.status(), 422);
+    // Nothing of it was kept: the cart reads as before and still takes changes.
+    let res = app.get("/api/cart", &alice.token).await;
+    assert_eq!(res.status(), 200);
+    let cart: Value = res.json().await.unwrap();
+    assert_eq!((cart["items"].as_array().unwrap().len(), cart["total"].as_str()), (1, Some("1.00")), "{cart}");
+    assert_eq!(put(cheap, 3).await.status(), 200);
+}
+
+async fn put_item(app: &TestApp, token: &str, product: Uuid, quantity: i64) -> reqwest::Response {
+    let path = format!("/api/cart/items/{product}");
+    app.send(Method::PUT, &path, Some(&json!({"quantity": quantity})), token).await
 }
