@@ -20,6 +20,7 @@ use rand::Rng;
 use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument as _;
 
 use crate::auth::Authenticator;
 use crate::error::{ApiError, ErrorCode};
@@ -141,7 +142,19 @@ impl Upstream {
         let mut attempt = 1;
         let mut last = None;
         loop {
-            let outcome = self.breaker.call_with(is_failure, self.attempt(method.clone(), path, body)).await;
+            // A client span per attempt, so retries show in the trace; the callee's request
+            // span is its child (the `traceparent` sent is this span's).
+            let span = tracing::info_span!(
+                "upstream",
+                otel.name = %format_args!("{method} {}", self.name),
+                otel.kind = "client",
+                server.address = self.name,
+                url.path = path,
+                attempt,
+                http.response.status_code = tracing::field::Empty,
+            );
+            let attempt_call = self.attempt(method.clone(), path, body).instrument(span);
+            let outcome = self.breaker.call_with(is_failure, attempt_call).await;
             let err = match outcome {
                 Ok(answer) => return Ok(answer),
                 Err(failsafe::Error::Rejected) => {
@@ -188,6 +201,7 @@ impl Upstream {
         }
         let response = request.send().await.map_err(|e| self.classify(e))?;
         let status = response.status();
+        tracing::Span::current().record("http.response.status_code", status.as_u16());
         let body = response.bytes().await.map_err(|e| self.classify(e))?;
         if matches!(status.as_u16(), 502..=504) || status == StatusCode::INTERNAL_SERVER_ERROR {
             return Err(UpstreamError::Unavailable(self.name, format!("answered {status}")));

@@ -250,14 +250,40 @@ async fn run_to_completion(State(requests): State<TaskTracker>, request: Request
     }
 }
 
+/// The request's span: a server span in OpenTelemetry's terms, the child of the caller's
+/// span when the request carries a valid `traceparent`; its trace id goes into every log
+/// line of the request.
 fn make_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
     let request_id = request.extensions().get::<RequestId>().map_or("", |id| id.0.as_str());
     let route = request.extensions().get::<MatchedPath>().map_or("", MatchedPath::as_str);
-    tracing::info_span!("request", method = %request.method(), route, request_id)
+    let method = request.method();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        %method,
+        route,
+        request_id,
+        trace_id = tracing::field::Empty,
+    );
+    let incoming = request.headers().get(&trace::TRACEPARENT).and_then(|v| v.to_str().ok());
+    trace::continue_from(&span, incoming);
+    if let Some(trace_id) = trace::trace_id(&span) {
+        span.record("trace_id", trace_id);
+    }
+    span
 }
 
-fn on_response<B>(response: &axum::http::Response<B>, latency: Duration, _span: &tracing::Span) {
-    tracing::info!(status = response.status().as_u16(), latency_ms = latency.as_millis() as u64, "response");
+fn on_response<B>(response: &axum::http::Response<B>, latency: Duration, span: &tracing::Span) {
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    tracing::info!(status = status.as_u16(), latency_ms = latency.as_millis() as u64, "response");
 }
 
 fn panicked(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {

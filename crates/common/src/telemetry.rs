@@ -1,28 +1,83 @@
-//! Logs and metrics: `tracing` to stdout (human-readable in development, JSON lines
-//! otherwise) and a Prometheus recorder for the `metrics` facade.
+//! Logs, traces and metrics: `tracing` to stdout (human-readable in development, JSON
+//! lines otherwise), the same spans to OpenTelemetry (exported over OTLP/HTTP when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set), and a Prometheus recorder for the `metrics`
+//! facade.
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 use crate::config::AppEnv;
 
 /// Latency buckets (seconds) for request histograms: fine-grained where an API lives.
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// Installs the global log subscriber. `RUST_LOG` filters (default `info`). Safe to call
-/// more than once (tests do): later calls are no-ops.
-pub fn init_tracing(app_env: AppEnv) {
+/// Keeps the trace pipeline alive; dropping it (at the end of `main`, after the drain)
+/// exports what is still buffered.
+#[must_use = "dropping it stops the trace exporter"]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Err(err) = self.provider.shutdown() {
+            eprintln!("telemetry: flushing traces failed: {err}");
+        }
+    }
+}
+
+/// Spans get trace and span ids whether or not they are exported, so `traceparent` is
+/// passed on either way; an OTLP exporter is added when an endpoint is configured
+/// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, `OTEL_BSP_*` as the spec says).
+fn provider(service: &'static str) -> SdkTracerProvider {
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service);
+    }
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
+    let configured = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        .iter()
+        .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()));
+    if configured {
+        match opentelemetry_otlp::SpanExporter::builder().with_http().with_protocol(Protocol::HttpBinary).build() {
+            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
+            Err(err) => eprintln!("telemetry: traces will not be exported: {err}"),
+        }
+    }
+    builder.build()
+}
+
+/// Installs the global subscriber: log lines filtered by `RUST_LOG` (default `info`),
+/// and spans at `info` and above for OpenTelemetry whatever `RUST_LOG` says, with W3C
+/// Trace Context as the propagator. `service` names the process in exported traces.
+/// Safe to call more than once (later calls install nothing).
+pub fn init_tracing(app_env: AppEnv, service: &'static str) -> Telemetry {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let provider = provider(service);
+    let traces = tracing_opentelemetry::layer().with_tracer(provider.tracer("shop")).with_filter(LevelFilter::INFO);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let _ = if app_env.is_production() {
-        registry.with(tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false)).try_init()
+    let logs = if app_env.is_production() {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_filter(filter)
+            .boxed()
     } else {
-        registry.with(tracing_subscriber::fmt::layer().compact()).try_init()
+        tracing_subscriber::fmt::layer().compact().with_filter(filter).boxed()
     };
+    let _ = tracing_subscriber::registry().with(traces).with(logs).try_init();
+    Telemetry { provider }
 }
 
 /// The process-wide Prometheus recorder. The `metrics` facade is global by design, so the

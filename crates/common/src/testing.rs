@@ -182,6 +182,16 @@ impl TestBroker {
         panic!("the test broker did not start listening on {}", self.port);
     }
 
+    /// Freezes (`true`) or thaws the broker: while frozen it holds every connection open
+    /// and answers nothing, as a broker that hangs or is cut off by the network does, and
+    /// it keeps everything it has.
+    pub fn freeze(&self, frozen: bool) {
+        let child = self.child.as_ref().expect("a running broker");
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let sent = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill {signal} the broker");
+    }
+
     /// Kills the broker at once, as a crash would.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -364,28 +374,37 @@ pub fn validation(errors: serde_json::Value) -> serde_json::Value {
     body
 }
 
-/// A Redis server of one test's own, so the test can take it away.
+/// A Redis server of one test's own, so the test can take it away (and bring it back,
+/// empty, on the same port).
 #[derive(Debug)]
 pub struct TestRedis {
-    child: std::process::Child,
+    child: Option<std::process::Child>,
     pub port: u16,
 }
 
 impl TestRedis {
     pub async fn start() -> Self {
-        let port = free_port();
+        let mut redis = Self { child: None, port: free_port() };
+        redis.resume().await;
+        redis
+    }
+
+    /// Starts the server (again): it keeps nothing across a restart.
+    pub async fn resume(&mut self) {
+        assert!(self.child.is_none(), "Redis is already running");
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is installed");
+        self.child = Some(child);
         for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        Self { child, port }
+        panic!("the test Redis did not start listening on {}", self.port);
     }
 
     pub fn url(&self) -> String {
@@ -394,8 +413,10 @@ impl TestRedis {
 
     /// Kills the server, as an outage would.
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -417,4 +438,27 @@ where
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Installs, once per test binary, a global subscriber that sends every span at `info`
+/// and above to an in-memory OpenTelemetry exporter, and returns the exporter: what the
+/// binaries export over OTLP, for a test to read.
+pub fn spans() -> &'static opentelemetry_sdk::trace::InMemorySpanExporter {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    static EXPORTER: std::sync::OnceLock<opentelemetry_sdk::trace::InMemorySpanExporter> = std::sync::OnceLock::new();
+    EXPORTER.get_or_init(|| {
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        // Exported as each span ends: nothing to flush. The provider lives in the layer.
+        let provider =
+            opentelemetry_sdk::trace::SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("test"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+        tracing_subscriber::registry().with(layer).try_init().expect("no other global subscriber in this test binary");
+        exporter
+    })
 }

@@ -1,12 +1,22 @@
 //! W3C Trace Context: the `traceparent` of the work in progress, taken from the incoming
 //! request (or consumed event) when it carries a valid one, started afresh otherwise, and
-//! passed on in every event written while handling it.
+//! passed on in every outgoing call and every event written while handling it.
+//!
+//! With OpenTelemetry installed (the binaries' `telemetry::init_tracing`), what is passed
+//! on is the current span's context, so each hop is a child span of the one that made it.
+//! Without it (tests of one piece), a task-local context keeps the trace id flowing.
+
+use std::collections::HashMap;
 
 use axum::extract::Request;
 use axum::http::HeaderName;
 use axum::middleware::Next;
 use axum::response::Response;
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use rand::RngCore;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
@@ -51,9 +61,35 @@ pub fn current() -> Option<String> {
     CURRENT.try_with(Clone::clone).ok()
 }
 
-/// The `traceparent` to pass on from here: a child of the current context.
+/// The `traceparent` to pass on from here: the current span's, or else a child of the
+/// task's context.
 pub fn outgoing() -> String {
-    child_of(current().as_deref())
+    of_span(&tracing::Span::current()).unwrap_or_else(|| child_of(current().as_deref()))
+}
+
+/// `span`'s `traceparent`, when OpenTelemetry records it.
+fn of_span(span: &tracing::Span) -> Option<String> {
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    carrier.remove(TRACEPARENT.as_str())
+}
+
+/// Makes `span` (not yet entered) a child of the remote span `traceparent` names, when it
+/// names one validly; otherwise `span` starts a trace of its own.
+pub fn continue_from(span: &tracing::Span, traceparent: Option<&str>) {
+    if let Some(traceparent) = traceparent.filter(|value| parse(value).is_some()) {
+        let carrier = HashMap::from([(TRACEPARENT.as_str().to_owned(), traceparent.to_owned())]);
+        // Fails only where OpenTelemetry is not installed, and then there is nothing to link.
+        let _ = span.set_parent(TraceContextPropagator::new().extract(&carrier));
+    }
+}
+
+/// The trace id `span` belongs to (32 lower-case hex digits), when OpenTelemetry records it.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    let context = span.context();
+    let otel = context.span();
+    let span_context = otel.span_context();
+    span_context.is_valid().then(|| span_context.trace_id().to_string())
 }
 
 /// Runs `work` with `traceparent` as its trace context.

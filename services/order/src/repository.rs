@@ -70,7 +70,7 @@ impl<'a> OrderEvent<'a> {
 // --- carts -----------------------------------------------------------------------------
 
 /// The cart's lines, oldest first.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn cart(db: impl PgExecutor<'_>, user_id: Uuid) -> Result<Vec<Line>, Error> {
     Ok(sqlx::query_as!(
         Line,
@@ -83,7 +83,7 @@ pub async fn cart(db: impl PgExecutor<'_>, user_id: Uuid) -> Result<Vec<Line>, E
 
 /// Sets a product's quantity in the cart, adding the line if needed, unless that would
 /// make more than [`MAX_LINES`] lines.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn put_cart_item(db: &PgPool, user_id: Uuid, product_id: Uuid, quantity: i32) -> Result<(), Error> {
     let written = sqlx::query!(
         "INSERT INTO ordering.cart_items (user_id, product_id, quantity)
@@ -105,7 +105,7 @@ pub async fn put_cart_item(db: &PgPool, user_id: Uuid, product_id: Uuid, quantit
     Ok(())
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn remove_cart_items(db: impl PgExecutor<'_>, user_id: Uuid, product_ids: &[Uuid]) -> Result<(), Error> {
     sqlx::query!("DELETE FROM ordering.cart_items WHERE user_id = $1 AND product_id = ANY($2)", user_id, product_ids)
         .execute(db)
@@ -113,7 +113,7 @@ pub async fn remove_cart_items(db: impl PgExecutor<'_>, user_id: Uuid, product_i
     Ok(())
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn clear_cart(db: &PgPool, user_id: Uuid) -> Result<(), Error> {
     sqlx::query!("DELETE FROM ordering.cart_items WHERE user_id = $1", user_id).execute(db).await?;
     Ok(())
@@ -132,7 +132,7 @@ pub struct Checkout {
 }
 
 /// The unfinished checkout a request with this Idempotency-Key started, if any.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn find_checkout(db: &PgPool, user_id: Uuid, key: &str) -> Result<Option<Checkout>, Error> {
     let row = sqlx::query!(
         r#"SELECT order_id, items AS "items: Json<Vec<Line>>", from_cart, fingerprint
@@ -153,7 +153,7 @@ pub async fn find_checkout(db: &PgPool, user_id: Uuid, key: &str) -> Result<Opti
 /// Records a checkout before its reservation is asked for (committed on its own, so it
 /// survives a crash during the call), leased to this request for `lease`. `false` when a
 /// concurrent request with the same Idempotency-Key recorded one first.
-#[tracing::instrument(skip_all, fields(order_id = %checkout.order_id))]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql", order_id = %checkout.order_id))]
 pub async fn insert_checkout(
     db: &PgPool,
     user_id: Uuid,
@@ -180,6 +180,7 @@ pub async fn insert_checkout(
 
 /// Takes the lease of an unfinished checkout to resume it. `false` while another request
 /// holds it.
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn claim_checkout(db: &PgPool, order_id: Uuid, lease: Duration) -> Result<bool, Error> {
     let claimed = sqlx::query!(
         "UPDATE ordering.checkouts SET running_until = now() + make_interval(secs => $2)
@@ -195,6 +196,7 @@ pub async fn claim_checkout(db: &PgPool, order_id: Uuid, lease: Duration) -> Res
 
 /// Ends this request's lease on a checkout it gives up on (its outcome unknown), so that
 /// a retry can resume it, or the recovery job release it, without waiting.
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn release_checkout(db: &PgPool, order_id: Uuid) -> Result<(), Error> {
     sqlx::query!("UPDATE ordering.checkouts SET running_until = now() WHERE order_id = $1", order_id)
         .execute(db)
@@ -205,6 +207,7 @@ pub async fn release_checkout(db: &PgPool, order_id: Uuid) -> Result<(), Error> 
 /// Deletes a checkout record: in the transaction that stores its order, or on its own when
 /// its reservation certainly does not exist. `false` when it is gone already (the recovery
 /// job released it, so its order must not be stored).
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn take_checkout(db: impl PgExecutor<'_>, order_id: Uuid) -> Result<bool, Error> {
     let taken =
         sqlx::query!("DELETE FROM ordering.checkouts WHERE order_id = $1", order_id).execute(db).await?.rows_affected();
@@ -216,7 +219,7 @@ pub async fn take_checkout(db: impl PgExecutor<'_>, order_id: Uuid) -> Result<bo
 /// `order.cancelled` (reason `checkout_failed`), on which the product service puts back
 /// whatever was reserved under its order id, or refuses a reservation still on its way.
 /// Replicas share the work with `SKIP LOCKED`.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(db.system.name = "postgresql"))]
 pub async fn release_stale_checkouts(db: &PgPool, after: Duration, limit: i64) -> Result<Vec<Uuid>, Error> {
     let mut tx = db.begin().await?;
     let released = sqlx::query!(
@@ -238,6 +241,7 @@ pub async fn release_stale_checkouts(db: &PgPool, after: Duration, limit: i64) -
 }
 
 /// Releases one checkout now (it was reserved, but can't become an order).
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn abandon_checkout(db: &PgPool, order_id: Uuid, user_id: Uuid) -> Result<(), Error> {
     let mut tx = db.begin().await?;
     if take_checkout(&mut *tx, order_id).await? {
@@ -325,7 +329,7 @@ async fn items_of(db: impl PgExecutor<'_>, orders: &[Uuid]) -> Result<HashMap<Uu
 }
 
 /// Stores a new order with its lines and its `order.created`.
-#[tracing::instrument(skip_all, fields(order_id = %order.id))]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql", order_id = %order.id))]
 pub async fn insert_order(tx: &mut PgConnection, order: &Order) -> Result<(), Error> {
     let expires_at = order.expires_at.unwrap_or(order.created_at);
     sqlx::query!(
@@ -372,11 +376,12 @@ pub async fn insert_order(tx: &mut PgConnection, order: &Order) -> Result<(), Er
     Ok(())
 }
 
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn find_order(db: &PgPool, id: Uuid) -> Result<Option<Order>, Error> {
     find_order_in(&mut *db.acquire().await?, id).await
 }
 
-#[tracing::instrument(skip_all, fields(%id))]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql", %id))]
 pub async fn find_order_in(conn: &mut PgConnection, id: Uuid) -> Result<Option<Order>, Error> {
     let row = sqlx::query_as!(
         OrderRow,
@@ -394,7 +399,7 @@ pub async fn find_order_in(conn: &mut PgConnection, id: Uuid) -> Result<Option<O
 
 /// A page of orders, newest first: one user's, or everyone's (`user_id` `None`), after
 /// the cursor's id. Fetches one more than `limit` to tell whether there is a next page.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn list_orders(
     db: &PgPool,
     user_id: Option<Uuid>,
@@ -452,7 +457,7 @@ pub struct Cause<'a> {
 
 /// Applies `action` to `order` (as it was read) and writes its event, guarded on the
 /// status it was read in: if another request moved the order since, nothing changes.
-#[tracing::instrument(skip_all, fields(order_id = %order.id, ?action))]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql", order_id = %order.id, ?action))]
 pub async fn move_order(
     tx: &mut PgConnection,
     order: &Order,
@@ -493,7 +498,7 @@ pub struct Expired {
 /// Cancels up to `limit` unpaid orders whose payment window has passed, each with an
 /// `order.expired`. Replicas running this at once take different orders (`SKIP LOCKED`);
 /// an order paid meanwhile no longer matches `status = 'pending_payment'`.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(db.system.name = "postgresql"))]
 pub async fn expire_due(db: &PgPool, limit: i64) -> Result<Vec<Expired>, Error> {
     // The statuses are literals so the planner can use the partial index of unpaid orders;
     // they are the status machine's (pending_payment + expire = cancelled, unit-tested).

@@ -70,7 +70,7 @@ pub struct NewAttempt<'a> {
 
 /// Records an attempt as `processing`, committed before the provider is called. The
 /// database refuses a second attempt for an order that is being charged or was charged.
-#[tracing::instrument(skip_all, fields(order_id = %attempt.order_id))]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql", order_id = %attempt.order_id))]
 pub async fn insert_attempt(db: &PgPool, attempt: &NewAttempt<'_>, lease: Duration) -> Result<Payment, Error> {
     let inserted = sqlx::query_as!(
         PaymentRow,
@@ -121,6 +121,7 @@ pub async fn insert_attempt(db: &PgPool, attempt: &NewAttempt<'_>, lease: Durati
 
 /// The attempt a request with this Idempotency-Key started in the last 24 hours, with its
 /// fingerprint. An older one lets go of the key (keys live 24 hours).
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn find_by_key(db: &PgPool, user_id: Uuid, key: &str) -> Result<Option<(Stored, Vec<u8>)>, Error> {
     sqlx::query!(
         "UPDATE payments.payments SET idempotency_key = NULL
@@ -157,6 +158,7 @@ pub async fn find_by_key(db: &PgPool, user_id: Uuid, key: &str) -> Result<Option
 
 /// Takes the lease of an unsettled attempt to resume it; `false` while another request
 /// (or the reconciler) holds it, or once it is settled.
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn claim_attempt(db: &PgPool, id: Uuid, lease: Duration) -> Result<bool, Error> {
     let claimed = sqlx::query!(
         "UPDATE payments.payments SET running_until = now() + make_interval(secs => $2)
@@ -172,6 +174,7 @@ pub async fn claim_attempt(db: &PgPool, id: Uuid, lease: Duration) -> Result<boo
 
 /// Ends a request's lease on an attempt whose outcome it does not know, so that the
 /// reconciler settles it without waiting.
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn release_attempt(db: &PgPool, id: Uuid) -> Result<(), Error> {
     sqlx::query!("UPDATE payments.payments SET running_until = now() WHERE id = $1 AND status = 'processing'", id)
         .execute(db)
@@ -180,6 +183,7 @@ pub async fn release_attempt(db: &PgPool, id: Uuid) -> Result<(), Error> {
 }
 
 /// Forgets an attempt the provider certainly did not charge.
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn delete_attempt(db: &PgPool, id: Uuid) -> Result<(), Error> {
     sqlx::query!("DELETE FROM payments.payments WHERE id = $1 AND status = 'processing'", id).execute(db).await?;
     Ok(())
@@ -212,12 +216,14 @@ async fn load(conn: &mut PgConnection, id: Uuid, lock: bool) -> Result<Option<St
 }
 
 /// A settled payment (attempts still `processing` are not shown to clients).
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn find_payment(db: &PgPool, id: Uuid) -> Result<Option<Payment>, Error> {
     let stored = load(&mut *db.acquire().await?, id, false).await?;
     Ok(stored.map(|s| s.payment).filter(|p| p.status != PaymentStatus::Processing))
 }
 
 /// Settled payments, newest first: of one order and/or one user, after `after`.
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn list_payments(
     db: &PgPool,
     user_id: Option<Uuid>,
@@ -258,7 +264,7 @@ async fn lock_order(tx: &mut PgConnection, order_id: Uuid) -> Result<(), Error> 
 /// that was closed meanwhile is refunded in full in the same transaction. Returns the
 /// payment as it now is (as another settler left it, if one came first) and the refunds
 /// to carry out once committed.
-#[tracing::instrument(skip_all, fields(%payment_id))]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql", %payment_id))]
 pub async fn settle(tx: &mut PgConnection, payment_id: Uuid, outcome: &Outcome) -> Result<(Payment, Vec<Uuid>), Error> {
     let Some(current) = load(tx, payment_id, false).await? else { return Err(Error::NotFound) };
     lock_order(tx, current.payment.order_id).await?;
@@ -300,6 +306,7 @@ pub async fn settle(tx: &mut PgConnection, payment_id: Uuid, outcome: &Outcome) 
 }
 
 /// Whether the order was cancelled or expired, as far as this service has heard.
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn is_closed(tx: &mut PgConnection, order_id: Uuid) -> Result<bool, Error> {
     Ok(sqlx::query_scalar!(
         r#"SELECT EXISTS (SELECT 1 FROM payments.closed_orders WHERE order_id = $1) AS "closed!""#,
@@ -311,7 +318,7 @@ pub async fn is_closed(tx: &mut PgConnection, order_id: Uuid) -> Result<bool, Er
 
 /// Decides a refund of `amount` (default: all that is left) on a captured payment, with
 /// its `payment.refunded`: counted at once, carried out by the provider after commit.
-#[tracing::instrument(skip_all, fields(%payment_id))]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql", %payment_id))]
 pub async fn refund(
     tx: &mut PgConnection,
     payment_id: Uuid,
@@ -359,7 +366,7 @@ pub async fn refund(
 
 /// Marks an order as over and refunds in full whatever was captured for it. Returns the
 /// refunds to carry out once committed.
-#[tracing::instrument(skip_all, fields(%order_id))]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql", %order_id))]
 pub async fn close_order(tx: &mut PgConnection, order_id: Uuid) -> Result<Vec<Uuid>, Error> {
     lock_order(tx, order_id).await?;
     sqlx::query!("INSERT INTO payments.closed_orders (order_id) VALUES ($1) ON CONFLICT DO NOTHING", order_id)
@@ -384,6 +391,7 @@ pub type PendingRefund = (Uuid, Uuid, Money);
 
 /// Refunds the provider has yet to carry out (`only` that one, or the oldest). Several
 /// replicas may pick the same one: the provider does a refund once per refund id.
+#[tracing::instrument(level = "debug", skip_all, fields(db.system.name = "postgresql"))]
 pub async fn pending_refunds(db: &PgPool, only: Option<Uuid>, limit: i64) -> Result<Vec<PendingRefund>, Error> {
     let rows = sqlx::query!(
         r#"SELECT id, payment_id, amount AS "amount: Money" FROM payments.refunds
@@ -397,6 +405,7 @@ pub async fn pending_refunds(db: &PgPool, only: Option<Uuid>, limit: i64) -> Res
     Ok(rows.into_iter().map(|r| (r.id, r.payment_id, r.amount)).collect())
 }
 
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn mark_refunded(db: &PgPool, refund_id: Uuid) -> Result<(), Error> {
     sqlx::query!("UPDATE payments.refunds SET status = 'succeeded' WHERE id = $1 AND status = 'pending'", refund_id)
         .execute(db)
@@ -404,6 +413,7 @@ pub async fn mark_refunded(db: &PgPool, refund_id: Uuid) -> Result<(), Error> {
     Ok(())
 }
 
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn find_refund(db: &PgPool, id: Uuid) -> Result<Option<Refund>, Error> {
     Ok(sqlx::query!(
         r#"SELECT r.id, r.payment_id, r.amount AS "amount: Money", p.currency, r.status AS "status: RefundStatus",
@@ -424,6 +434,7 @@ pub async fn find_refund(db: &PgPool, id: Uuid) -> Result<Option<Refund>, Error>
 }
 
 /// Unsettled attempts that no request is working on: their request died or gave up.
+#[tracing::instrument(level = "debug", skip_all, fields(db.system.name = "postgresql"))]
 pub async fn stale_attempts(db: &PgPool, limit: i64) -> Result<Vec<Uuid>, Error> {
     Ok(sqlx::query_scalar!(
         "SELECT id FROM payments.payments WHERE status = 'processing' AND running_until < now()

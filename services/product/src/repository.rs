@@ -18,7 +18,7 @@ use crate::error::{Error, on_constraint};
 
 const PRODUCT_COLUMNS: &str = "id, sku, name, description, price, currency, stock, category_id, created_at, updated_at";
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn insert_category(
     db: impl PgExecutor<'_>,
     name: &CategoryName,
@@ -37,7 +37,7 @@ pub async fn insert_category(
     .map_err(on_constraint)
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn categories(db: &PgPool) -> Result<Vec<Category>, Error> {
     Ok(sqlx::query_as!(
         Category,
@@ -47,7 +47,7 @@ pub async fn categories(db: &PgPool) -> Result<Vec<Category>, Error> {
     .await?)
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn insert_product(tx: &mut PgConnection, product: &NewProduct) -> Result<Product, Error> {
     let id = Uuid::now_v7();
     let sku = product.sku.clone().unwrap_or_else(|| Sku::generate(id));
@@ -73,7 +73,7 @@ pub async fn insert_product(tx: &mut PgConnection, product: &NewProduct) -> Resu
 }
 
 /// A live (not deleted) product.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn find_product(db: &PgPool, id: Uuid) -> Result<Option<Product>, Error> {
     Ok(sqlx::query_as!(
         Product,
@@ -86,7 +86,7 @@ pub async fn find_product(db: &PgPool, id: Uuid) -> Result<Option<Product>, Erro
     .await?)
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn update_product(tx: &mut PgConnection, id: Uuid, changes: &ProductChanges) -> Result<Product, Error> {
     let updated = sqlx::query_as!(
         Product,
@@ -120,7 +120,7 @@ pub async fn update_product(tx: &mut PgConnection, id: Uuid, changes: &ProductCh
     Ok(updated)
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn soft_delete(tx: &mut PgConnection, id: Uuid) -> Result<Product, Error> {
     let deleted = sqlx::query_as!(
         Product,
@@ -158,7 +158,7 @@ async fn available_stock(tx: &mut PgConnection, id: Uuid) -> Result<Option<i32>,
 
 /// Moves stock by `delta`, never below zero: the guard is in the `UPDATE` itself, so
 /// concurrent deltas cannot race past it.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn adjust_stock(tx: &mut PgConnection, id: Uuid, delta: i32) -> Result<Product, Error> {
     let adjusted = sqlx::query_as!(
         Product,
@@ -223,7 +223,7 @@ async fn reserved_items(tx: &mut PgConnection, order_id: Uuid) -> Result<Vec<Res
 /// same order finds it and reserves nothing more; each decrement guards on the stock it
 /// needs, so the database, not this code, decides who gets the last unit. `line_index`
 /// maps a merged line back to the request's first line for that product.
-#[tracing::instrument(skip_all, fields(%order_id))]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql", %order_id))]
 pub async fn reserve(
     tx: &mut PgConnection,
     order_id: Uuid,
@@ -294,7 +294,7 @@ pub async fn reserve(
 /// releases it and puts its units back. Returns the products whose stock changed.
 /// An order that ended before any reservation arrived leaves a released marker, so a late
 /// reservation for it is refused instead of holding stock forever.
-#[tracing::instrument(skip_all, fields(%order_id))]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql", %order_id))]
 pub async fn settle_reservation(
     tx: &mut PgConnection,
     order_id: Uuid,
@@ -352,6 +352,7 @@ pub async fn settle_reservation(
 
 /// The products of an order's reservation as they are now, deleted or not (to refresh
 /// the cache after a settlement).
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn reservation_products(db: &PgPool, order_id: Uuid) -> Result<Vec<(Product, bool)>, Error> {
     let rows: Vec<ProductState> = sqlx::query_as(&format!(
         "SELECT {PRODUCT_COLUMNS}, deleted_at IS NOT NULL AS deleted FROM catalog.products
@@ -465,7 +466,7 @@ pub fn list_query<'a>(listing: &'a Listing, prefix: &str) -> QueryBuilder<'a, Po
 }
 
 /// One page of live products in the listing's order, after its cursor.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn list(db: &PgPool, listing: &Listing) -> Result<Page<Product>, Error> {
     let mut query = list_query(listing, "");
     let mut rows: Vec<ListedRow> = query.build_query_as().fetch_all(db).await?;

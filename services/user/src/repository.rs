@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::domain::{Email, NewUser, ProfileChanges, Role, StoredRefreshToken, User, Username};
 use crate::error::{Error, on_unique_violation};
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn insert_user(
     db: impl PgExecutor<'_>,
     user: &NewUser,
@@ -30,7 +30,7 @@ pub async fn insert_user(
     .map_err(on_unique_violation)
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn find_by_id(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<User>, Error> {
     Ok(sqlx::query_as!(
         User,
@@ -42,7 +42,7 @@ pub async fn find_by_id(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<User
 }
 
 /// The user with this email (any case) and their password hash.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn find_credentials(db: &PgPool, email: &str) -> Result<Option<(User, String)>, Error> {
     let row = sqlx::query!(
         r#"SELECT id, username, email, role AS "role: Role", created_at, password_hash
@@ -57,13 +57,13 @@ pub async fn find_credentials(db: &PgPool, email: &str) -> Result<Option<(User, 
     }))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn password_hash(db: &PgPool, id: Uuid) -> Result<Option<String>, Error> {
     Ok(sqlx::query_scalar!("SELECT password_hash FROM users.users WHERE id = $1", id).fetch_optional(db).await?)
 }
 
-#[tracing::instrument(skip_all)]
 /// Returns the user and the row's new `updated_at` (a version for the cache).
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn update_profile(
     db: impl PgExecutor<'_>,
     id: Uuid,
@@ -92,7 +92,7 @@ pub async fn update_profile(
     Ok((user, row.updated_at))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn insert_refresh_token(
     db: impl PgExecutor<'_>,
     family_id: Uuid,
@@ -116,7 +116,7 @@ pub async fn insert_refresh_token(
 
 /// The presented token, locked until the transaction ends so that two refreshes with
 /// the same token cannot both rotate it.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn lock_refresh_token(
     tx: &mut Transaction<'_, Postgres>,
     token_hash: &[u8],
@@ -133,14 +133,14 @@ pub async fn lock_refresh_token(
     .await?)
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn mark_rotated(db: impl PgExecutor<'_>, id: Uuid) -> Result<(), Error> {
     sqlx::query!("UPDATE users.refresh_tokens SET rotated_at = now() WHERE id = $1", id).execute(db).await?;
     Ok(())
 }
 
 /// Revokes every live token of a family (a session): on logout and on replay.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn revoke_family(db: impl PgExecutor<'_>, family_id: Uuid, user_id: Uuid) -> Result<(), Error> {
     sqlx::query!(
         "UPDATE users.refresh_tokens SET revoked_at = now()
@@ -154,7 +154,7 @@ pub async fn revoke_family(db: impl PgExecutor<'_>, family_id: Uuid, user_id: Uu
 }
 
 /// Revokes the family the given token belongs to, if the token is the user's.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn revoke_family_of(db: impl PgExecutor<'_>, token_hash: &[u8], user_id: Uuid) -> Result<(), Error> {
     sqlx::query!(
         "UPDATE users.refresh_tokens SET revoked_at = now()
@@ -169,7 +169,7 @@ pub async fn revoke_family_of(db: impl PgExecutor<'_>, token_hash: &[u8], user_i
 }
 
 /// Ends every session of the user but `keep` (after a password change).
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn revoke_other_families(db: impl PgExecutor<'_>, user_id: Uuid, keep: Uuid) -> Result<(), Error> {
     sqlx::query!(
         "UPDATE users.refresh_tokens SET revoked_at = now()

@@ -8,6 +8,7 @@ use std::sync::RwLock;
 
 use super::relay::OutboxRow;
 use super::{Delivery, Envelope, Subscription, deliver};
+use crate::trace;
 
 /// The in-process subscribers, by topic.
 #[derive(Default)]
@@ -36,10 +37,12 @@ impl Bus {
         for subscriber in subscribers {
             let delivery = deliver(
                 &subscriber.db,
+                &subscriber.group,
                 subscriber.handler.as_ref(),
                 &row.topic,
                 &envelope,
-                Some(row.traceparent.clone()),
+                // The publishing span's context, as Kafka's header would carry it.
+                Some(trace::outgoing()),
             )
             .await?;
             if let Delivery::DeadLettered(reason) = delivery {

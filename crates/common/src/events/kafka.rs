@@ -96,8 +96,10 @@ impl Kafka {
     pub(super) async fn publish_row(&self, row: &OutboxRow) -> anyhow::Result<()> {
         let payload = serde_json::to_vec(&row.envelope)?;
         let event_type = row.envelope.get("type").and_then(|t| t.as_str()).unwrap_or_default();
+        // The publishing span's context, the parent of every consumer's span.
+        let traceparent = trace::outgoing();
         let headers = OwnedHeaders::new()
-            .insert(Header { key: trace::TRACEPARENT.as_str(), value: Some(&row.traceparent) })
+            .insert(Header { key: trace::TRACEPARENT.as_str(), value: Some(&traceparent) })
             .insert(Header { key: "event-type", value: Some(event_type) });
         self.publish(&row.topic, &row.aggregate_id.to_string(), &payload, headers).await
     }
@@ -212,7 +214,16 @@ async fn handle_record(kafka: &Kafka, subscription: &Subscription, message: &Bor
     let traceparent = header(message, trace::TRACEPARENT.as_str()).map(str::to_owned);
     let mut pause = Duration::from_millis(200);
     loop {
-        match deliver(&subscription.db, subscription.handler.as_ref(), topic, &envelope, traceparent.clone()).await {
+        match deliver(
+            &subscription.db,
+            &subscription.group,
+            subscription.handler.as_ref(),
+            topic,
+            &envelope,
+            traceparent.clone(),
+        )
+        .await
+        {
             Ok(Delivery::Applied | Delivery::Duplicate) => return,
             Ok(Delivery::DeadLettered(reason)) => return dead_letter(kafka, message, &reason).await,
             Err(err) => {

@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 pub use relay::Relay;
@@ -148,15 +149,30 @@ pub async fn apply_once(
 /// [`apply_once`] with retries: a failing handler is retried with exponential backoff
 /// [`MAX_ATTEMPTS`] times and then dead-lettered; a database outage is returned as an
 /// error for the caller to retry later, without using up attempts.
+///
+/// The handling is a consumer span for `group`, the child of the span that published the
+/// event (its `traceparent`), so a trace follows the event from service to service.
 pub async fn deliver(
     db: &PgPool,
+    group: &str,
     handler: &dyn EventHandler,
     topic: &str,
     event: &Envelope,
     traceparent: Option<String>,
 ) -> anyhow::Result<Delivery> {
+    let span = tracing::info_span!(
+        "consume",
+        otel.name = %format_args!("{topic} process"),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.destination.name = topic,
+        messaging.consumer.group.name = group,
+        messaging.message.id = %event.id,
+        event_type = %event.event_type,
+    );
+    trace::continue_from(&span, traceparent.as_deref());
     let context = trace::child_of(traceparent.as_deref());
-    trace::scope(context, async {
+    let work = trace::scope(context, async {
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 1;
         loop {
@@ -182,8 +198,8 @@ pub async fn deliver(
                 }
             }
         }
-    })
-    .await
+    });
+    work.instrument(span).await
 }
 
 /// Where a process's events go: Kafka, or subscribers in the same process.

@@ -10,9 +10,11 @@
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::Events;
+use crate::trace;
 
 const BATCH_SIZE: i64 = 256;
 /// How long an idle relay waits before looking again.
@@ -77,7 +79,21 @@ impl Relay {
             topics.dedup();
             self.events.ensure_topics(&topics).await;
         }
-        let outcomes = futures::future::join_all(rows.iter().map(|row| self.events.publish(row))).await;
+        let outcomes = futures::future::join_all(rows.iter().map(|row| {
+            // A producer span per event, the child of the span that wrote it to the outbox.
+            let span = tracing::info_span!(
+                "publish",
+                otel.name = %format_args!("{} publish", row.topic),
+                otel.kind = "producer",
+                messaging.system = "kafka",
+                messaging.destination.name = %row.topic,
+                messaging.message.id = %row.id,
+                service = self.service,
+            );
+            trace::continue_from(&span, Some(&row.traceparent));
+            self.events.publish(row).instrument(span)
+        }))
+        .await;
         let mut published = Vec::with_capacity(rows.len());
         let mut failure = None;
         for (row, outcome) in rows.iter().zip(outcomes) {
