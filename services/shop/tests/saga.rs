@@ -9,15 +9,14 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use reqwest::Method;
 use serde_json::json;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use support::Platform;
-use uuid::Uuid;
 
 const CUSTOMERS: usize = 24;
 const ROUNDS: usize = 2;
@@ -145,38 +144,6 @@ async fn chaos(platform: Arc<Platform>) {
     }
 }
 
-/// What is still in flight (empty when everything the invariants need is settled): a
-/// checkout, a payment attempt or refund, an unpaid order, an unpublished event, or a
-/// published one some consumer has not applied yet.
-async fn busy(db: &mut PgConnection) -> Vec<String> {
-    let mut counts: Vec<(String, i64)> =
-        sqlx::query_as(include_str!("../../../loadtest/sql/busy.sql")).fetch_all(&mut *db).await.unwrap();
-    let unpaid: i64 = sqlx::query_scalar("SELECT count(*) FROM ordering.orders WHERE status = 'pending_payment'")
-        .fetch_one(&mut *db)
-        .await
-        .unwrap();
-    counts.push(("unpaid orders".into(), unpaid));
-    counts.into_iter().filter(|(_, n)| *n > 0).map(|(what, n)| format!("{n} {what}")).collect()
-}
-
-/// The invariants of API.md, each violation described: stock conservation here (every
-/// product started with `STOCK`), the rest in the queries the load tests' audit shares.
-async fn violations(db: &mut PgConnection) -> Vec<String> {
-    let mut found = Vec::new();
-    // Stock put in = stock + reserved for pending orders + sold.
-    let rows: Vec<(Uuid, i32, i64)> =
-        sqlx::query_as(include_str!("../../../loadtest/sql/stock.sql")).fetch_all(&mut *db).await.unwrap();
-    for (product, stock, held) in rows {
-        if i64::from(stock) + held != STOCK {
-            found.push(format!("product {product}: stock {stock} + held {held} != {STOCK}"));
-        }
-    }
-    let rest: Vec<String> =
-        sqlx::query_scalar(include_str!("../../../loadtest/sql/invariants.sql")).fetch_all(&mut *db).await.unwrap();
-    found.extend(rest);
-    found
-}
-
 #[tokio::test]
 async fn the_checkout_saga_keeps_every_invariant_across_restarts() {
     let platform = Arc::new(
@@ -199,19 +166,7 @@ async fn the_checkout_saga_keeps_every_invariant_across_restarts() {
     chaos.await.unwrap();
 
     let db = PgPool::connect(platform.database.url()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    // Each look is one snapshot of every schema, so "quiet" and the checks see one moment.
-    let (busy, found) = loop {
-        let mut tx = db.begin().await.unwrap();
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await.unwrap();
-        let busy = busy(&mut tx).await;
-        let found = violations(&mut tx).await;
-        tx.rollback().await.unwrap();
-        if (busy.is_empty() && found.is_empty()) || Instant::now() > deadline {
-            break (busy, found);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let (busy, found) = support::settle(&db, STOCK, Duration::from_secs(120)).await;
     let outcomes: Vec<(String, i64)> = sqlx::query_as(
         "SELECT CASE WHEN o.status = 'cancelled' AND EXISTS (SELECT 1 FROM payments.payments p
                           WHERE p.order_id = o.id AND p.status = 'refunded') THEN 'cancelled and refunded'

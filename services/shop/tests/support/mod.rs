@@ -8,11 +8,15 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::testing::{TestBroker, TestDb, free_port, redis_prefix, redis_url};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use sqlx::{PgConnection, PgPool};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
 pub const SERVICES: [&str; 4] = ["user", "product", "order", "payment"];
@@ -41,8 +45,9 @@ impl Process {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PORT", self.port.to_string())
-            // The same consumer-group identity across restarts, as a StatefulSet pod has.
-            .env("KAFKA_GROUP_INSTANCE_ID", format!("saga-{}", self.name))
+            // The same consumer-group identity across restarts, as a StatefulSet pod has;
+            // a replica (another port) is another member.
+            .env("KAFKA_GROUP_INSTANCE_ID", format!("saga-{}-{}", self.name, self.port))
             .stdout(log.try_clone().expect("a log file"))
             .stderr(log)
             .spawn()
@@ -113,7 +118,12 @@ pub struct Platform {
     pub client: reqwest::Client,
     pub logs: PathBuf,
     pub database: TestDb,
-    _broker: TestBroker,
+    /// What every process was started with.
+    env: Vec<(String, String)>,
+    /// The order service's way to the product service.
+    pub product_link: SlowLink,
+    /// The platform's own broker, to stop and resume.
+    pub broker: tokio::sync::Mutex<TestBroker>,
 }
 
 impl Platform {
@@ -124,6 +134,8 @@ impl Platform {
         let database = TestDb::create().await;
         let broker = TestBroker::start().await;
         let ports: BTreeMap<&'static str, u16> = SERVICES.iter().map(|s| (*s, free_port())).collect();
+        // The order service reaches the product service through a link the test can slow down.
+        let product_link = SlowLink::start(ports["product"]).await;
         let mut env: Vec<(String, String)> = [
             ("DATABASE_URL", database.url().to_owned()),
             ("REDIS_URL", redis_url()),
@@ -133,7 +145,7 @@ impl Platform {
             ("BCRYPT_COST", "4".into()),
             ("LOGIN_RATE_LIMIT", "1000".into()),
             ("DB_MAX_CONNECTIONS", "8".into()),
-            ("PRODUCT_SERVICE_URL", format!("http://127.0.0.1:{}", ports["product"])),
+            ("PRODUCT_SERVICE_URL", format!("http://127.0.0.1:{}", product_link.port)),
             ("ORDER_SERVICE_URL", format!("http://127.0.0.1:{}", ports["order"])),
             ("RUST_LOG", std::env::var("SAGA_LOG").unwrap_or_else(|_| "warn".into())),
         ]
@@ -167,7 +179,32 @@ impl Platform {
             process.wait_ready(&client).await;
             processes.push(process);
         }
-        Self { processes: tokio::sync::Mutex::new(processes), ports, client, logs, database, _broker: broker }
+        Self {
+            processes: tokio::sync::Mutex::new(processes),
+            ports,
+            client,
+            logs,
+            database,
+            env,
+            product_link,
+            broker: tokio::sync::Mutex::new(broker),
+        }
+    }
+
+    /// Another process of service `name` on a port of its own, sharing everything with the
+    /// first (database, Redis, broker, secrets), as a second pod would; ready when returned.
+    pub async fn replica(&self, name: &'static str) -> Process {
+        let port = free_port();
+        let mut process = Process {
+            name,
+            port,
+            env: self.env.clone(),
+            child: None,
+            log: self.logs.join(format!("{name}-{port}.log")),
+        };
+        process.start();
+        process.wait_ready(&self.client).await;
+        process
     }
 
     /// The first admin's access token.
@@ -259,6 +296,114 @@ impl Platform {
     }
 }
 
+/// A TCP link to a local port that can hold every request back by a set delay: a service
+/// made slow without touching it (answers come back at once).
+pub struct SlowLink {
+    pub port: u16,
+    delay_ms: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowLink {
+    pub async fn start(upstream: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let delay = delay_ms.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let delay = delay.clone();
+                tokio::spawn(async move {
+                    // Upstream down: the caller sees its connection closed, as from a dead pod.
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { return };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let requests = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+                            let ms = delay.load(Ordering::Relaxed);
+                            if ms > 0 {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
+                            if server_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = server_write.shutdown().await;
+                    };
+                    let answers = async {
+                        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                        let _ = client_write.shutdown().await;
+                    };
+                    tokio::join!(requests, answers);
+                });
+            }
+        });
+        Self { port, delay_ms, task }
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 fn body_token(body: Option<&Value>) -> Option<&str> {
     body?.get("method")?.get("token")?.as_str()
+}
+
+/// What is still in flight (empty when everything the invariants need is settled): a
+/// checkout, a payment attempt or refund, an unpaid order, an unpublished event, or a
+/// published one some consumer has not applied yet.
+pub async fn busy(db: &mut PgConnection) -> Vec<String> {
+    let mut counts: Vec<(String, i64)> =
+        sqlx::query_as(include_str!("../../../../loadtest/sql/busy.sql")).fetch_all(&mut *db).await.unwrap();
+    let unpaid: i64 = sqlx::query_scalar("SELECT count(*) FROM ordering.orders WHERE status = 'pending_payment'")
+        .fetch_one(&mut *db)
+        .await
+        .unwrap();
+    counts.push(("unpaid orders".into(), unpaid));
+    counts.into_iter().filter(|(_, n)| *n > 0).map(|(what, n)| format!("{n} {what}")).collect()
+}
+
+/// The invariants of API.md, each violation described: stock conservation here (every
+/// product started with `stock`), the rest in the queries the load tests' audit shares.
+async fn violations(db: &mut PgConnection, stock: i64) -> Vec<String> {
+    let mut found = Vec::new();
+    // Stock put in = stock + reserved for pending orders + sold.
+    let rows: Vec<(Uuid, i32, i64)> =
+        sqlx::query_as(include_str!("../../../../loadtest/sql/stock.sql")).fetch_all(&mut *db).await.unwrap();
+    for (product, left, held) in rows {
+        if i64::from(left) + held != stock {
+            found.push(format!("product {product}: stock {left} + held {held} != {stock}"));
+        }
+    }
+    let rest: Vec<String> =
+        sqlx::query_scalar(include_str!("../../../../loadtest/sql/invariants.sql")).fetch_all(&mut *db).await.unwrap();
+    found.extend(rest);
+    found
+}
+
+/// Waits up to `limit` for the platform to be quiet with every invariant holding (every
+/// product having started with `stock` units); returns what is still busy and what is
+/// violated at the last look (both empty on success). Each look is one snapshot of every
+/// schema, so "quiet" and the checks see one moment.
+pub async fn settle(db: &PgPool, stock: i64, limit: Duration) -> (Vec<String>, Vec<String>) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut tx = db.begin().await.unwrap();
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await.unwrap();
+        let busy = busy(&mut tx).await;
+        let found = violations(&mut tx, stock).await;
+        tx.rollback().await.unwrap();
+        if (busy.is_empty() && found.is_empty()) || Instant::now() > deadline {
+            return (busy, found);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
