@@ -119,6 +119,56 @@ impl utoipa::Modify for BearerScheme {
     }
 }
 
+/// Declares on every operation the problems the shared extractors and middleware answer
+/// with, so that each handler's document lists only its own: a body that is malformed,
+/// too large or not JSON (400, 413, 415, 422), a bad query or `Idempotency-Key` (400), a
+/// missing or bad token (401), a path segment that is not an id (404), and the database
+/// or a dependency away (503). Runs on the merged document of the process.
+struct SharedProblems;
+
+impl utoipa::Modify for SharedProblems {
+    fn modify(&self, openapi: &mut OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let problem = |description: &str| {
+            let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build();
+            RefOr::T(
+                ResponseBuilder::new().description(description).content("application/problem+json", content).build(),
+            )
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for operation in operations.into_iter().flatten() {
+                let parameters = operation.parameters.as_deref().unwrap_or_default();
+                let in_path = parameters.iter().any(|p| p.parameter_in == ParameterIn::Path);
+                let in_query_or_header =
+                    parameters.iter().any(|p| matches!(p.parameter_in, ParameterIn::Query | ParameterIn::Header));
+                let mut shared = vec![("503", "`unavailable` or `upstream_unavailable`: try again later")];
+                if operation.request_body.is_some() {
+                    shared.extend([
+                        ("400", "`bad_request`: malformed JSON, or not an object"),
+                        ("413", "`payload_too_large`: a body over 64 KiB"),
+                        ("415", "`unsupported_media_type`: not `application/json`"),
+                        ("422", "`validation_failed`: fields missing, unknown or invalid"),
+                    ]);
+                }
+                if in_query_or_header {
+                    shared.push(("400", "`bad_request`: a malformed parameter or header"));
+                }
+                if in_path {
+                    shared.push(("404", "`not_found`"));
+                }
+                if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    shared.push(("401", "`unauthorized`: no valid access token"));
+                }
+                for (status, description) in shared {
+                    operation.responses.responses.entry(status.to_owned()).or_insert_with(|| problem(description));
+                }
+            }
+        }
+    }
+}
+
 /// What every service of one process shares: the cache (and with it token revocations),
 /// the Redis connection for rate limits, and the token authenticator. In `shop` the
 /// services must share these, or a logout in one would not be seen by another.
@@ -210,6 +260,7 @@ pub fn app(services: Vec<Service>, shared: Shared) -> Router {
     if let Some(services) = openapi {
         doc.merge(services);
     }
+    utoipa::Modify::modify(&SharedProblems, &mut doc);
     let openapi = doc;
 
     router

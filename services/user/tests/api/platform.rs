@@ -89,6 +89,18 @@ async fn the_openapi_document_and_docs_page_are_served() {
     assert!(doc["paths"]["/api/users/me"]["patch"].is_object());
     assert!(doc["components"]["schemas"]["Problem"].is_object());
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    // What the shared extractors answer is declared on every operation it can happen to.
+    let statuses = |path: &str, method: &str| -> Vec<String> {
+        doc["paths"][path][method]["responses"].as_object().unwrap().keys().cloned().collect()
+    };
+    let login = statuses("/api/auth/login", "post");
+    for status in ["200", "400", "413", "415", "422", "503"] {
+        assert!(login.contains(&status.to_owned()), "login declares {status}: {login:?}");
+    }
+    let user = statuses("/api/users/{id}", "get");
+    for status in ["401", "403", "404", "503"] {
+        assert!(user.contains(&status.to_owned()), "GET /api/users/{{id}} declares {status}: {user:?}");
+    }
 
     let res = app.get("/docs/", None).await;
     assert_eq!(res.status(), 200);
