@@ -258,14 +258,7 @@ async fn checkout_keeps_every_promise_through_crashes_and_outages() {
     let (_, products) = platform.catalogue(&admin, PRODUCTS, STOCK).await;
     let mut tokens = Vec::new();
     for n in 0..CUSTOMERS {
-        let email = format!("chaos{n}@example.com");
-        let body = json!({"username": format!("chaos{n}"), "email": email, "password": "correct horse"});
-        let (status, _) = platform.send("user", Method::POST, "/api/auth/register", None, None, Some(&body)).await;
-        assert_eq!(status, 201);
-        let body = json!({"email": email, "password": "correct horse"});
-        let (status, session) = platform.send("user", Method::POST, "/api/auth/login", None, None, Some(&body)).await;
-        assert_eq!(status, 200);
-        tokens.push(session["access_token"].as_str().unwrap().to_owned());
+        tokens.push(platform.customer(&format!("chaos{n}")).await);
     }
 
     let chaos = Arc::new(Chaos {

@@ -190,14 +190,7 @@ async fn every_service_answers_what_it_started_when_terminated() {
     let mut customers = Vec::new();
     // One customer per worker, and one more for the slow request.
     for n in 0..=WORKERS {
-        let email = format!("worker{n}@example.com");
-        let body = json!({"username": format!("worker{n}"), "email": email, "password": "correct horse"});
-        let (status, _) = platform.send("user", Method::POST, "/api/auth/register", None, None, Some(&body)).await;
-        assert_eq!(status, 201);
-        let body = json!({"email": email, "password": "correct horse"});
-        let (status, tokens) = platform.send("user", Method::POST, "/api/auth/login", None, None, Some(&body)).await;
-        assert_eq!(status, 200);
-        let token = tokens["access_token"].as_str().unwrap().to_owned();
+        let token = platform.customer(&format!("worker{n}")).await;
         let path = format!("/api/cart/items/{}", products[n % products.len()]);
         let (status, _) =
             platform.send("order", Method::PUT, &path, Some(&token), None, Some(&json!({"quantity": 1}))).await;

@@ -215,6 +215,18 @@ impl Platform {
         tokens["access_token"].as_str().unwrap().to_owned()
     }
 
+    /// Registers a customer named `name` and logs them in; their access token.
+    pub async fn customer(&self, name: &str) -> String {
+        let email = format!("{name}@example.com");
+        let body = json!({"username": name, "email": email, "password": "correct horse"});
+        let (status, user) = self.send("user", Method::POST, "/api/auth/register", None, None, Some(&body)).await;
+        assert_eq!(status, 201, "register: {user}");
+        let body = json!({"email": email, "password": "correct horse"});
+        let (status, tokens) = self.send("user", Method::POST, "/api/auth/login", None, None, Some(&body)).await;
+        assert_eq!(status, 200, "login: {tokens}");
+        tokens["access_token"].as_str().unwrap().to_owned()
+    }
+
     /// Adds `count` products with `stock` each to a new category, by the admin; returns
     /// the category's id and the products'.
     pub async fn catalogue(&self, admin: &str, count: usize, stock: i64) -> (String, Vec<String>) {
