@@ -274,7 +274,6 @@ pub fn app(services: Vec<Service>, shared: Shared) -> Router {
             ServiceBuilder::new()
                 .layer(middleware::from_fn_with_state(shared.requests.clone(), run_to_completion))
                 .layer(middleware::from_fn(request_id::middleware))
-                .layer(middleware::from_fn(trace::middleware))
                 .layer(TraceLayer::new_for_http().make_span_with(make_span).on_response(on_response))
                 .layer(CatchPanicLayer::custom(panicked))
                 .layer(middleware::from_fn(problem_for_bare_errors))

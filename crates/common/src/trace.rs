@@ -1,17 +1,12 @@
-//! W3C Trace Context: the `traceparent` of the work in progress, taken from the incoming
-//! request (or consumed event) when it carries a valid one, started afresh otherwise, and
-//! passed on in every outgoing call and every event written while handling it.
-//!
-//! With OpenTelemetry installed (the binaries' `telemetry::init_tracing`), what is passed
-//! on is the current span's context, so each hop is a child span of the one that made it.
-//! Without it (tests of one piece), a task-local context keeps the trace id flowing.
+//! W3C Trace Context on OpenTelemetry spans: a request's (or consumed event's) span
+//! continues the `traceparent` it came with, when valid, and what is passed on in every
+//! outgoing call and every event written is the current span's context, so each hop is a
+//! child span of the one that made it. Where no OpenTelemetry layer is installed (tests of
+//! one piece), what is passed on is a fresh, valid `traceparent`.
 
 use std::collections::HashMap;
 
-use axum::extract::Request;
 use axum::http::HeaderName;
-use axum::middleware::Next;
-use axum::response::Response;
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -19,10 +14,6 @@ use rand::RngCore;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-
-tokio::task_local! {
-    static CURRENT: String;
-}
 
 /// A `traceparent` in the only version we speak (`00-<trace id>-<parent id>-<flags>`),
 /// lower-case hex, with non-zero ids.
@@ -56,15 +47,9 @@ pub fn child_of(parent: Option<&str>) -> String {
     }
 }
 
-/// The trace context of the running task, if one was set.
-pub fn current() -> Option<String> {
-    CURRENT.try_with(Clone::clone).ok()
-}
-
-/// The `traceparent` to pass on from here: the current span's, or else a child of the
-/// task's context.
+/// The `traceparent` to pass on from here: the current span's, or else a new trace's.
 pub fn outgoing() -> String {
-    of_span(&tracing::Span::current()).unwrap_or_else(|| child_of(current().as_deref()))
+    of_span(&tracing::Span::current()).unwrap_or_else(|| child_of(None))
 }
 
 /// `span`'s `traceparent`, when OpenTelemetry records it.
@@ -90,21 +75,6 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
     let otel = context.span();
     let span_context = otel.span_context();
     span_context.is_valid().then(|| span_context.trace_id().to_string())
-}
-
-/// Runs `work` with `traceparent` as its trace context.
-pub async fn scope<F: Future>(traceparent: String, work: F) -> F::Output {
-    CURRENT.scope(traceparent, work).await
-}
-
-/// Middleware: puts the request's trace context in scope for the rest of the stack.
-pub async fn middleware(request: Request, next: Next) -> Response {
-    let incoming = request.headers().get(&TRACEPARENT).and_then(|v| v.to_str().ok()).filter(|v| parse(v).is_some());
-    let context = match incoming {
-        Some(value) => value.to_owned(),
-        None => child_of(None),
-    };
-    scope(context, next.run(request)).await
 }
 
 #[cfg(test)]

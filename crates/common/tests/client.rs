@@ -17,6 +17,7 @@ use reqwest::Method;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 
 fn auth() -> Arc<Authenticator> {
     let secret = SecretString::from("client-test-secret-client-test-secret".to_owned());
@@ -77,13 +78,13 @@ async fn upstream_server(fail_first: usize) -> (Upstream, Arc<AtomicUsize>, Arc<
 #[tokio::test]
 async fn calls_carry_a_service_token_the_request_id_and_the_trace() {
     let (upstream, _, auth) = upstream_server(0).await;
+    common::testing::spans();
+    // The caller's span continues the trace a request came with.
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let answer = common::request_id::scope(
-        "req-42".to_owned(),
-        common::trace::scope(parent.to_owned(), upstream.call::<()>(Method::GET, "/echo", None, true)),
-    )
-    .await
-    .unwrap();
+    let span = tracing::info_span!("request");
+    common::trace::continue_from(&span, Some(parent));
+    let call = upstream.call::<()>(Method::GET, "/echo", None, true).instrument(span);
+    let answer = common::request_id::scope("req-42".to_owned(), call).await.unwrap();
     let seen: Value = answer.json().unwrap();
     let token = seen["authorization"].as_str().unwrap().strip_prefix("Bearer ").unwrap();
     assert_eq!(auth.verify_service(token).unwrap().sub, "order");

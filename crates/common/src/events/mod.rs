@@ -171,8 +171,7 @@ pub async fn deliver(
         event_type = %event.event_type,
     );
     trace::continue_from(&span, traceparent.as_deref());
-    let context = trace::child_of(traceparent.as_deref());
-    let work = trace::scope(context, async {
+    let work = async {
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 1;
         loop {
@@ -198,7 +197,7 @@ pub async fn deliver(
                 }
             }
         }
-    });
+    };
     work.instrument(span).await
 }
 
