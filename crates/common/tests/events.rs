@@ -8,6 +8,8 @@ use common::db::{self, Schema};
 use common::events::{self, Envelope, EventHandler, Events, Relay, Subscription};
 use common::testing::{TestBroker, TestDb, read_topic};
 use futures::future::BoxFuture;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 use sqlx::migrate::Migrator;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -181,6 +183,61 @@ async fn an_event_redelivered_after_its_effect_committed_changes_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(effects(&pool).await, rows);
     assert_eq!(rows.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [1, 2], "the first event took effect once");
+}
+
+/// A group that resumes from an offset it committed between two records of one relay
+/// round (a consumer restarted or rebalanced half way) gets every record after it, and
+/// none before.
+#[tokio::test]
+async fn a_group_resuming_between_the_records_of_one_round_gets_every_later_one() {
+    let broker = TestBroker::start().await;
+    let (_db, pool) = schema().await;
+    let events = kafka(&broker).await;
+    let relay = Relay::new("test", pool.clone(), events.clone());
+    // One round: sixty aggregates, published together, about twenty to a partition.
+    for n in 0..60 {
+        emit_committed(&pool, "test.happened", Uuid::now_v7(), n).await;
+    }
+    assert_eq!(relay.publish_pending().await.unwrap(), 60);
+    let records = read_topic(&broker.brokers(), TOPIC, 60, Duration::from_secs(20)).await;
+    assert_eq!(records.len(), 60);
+
+    // The group committed the middle of the fullest partition, as a consumer that
+    // applied half of it and stopped would have.
+    let partition = (0..3).max_by_key(|p| records.iter().filter(|r| r.partition == *p).count()).unwrap();
+    let mut offsets: Vec<i64> = records.iter().filter(|r| r.partition == partition).map(|r| r.offset).collect();
+    offsets.sort_unstable();
+    let resume_at = offsets[offsets.len() / 2];
+    let group = format!("test-{}", Uuid::new_v4().simple());
+    let committer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .set("group.id", &group)
+        .create()
+        .unwrap();
+    let mut position = TopicPartitionList::new();
+    position.add_partition_offset(TOPIC, partition, Offset::Offset(resume_at)).unwrap();
+    committer.commit(&position, CommitMode::Sync).unwrap();
+    drop(committer);
+
+    events
+        .subscribe(Subscription {
+            group,
+            topics: vec![TOPIC.to_owned()],
+            db: pool.clone(),
+            handler: Arc::new(RecordEffect),
+        })
+        .await;
+    let expected: HashSet<Uuid> = records
+        .iter()
+        .filter(|r| r.partition != partition || r.offset >= resume_at)
+        .map(|r| serde_json::from_slice::<Envelope>(&r.value).unwrap().id)
+        .collect();
+    wait_for_effects(&pool, expected.len()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows = effects(&pool).await;
+    let applied: HashSet<Uuid> = rows.iter().map(|(id, _)| *id).collect();
+    assert_eq!(applied.len(), rows.len(), "each record applied once");
+    assert_eq!(applied, expected, "resumed at offset {resume_at} of partition {partition}");
 }
 
 #[tokio::test]

@@ -55,6 +55,13 @@ impl Kafka {
             .set("acks", "all")
             .set("message.timeout.ms", PUBLISH_TIMEOUT.as_millis().to_string())
             .set("linger.ms", "2")
+            // One record per batch. The local broker (tansu's memory engine) answers a fetch
+            // from an offset inside a batch with the batches after it, so a consumer that
+            // resumes from a committed offset in the middle of a batch (after a restart or
+            // a rebalance) would never see the rest of that batch. The cost is one record
+            // per partition in each produce request (five in flight), ample for relays that
+            // publish hundreds of events a second.
+            .set("batch.num.messages", "1")
             // A missing topic fails fast (the relay then creates it) instead of holding
             // records for librdkafka's default 30 s.
             .set("topic.metadata.propagation.max.ms", "1000")
