@@ -383,6 +383,30 @@ pub async fn busy(db: &mut PgConnection) -> Vec<String> {
     counts.into_iter().filter(|(_, n)| *n > 0).map(|(what, n)| format!("{n} {what}")).collect()
 }
 
+/// Each published event some consumer has not applied, described (topic, type, aggregate,
+/// when it was written and published, and which groups are missing it): what a run that
+/// never becomes quiet is waiting for.
+pub async fn stragglers(db: &PgPool) -> Vec<(Uuid, String)> {
+    sqlx::query_as(
+        "SELECT e.id, format('%s %s of %s: written %s, published %s, missing in %s', e.topic, e.event_type,
+                e.aggregate_id, e.created_at::time, e.published_at::time, missing)
+         FROM (SELECT id, topic, event_type, aggregate_id, created_at, published_at FROM ordering.outbox
+               UNION ALL SELECT id, topic, event_type, aggregate_id, created_at, published_at FROM payments.outbox) e,
+         LATERAL (SELECT string_agg(g, ', ') AS missing FROM (
+               SELECT 'catalog' AS g WHERE e.topic = 'order.events'
+                   AND NOT EXISTS (SELECT 1 FROM catalog.inbox i WHERE i.event_id = e.id)
+               UNION ALL SELECT 'payments' WHERE e.topic = 'order.events'
+                   AND NOT EXISTS (SELECT 1 FROM payments.inbox i WHERE i.event_id = e.id)
+               UNION ALL SELECT 'ordering' WHERE e.topic = 'payment.events'
+                   AND NOT EXISTS (SELECT 1 FROM ordering.inbox i WHERE i.event_id = e.id)) m) g
+         WHERE e.published_at IS NOT NULL AND missing IS NOT NULL
+         ORDER BY e.created_at",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
 /// The invariants of API.md, each violation described: stock conservation here (every
 /// product started with `stock`), the rest in the queries the load tests' audit shares.
 async fn violations(db: &mut PgConnection, stock: i64) -> Vec<String> {
