@@ -175,6 +175,9 @@ async fn enter(conn: &mut PgConnection, schema: Schema) -> Result<(), sqlx::Erro
     Ok(())
 }
 
+/// A pooled connection idle this long is checked before it is handed out.
+const IDLE_PING_AFTER: Duration = Duration::from_secs(10);
+
 /// The service's pool: every connection is in the service's role and schema.
 pub async fn connect(url: &SecretString, schema: Schema, max_connections: u32) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
@@ -183,6 +186,17 @@ pub async fn connect(url: &SecretString, schema: Schema, max_connections: u32) -
         .acquire_timeout(Duration::from_secs(5))
         .idle_timeout(Duration::from_secs(300))
         .after_connect(move |conn, _meta| Box::pin(async move { enter(conn, schema).await }))
+        // A connection in steady use is not pinged before each checkout (a round trip on
+        // every request's path); one that sat idle is, since the server may have dropped it.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= IDLE_PING_AFTER {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options(url)?)
         .await?;
     Ok(pool)

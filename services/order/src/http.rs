@@ -121,11 +121,14 @@ async fn put_cart_item(
     Json(req): Json<CartQuantity>,
 ) -> Result<Json<Cart>, ApiError> {
     let quantity = Quantity::parse(req.quantity).map_err(|e| ApiError::invalid_field("quantity", e))?;
-    state.products.product(product_id).await?.ok_or(Error::UnknownProduct)?;
     // Priced before it is written: a change refused (a total past the largest amount) is
-    // not kept, and the cart stays readable.
+    // not kept, and the cart stays readable. A product the catalogue does not have is
+    // left out of the priced cart.
     let change = Line { product_id, quantity: quantity.get() };
     let cart = priced_cart(&state, user.id, Some(change)).await?;
+    if !cart.items.iter().any(|item| item.product_id == product_id) {
+        return Err(Error::UnknownProduct.into());
+    }
     repository::put_cart_item(&state.db, user.id, product_id, quantity.get()).await?;
     Ok(Json(cart))
 }

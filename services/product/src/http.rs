@@ -414,9 +414,8 @@ async fn reserve(
     let mut tx = state.db.begin().await?;
     let (reservation, changed) = repository::reserve(&mut tx, req.order_id, &lines, first_line).await?;
     tx.commit().await?;
-    for product in &changed {
-        state.catalog.written(product, false).await;
-    }
+    // Side by side: the cache connection pipelines them.
+    futures::future::join_all(changed.iter().map(|product| state.catalog.written(product, false))).await;
     let status = if reservation.created { StatusCode::CREATED } else { StatusCode::OK };
     let body = ReservationResponse { order_id: req.order_id, status: reservation.status, items: reservation.items };
     Ok((status, Json(body)))
