@@ -70,6 +70,17 @@ async fn kafka(broker: &TestBroker) -> Events {
     events
 }
 
+/// The test handler on `TOPIC` in consumer group `group`.
+async fn subscribe(events: &Events, pool: &PgPool, group: impl Into<String>) {
+    let subscription = Subscription {
+        group: group.into(),
+        topics: vec![TOPIC.to_owned()],
+        db: pool.clone(),
+        handler: Arc::new(RecordEffect),
+    };
+    events.subscribe(subscription).await;
+}
+
 async fn effects(pool: &PgPool) -> Vec<(Uuid, i32)> {
     sqlx::query_as("SELECT event_id, n FROM effects ORDER BY n").fetch_all(pool).await.unwrap()
 }
@@ -169,14 +180,7 @@ async fn an_event_redelivered_after_its_effect_committed_changes_nothing() {
     // Its successor in the same group starts from the uncommitted offset and gets the
     // event again, then the next one of the same aggregate (same partition, after it).
     let group = format!("test-{}", Uuid::new_v4().simple());
-    events
-        .subscribe(Subscription {
-            group,
-            topics: vec![TOPIC.to_owned()],
-            db: pool.clone(),
-            handler: Arc::new(RecordEffect),
-        })
-        .await;
+    subscribe(&events, &pool, group).await;
     emit_committed(&pool, "test.happened", aggregate, 2).await;
     drain(&relay).await;
     let rows = wait_for_effects(&pool, 2).await;
@@ -219,14 +223,7 @@ async fn a_group_resuming_between_the_records_of_one_round_gets_every_later_one(
     committer.commit(&position, CommitMode::Sync).unwrap();
     drop(committer);
 
-    events
-        .subscribe(Subscription {
-            group,
-            topics: vec![TOPIC.to_owned()],
-            db: pool.clone(),
-            handler: Arc::new(RecordEffect),
-        })
-        .await;
+    subscribe(&events, &pool, group).await;
     let expected: HashSet<Uuid> = records
         .iter()
         .filter(|r| r.partition != partition || r.offset >= resume_at)
@@ -257,14 +254,7 @@ async fn poison_records_are_dead_lettered_and_the_next_record_is_still_processed
     let good = emit_committed(&pool, "test.happened", aggregate, 2).await;
     drain(&relay).await;
 
-    events
-        .subscribe(Subscription {
-            group: format!("test-{}", Uuid::new_v4().simple()),
-            topics: vec![TOPIC.to_owned()],
-            db: pool.clone(),
-            handler: Arc::new(RecordEffect),
-        })
-        .await;
+    subscribe(&events, &pool, format!("test-{}", Uuid::new_v4().simple())).await;
     let rows = wait_for_effects(&pool, 1).await;
     assert_eq!(rows, [(good.id, 2)]);
 
@@ -321,14 +311,7 @@ async fn two_relays_on_one_outbox_publish_each_event_once_and_in_order() {
 async fn without_a_broker_events_reach_in_process_subscribers_once() {
     let (_db, pool) = schema().await;
     let events = Events::connect(None).unwrap();
-    events
-        .subscribe(Subscription {
-            group: "test".into(),
-            topics: vec![TOPIC.to_owned()],
-            db: pool.clone(),
-            handler: Arc::new(RecordEffect),
-        })
-        .await;
+    subscribe(&events, &pool, "test").await;
     let relay = Relay::new("test", pool.clone(), events);
     for n in 0..3 {
         emit_committed(&pool, "test.happened", Uuid::now_v7(), n).await;
@@ -383,14 +366,7 @@ async fn metrics_show_the_backlog_publish_errors_and_consumer_lag() {
     events.ensure_topics(&[TOPIC.to_owned()]).await;
 
     let group = format!("lag{}", Uuid::new_v4().simple());
-    events
-        .subscribe(Subscription {
-            group: group.clone(),
-            topics: vec![TOPIC.to_owned()],
-            db: pool.clone(),
-            handler: Arc::new(RecordEffect),
-        })
-        .await;
+    subscribe(&events, &pool, group.clone()).await;
     wait_for_effects(&pool, 5).await;
     let lag_prefix = format!("kafka_consumer_lag{{group=\"{group}\",topic=\"{TOPIC}\"");
     let mut lag_seen = false;
