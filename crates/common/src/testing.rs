@@ -129,9 +129,55 @@ impl Drop for TestServer {
     }
 }
 
-/// A free TCP port on the loopback interface.
+/// A free TCP port on the loopback interface, for a process a test starts. The port is
+/// free only until someone binds it, so each is claimed (a file under the temporary
+/// directory) and never handed to another test process of the same run; claims older
+/// than an hour are an earlier run's.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    let claims = std::env::temp_dir().join("shop-test-ports");
+    let _ = std::fs::create_dir_all(&claims);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let claim = claims.join(port.to_string());
+        let stale = std::fs::metadata(&claim)
+            .and_then(|m| m.modified())
+            .is_ok_and(|at| at.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(3600)));
+        if stale {
+            let _ = std::fs::remove_file(&claim);
+        }
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&claim) {
+            Ok(_) => return port,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            // No claims possible (a read-only temporary directory): the port as it is.
+            Err(_) => return port,
+        }
+    }
+}
+
+/// Whether process `pid` holds the socket listening on TCP `port` (Linux's `/proc`): a
+/// readiness probe may otherwise be answered by another process on a port that this one
+/// failed to bind.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let suffix = format!(":{port:04X}");
+    let mut sockets = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local address, state (0A: listening), inode
+            if let [_, local, _, "0A", _, _, _, _, _, inode, ..] = fields[..]
+                && local.ends_with(&suffix)
+            {
+                sockets.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str()))
+    })
 }
 
 /// A Kafka-protocol broker of one test's own (`tansu`, in memory), so a test can stop and

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::testing::{TestBroker, TestDb, free_port, redis_prefix, redis_url};
+use common::testing::{TestBroker, TestDb, free_port, listens_on, redis_prefix, redis_url};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
@@ -74,8 +74,12 @@ impl Process {
                 let log = std::fs::read_to_string(&self.log).unwrap_or_default();
                 panic!("{} exited: {status}\n{log}", self.name);
             }
+            // Ready, and it is this process that answers (not another test's on a port
+            // this one could not bind).
+            let pid = self.child.as_ref().map(Child::id);
             if let Ok(res) = client.get(self.url("/ready")).send().await
                 && res.status() == StatusCode::OK
+                && pid.is_some_and(|pid| listens_on(pid, self.port))
             {
                 return;
             }
