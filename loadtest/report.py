@@ -35,7 +35,8 @@ def plot_throughput(report: dict, out: pathlib.Path) -> None:
         if row["target_ratio"]:
             label += f"\n(target {row['target_ratio']:.0%})"
         ax.text(i + 0.2, ours[i], label, ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(list(x), [n if n != "checkout" else "checkout\n(orders/s vs tx/s)" for n in names])
+    ticks = {"checkout": "checkout\n(orders/s vs tx/s)"}
+    ax.set_xticks(list(x), [ticks.get(n, n.replace(" (", "\n(")) for n in names])
     ax.set_ylabel("requests per second")
     ax.set_title(f"Throughput against the machine's ceiling ({report['settings']['connections']} connections)")
     ax.legend()
@@ -53,7 +54,7 @@ def plot_latency(report: dict, out: pathlib.Path) -> None:
     for j, (key, label) in enumerate(percentiles):
         ax.bar([i + (j - 1) * width for i in range(len(names))], [ms(rows[n][key]) for n in names], width=width,
                label=label)
-    ax.set_xticks(range(len(names)), names, rotation=15)
+    ax.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], rotation=15)
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
     ax.set_title("Latency percentiles per run")
