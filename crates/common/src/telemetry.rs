@@ -9,7 +9,6 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -58,11 +57,10 @@ fn provider(service: &'static str) -> SdkTracerProvider {
 }
 
 /// Installs the global subscriber: log lines filtered by `RUST_LOG` (default `info`),
-/// and spans at `info` and above for OpenTelemetry whatever `RUST_LOG` says, with W3C
-/// Trace Context as the propagator. `service` names the process in exported traces.
-/// Safe to call more than once (later calls install nothing).
+/// and spans at `info` and above for OpenTelemetry whatever `RUST_LOG` says (W3C Trace
+/// Context is carried by `common::trace`). `service` names the process in exported
+/// traces. Safe to call more than once (later calls install nothing).
 pub fn init_tracing(app_env: AppEnv, service: &'static str) -> Telemetry {
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let provider = provider(service);
     let traces = tracing_opentelemetry::layer().with_tracer(provider.tracer("shop")).with_filter(LevelFilter::INFO);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

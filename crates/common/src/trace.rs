@@ -38,18 +38,14 @@ fn random_hex(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A new span in the trace of `parent` (or a new trace): same trace id and flags, a new
-/// parent id, which is what a hop passes on.
-pub fn child_of(parent: Option<&str>) -> String {
-    match parent.and_then(parse) {
-        Some((trace_id, _, flags)) => format!("00-{trace_id}-{}-{flags}", random_hex(8)),
-        None => format!("00-{}-{}-01", random_hex(16), random_hex(8)),
-    }
+/// The `traceparent` of a new, sampled trace.
+fn new_trace() -> String {
+    format!("00-{}-{}-01", random_hex(16), random_hex(8))
 }
 
 /// The `traceparent` to pass on from here: the current span's, or else a new trace's.
 pub fn outgoing() -> String {
-    of_span(&tracing::Span::current()).unwrap_or_else(|| child_of(None))
+    of_span(&tracing::Span::current()).unwrap_or_else(new_trace)
 }
 
 /// `span`'s `traceparent`, when OpenTelemetry records it.
@@ -98,13 +94,9 @@ mod tests {
     }
 
     #[test]
-    fn children_keep_the_trace_and_change_the_parent() {
-        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let child = child_of(Some(parent));
-        let (trace_id, parent_id, flags) = parse(&child).unwrap();
-        assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(parent_id, "00f067aa0ba902b7");
-        assert_eq!(flags, "01");
-        assert!(parse(&child_of(None)).is_some());
+    fn without_opentelemetry_a_new_trace_is_passed_on() {
+        let (first, second) = (outgoing(), outgoing());
+        assert!(parse(&first).is_some(), "{first}");
+        assert_ne!(parse(&first).unwrap().0, parse(&second).unwrap().0, "each is a trace of its own");
     }
 }
