@@ -376,7 +376,7 @@ pub async fn insert_order(tx: &mut PgConnection, order: &Order) -> Result<(), Er
     Ok(())
 }
 
-#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
+/// [`find_order_in`] on a connection of the pool (whose span it is).
 pub async fn find_order(db: &PgPool, id: Uuid) -> Result<Option<Order>, Error> {
     find_order_in(&mut *db.acquire().await?, id).await
 }
