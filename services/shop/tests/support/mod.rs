@@ -387,12 +387,12 @@ pub async fn busy(db: &mut PgConnection) -> Vec<String> {
     counts.into_iter().filter(|(_, n)| *n > 0).map(|(what, n)| format!("{n} {what}")).collect()
 }
 
-/// Each published event some consumer has not applied, described (topic, type, aggregate,
-/// when it was written and published, and which groups are missing it): what a run that
-/// never becomes quiet is waiting for.
-pub async fn stragglers(db: &PgPool) -> Vec<(Uuid, String)> {
+/// Each published event some consumer has not applied: its id, its topic, and a
+/// description (type, aggregate, when it was written and published, and which groups are
+/// missing it): what a run that never becomes quiet is waiting for.
+pub async fn stragglers(db: &PgPool) -> Vec<(Uuid, String, String)> {
     sqlx::query_as(
-        "SELECT e.id, format('%s %s of %s: written %s, published %s, missing in %s', e.topic, e.event_type,
+        "SELECT e.id, e.topic, format('%s of %s: written %s, published %s, missing in %s', e.event_type,
                 e.aggregate_id, e.created_at::time, e.published_at::time, missing)
          FROM (SELECT id, topic, event_type, aggregate_id, created_at, published_at FROM ordering.outbox
                UNION ALL SELECT id, topic, event_type, aggregate_id, created_at, published_at FROM payments.outbox) e,
