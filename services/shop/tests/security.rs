@@ -49,6 +49,14 @@ impl Lab {
         Self { platform, secret, secrets, bodies: Mutex::default() }
     }
 
+    /// A lab with its admin signed in and one product of 10 units: where most tests start.
+    async fn with_product() -> (Self, Customer, String) {
+        let lab = Self::start(&[]).await;
+        let admin = lab.admin().await;
+        let product = lab.product(&admin.access, 10).await;
+        (lab, admin, product)
+    }
+
     /// One request, never retried; an error's body is kept for the leak check.
     async fn call(
         &self,
@@ -198,9 +206,7 @@ fn now() -> i64 {
 
 #[tokio::test]
 async fn one_customer_cannot_read_or_change_what_is_anothers() {
-    let lab = Lab::start(&[]).await;
-    let admin = lab.admin().await;
-    let product = lab.product(&admin.access, 10).await;
+    let (lab, _, product) = Lab::with_product().await;
     let (alice, mallory) = (lab.customer("alice").await, lab.customer("mallory").await);
 
     let order = lab.order(&alice, &product).await;
@@ -272,9 +278,7 @@ async fn one_customer_cannot_read_or_change_what_is_anothers() {
 
 #[tokio::test]
 async fn customers_and_strangers_cannot_call_admin_or_internal_routes() {
-    let lab = Lab::start(&[]).await;
-    let admin = lab.admin().await;
-    let product = lab.product(&admin.access, 10).await;
+    let (lab, admin, product) = Lab::with_product().await;
     let customer = lab.customer("eve").await;
     let order = lab.order(&customer, &product).await;
     let (status, paid) = lab.pay(&customer, &order).await;
@@ -321,9 +325,7 @@ async fn customers_and_strangers_cannot_call_admin_or_internal_routes() {
 
 #[tokio::test]
 async fn fields_a_client_must_not_set_are_refused() {
-    let lab = Lab::start(&[]).await;
-    let admin = lab.admin().await;
-    let product = lab.product(&admin.access, 10).await;
+    let (lab, _, product) = Lab::with_product().await;
     let victim = lab.customer("victim").await;
     let customer = lab.customer("sneaky").await;
     let c = Some(customer.access.as_str());
@@ -397,9 +399,7 @@ fn token(alg: Algorithm, key: &str, claims: &Value) -> String {
 
 #[tokio::test]
 async fn forged_and_stale_tokens_open_nothing() {
-    let lab = Lab::start(&[]).await;
-    let admin = lab.admin().await;
-    let product = lab.product(&admin.access, 10).await;
+    let (lab, admin, product) = Lab::with_product().await;
     let customer = lab.customer("holder").await;
     let order = lab.order(&customer, &product).await;
     let t = now();
