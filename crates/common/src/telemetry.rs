@@ -10,7 +10,8 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::filter::LevelFilter;
+use tracing::Level;
+use tracing_subscriber::filter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer as _};
@@ -62,7 +63,22 @@ fn provider(service: &'static str) -> SdkTracerProvider {
 /// traces. Safe to call more than once (later calls install nothing).
 pub fn init_tracing(app_env: AppEnv, service: &'static str) -> Telemetry {
     let provider = provider(service);
-    let traces = tracing_opentelemetry::layer().with_tracer(provider.tracer("shop")).with_filter(LevelFilter::INFO);
+    // Spans at `info` and up, and of events only warnings and errors: a request's span is
+    // made on every request, so it carries only what a trace viewer shows (no busy/idle
+    // timings, thread or source attributes, and no per-request "response" event), and no
+    // OpenTelemetry context is attached on every poll, since `common::trace` reads the
+    // span's context itself.
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("shop"))
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false)
+        .with_target(false)
+        .with_context_activation(false)
+        .with_filter(filter::filter_fn(|metadata| {
+            let floor = if metadata.is_span() { Level::INFO } else { Level::WARN };
+            *metadata.level() <= floor
+        }));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = if app_env.is_production() {
         tracing_subscriber::fmt::layer()
