@@ -91,6 +91,13 @@ impl LoadError {
     }
 }
 
+/// How a loaded value is stored: where nothing is yet (a write since the load has put a
+/// fresher value there), or as of a generation, over whatever an earlier one left.
+enum Fill<'a> {
+    IfAbsent(&'a str),
+    Generation(&'a str, i64),
+}
+
 /// A namespaced JSON cache. Cheap to clone.
 #[derive(Clone)]
 pub struct Cache {
@@ -218,9 +225,10 @@ impl Cache {
         hit
     }
 
-    async fn set_bytes(&self, key: &str, json: Vec<u8>, ttl: Duration, only_if_absent: bool) {
+    /// Stores `json` under `key` as of `version`: unconditionally, or only where nothing is.
+    async fn set_bytes(&self, key: &str, version: i64, json: &[u8], ttl: Duration, only_if_absent: bool) {
         let key = self.key(key);
-        let bytes = versioned(0, &json);
+        let bytes = versioned(version, json);
         let ttl = jittered(ttl);
         match &self.backend {
             Backend::Local(cache) => {
@@ -247,7 +255,7 @@ impl Cache {
     /// value they just committed.
     pub async fn put<T: Serialize>(&self, key: &str, value: &T, ttl: Duration) {
         if let Ok(bytes) = serde_json::to_vec(value) {
-            self.set_bytes(key, bytes, ttl, false).await;
+            self.set_bytes(key, 0, &bytes, ttl, false).await;
         }
     }
 
@@ -281,7 +289,7 @@ impl Cache {
     /// they read before a concurrent write can never overwrite the writer's fresher one.
     pub async fn fill<T: Serialize>(&self, key: &str, value: &T, ttl: Duration) {
         if let Ok(bytes) = serde_json::to_vec(value) {
-            self.set_bytes(key, bytes, ttl, true).await;
+            self.set_bytes(key, 0, &bytes, ttl, true).await;
         }
     }
 
@@ -324,7 +332,7 @@ impl Cache {
         if let Some(hit) = self.get::<T>(key).await {
             return Ok(hit);
         }
-        let bytes = self.load_flight(key, ttl, loader).await?;
+        let bytes = self.load_flight(key, Fill::IfAbsent(key), ttl, loader).await?;
         serde_json::from_slice(&bytes).map_err(|e| LoadError::from_anyhow(&e.into()))
     }
 
@@ -342,14 +350,74 @@ impl Cache {
             return Ok(Bytes::from(bytes).slice(start..));
         }
         metrics::counter!("cache_requests_total", "outcome" => "miss").increment(1);
-        let bytes = self.load_flight(key, ttl, loader).await?;
+        let bytes = self.load_flight(key, Fill::IfAbsent(key), ttl, loader).await?;
         Ok(Bytes::copy_from_slice(&bytes))
+    }
+
+    /// Like [`Cache::load_json`], for an entry that a whole family of writes makes stale at
+    /// once (listing pages, say). Each such write [`bump`](Cache::bump)s the counter
+    /// `generation_key` after it commits; the entry is stored with the generation it was
+    /// loaded in and counts only while that generation is current. The counter and the
+    /// entry are read in one round trip, so a read after a write never sees an entry
+    /// from before it. With Redis away, nobody can say which generation is current, and
+    /// the loader answers, uncached.
+    pub async fn load_json_in_generation<T, F, Fut>(
+        &self,
+        key: &str,
+        generation_key: &str,
+        ttl: fn(&T) -> Duration,
+        loader: F,
+    ) -> Result<Bytes, LoadError>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+    {
+        let Some((generation, entry)) = self.get_in_generation(key, generation_key).await else {
+            let value = loader().await.map_err(|e| LoadError::from_anyhow(&e))?;
+            return serde_json::to_vec(&value).map(Bytes::from).map_err(|e| LoadError::from_anyhow(&e.into()));
+        };
+        if let Some(bytes) = entry {
+            let (stored, json) = unversioned(&bytes);
+            if stored == generation {
+                metrics::counter!("cache_requests_total", "outcome" => "hit").increment(1);
+                let start = bytes.len() - json.len();
+                return Ok(Bytes::from(bytes).slice(start..));
+            }
+        }
+        metrics::counter!("cache_requests_total", "outcome" => "miss").increment(1);
+        // Readers of one generation share a load; a reader of the next never joins it.
+        let flight = format!("{key}@{generation}");
+        let bytes = self.load_flight(&flight, Fill::Generation(key, generation), ttl, loader).await?;
+        Ok(Bytes::copy_from_slice(&bytes))
+    }
+
+    /// The current generation (0 before the first bump) and the entry under `key`, in one
+    /// round trip; `None` when Redis does not answer.
+    async fn get_in_generation(&self, key: &str, generation_key: &str) -> Option<(i64, Option<Vec<u8>>)> {
+        match &self.backend {
+            Backend::Local(cache) => {
+                let generation = self.counter(generation_key).await?;
+                Some((generation, cache.get(&self.key(key)).await.map(|e| e.bytes.to_vec())))
+            }
+            Backend::Redis(conn) => {
+                let mut conn = conn.clone();
+                let keys = [self.key(generation_key), self.key(key)];
+                let [generation, entry] = redis_call("get", conn.mget::<_, [Option<Vec<u8>>; 2]>(&keys)).await?;
+                let generation = match generation {
+                    None => 0,
+                    Some(bytes) => std::str::from_utf8(&bytes).ok()?.parse().ok()?,
+                };
+                Some((generation, entry))
+            }
+        }
     }
 
     /// The one load of `key` in flight, started by the first caller: the value's JSON.
     async fn load_flight<T, F, Fut>(
         &self,
         key: &str,
+        fill: Fill<'_>,
         ttl: fn(&T) -> Duration,
         loader: F,
     ) -> Result<Arc<[u8]>, LoadError>
@@ -365,12 +433,17 @@ impl Cache {
                 None => {
                     let cache = self.clone();
                     let owned_key = key.to_owned();
+                    let (store_key, version, only_if_absent) = match fill {
+                        Fill::IfAbsent(key) => (key.to_owned(), 0, true),
+                        Fill::Generation(key, generation) => (key.to_owned(), generation, false),
+                    };
                     let load = loader();
                     let flight: Flight = async move {
                         let outcome = async {
                             let value = load.await?;
-                            cache.fill(&owned_key, &value, ttl(&value)).await;
-                            Ok::<_, anyhow::Error>(Arc::<[u8]>::from(serde_json::to_vec(&value)?))
+                            let json = serde_json::to_vec(&value)?;
+                            cache.set_bytes(&store_key, version, &json, ttl(&value), only_if_absent).await;
+                            Ok::<_, anyhow::Error>(Arc::<[u8]>::from(json))
                         }
                         .await
                         .map_err(|e| LoadError::from_anyhow(&e));
@@ -490,6 +563,18 @@ mod tests {
         assert_eq!(cache.get::<String>("k").await.as_deref(), Some("second write"));
         assert_eq!(unversioned(b"12:{}"), (12, &b"{}"[..]));
         assert_eq!(unversioned(b"{\"a\":1}"), (0, &b"{\"a\":1}"[..]));
+    }
+
+    #[tokio::test]
+    async fn an_entry_counts_only_in_the_generation_it_was_loaded_in() {
+        let cache = Cache::local("t");
+        let ttl: fn(&u32) -> Duration = |_| Duration::from_secs(60);
+        let load = |value: u32| move || async move { Ok(value) };
+        assert_eq!(&cache.load_json_in_generation("page", "gen", ttl, load(1)).await.unwrap()[..], b"1");
+        assert_eq!(&cache.load_json_in_generation("page", "gen", ttl, load(2)).await.unwrap()[..], b"1", "cached");
+        assert!(cache.bump("gen").await);
+        assert_eq!(&cache.load_json_in_generation("page", "gen", ttl, load(3)).await.unwrap()[..], b"3", "reloaded");
+        assert_eq!(&cache.load_json_in_generation("page", "gen", ttl, load(4)).await.unwrap()[..], b"3");
     }
 
     #[tokio::test]

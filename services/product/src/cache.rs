@@ -2,8 +2,9 @@
 //! ids) and listing pages.
 //!
 //! Every write puts the fresh product in the cache after its transaction commits (never
-//! over a later state of it) and bumps the listing version, which is part of every listing key: pages cached before the
-//! write are never read again and expire on their own. So a read after a write always
+//! over a later state of it) and bumps the listing generation: a listing page counts only
+//! in the generation it was cached in, which is read with it, so pages cached before the
+//! write are never served again. So a read after a write always
 //! sees the write, by id and in listings. With the cache away, reads go to the database.
 
 use std::time::Duration;
@@ -22,7 +23,8 @@ const PRODUCT_TTL: Duration = Duration::from_secs(120);
 /// How long an unknown id is remembered as unknown.
 const MISSING_TTL: Duration = Duration::from_secs(15);
 const PAGE_TTL: Duration = Duration::from_secs(30);
-const LISTING_VERSION: &str = "products:listing-version";
+/// Bumped after every product write: the listing pages cached before it count no more.
+const LISTING_GENERATION: &str = "products:listing-generation";
 
 fn product_key(id: Uuid) -> String {
     format!("product:{id}")
@@ -58,19 +60,16 @@ impl CatalogCache {
         Ok((json.as_ref() != b"null").then_some(json))
     }
 
-    /// A listing page's JSON, through the cache (straight from the database when the
-    /// cache cannot say which listing version is current).
+    /// A listing page's JSON, through the cache: valid while no product was written since
+    /// it was cached (straight from the database when the cache cannot say).
     pub async fn page_json(&self, listing: &Listing) -> Result<Bytes, Error> {
-        let Some(version) = self.cache.counter(LISTING_VERSION).await else {
-            let page = repository::list(&self.db, listing).await?;
-            return Ok(serde_json::to_vec(&page).expect("a page of products always serializes").into());
-        };
         let digest = Sha256::digest(listing.cache_key().as_bytes());
-        let key = format!("products:v{version}:{}", hex(&digest));
+        let key = format!("products:page:{}", hex(&digest));
         let (db, listing) = (self.db.clone(), listing.clone());
         self.cache
-            .load_json(
+            .load_json_in_generation(
                 &key,
+                LISTING_GENERATION,
                 |_: &Page<Product>| PAGE_TTL,
                 move || async move { Ok(repository::list(&db, &listing).await?) },
             )
@@ -87,7 +86,7 @@ impl CatalogCache {
         self.cache.forget_flight(&key);
         let value = (!deleted).then(|| product.clone());
         self.cache.put_versioned(&key, product.updated_at.timestamp_micros(), &value, product_ttl(&value)).await;
-        self.cache.bump(LISTING_VERSION).await;
+        self.cache.bump(LISTING_GENERATION).await;
     }
 }
 
