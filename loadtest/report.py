@@ -71,6 +71,12 @@ def non_2xx(row: dict) -> str:
     return f"{row['non_2xx']} ({detail})" if detail else str(row["non_2xx"])
 
 
+def cpu(row: dict) -> str:
+    """The server's CPU per request, + PostgreSQL's and Redis's (measured on this machine only)."""
+    spent = row.get("cpu_us_per_request")
+    return f"{spent['server']:.0f} + {spent['postgres_redis']:.0f}" if spent else "–"
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
@@ -96,14 +102,15 @@ def markdown(report: dict) -> str:
         "",
         "![latency](latency.png)",
         "",
-        "| run | requests/s | p50 ms | p90 ms | p99 ms | max ms | non-2xx | socket errors | ratio to ceiling | target |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| run | requests/s | p50 ms | p90 ms | p99 ms | max ms | non-2xx | socket errors | CPU µs per request "
+        "| ratio to ceiling | target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, row in report["ceilings"].items():
         errors = row["connect_errors"] + row["read_errors"] + row["write_errors"] + row["timeouts"]
         lines.append(
             f"| ceiling-{name} | {row['rps']:.0f} | {ms(row['p50_us'])} | {ms(row['p90_us'])} | {ms(row['p99_us'])} "
-            f"| {ms(row['max_us'])} | {row['non_2xx']} | {errors} | – | – |"
+            f"| {ms(row['max_us'])} | {row['non_2xx']} | {errors} | {cpu(row)} | – | – |"
         )
     for name, row in report["scenarios"].items():
         errors = row["connect_errors"] + row["read_errors"] + row["write_errors"] + row["timeouts"]
@@ -116,8 +123,15 @@ def markdown(report: dict) -> str:
         ratio = f"{row['ratio']:.0%} of {row['compared_with']}" if compared else "no ceiling measured"
         lines.append(
             f"| {name} | {rps} | {ms(row['p50_us'])} | {ms(row['p90_us'])} | {ms(row['p99_us'])} | {ms(row['max_us'])} "
-            f"| {non_2xx(row)} | {errors} | {ratio} | {judged} |"
+            f"| {non_2xx(row)} | {errors} | {cpu(row)} | {ratio} | {judged} |"
         )
+    lines += [
+        "",
+        "CPU µs per request: what the serving process spent per request, plus what PostgreSQL and Redis "
+        "spent (user + system time from `/proc`, over the measured run). Throughput on a shared machine "
+        "moves with its neighbours; the CPU a request costs moves much less, so it is the number to "
+        "compare between runs.",
+    ]
     lines += ["", "## Targets", ""]
     for name, row in report["scenarios"].items():
         if row["target_ratio"] and row["ratio"] is not None:

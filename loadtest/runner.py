@@ -114,8 +114,35 @@ class Process:
             self.process.kill()
 
 
-def wrk(label: str, script: str, url: str, args, env: dict[str, str], seconds: int, progress: str) -> dict:
-    """One wrk run; its result line parsed. Shows what runs and how long is left."""
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# What serves the server's requests on this machine: their CPU is counted per request too.
+BACKING = ("postgres", "redis-server")
+
+
+def cpu_seconds(server: int | None) -> dict[int, float]:
+    """CPU seconds (user + system) so far of the server process and of every PostgreSQL and
+    Redis process, by pid. Throughput on a shared machine moves with the neighbours; the CPU
+    a request costs moves much less, so the report gives both."""
+    found = {}
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        command, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if int(entry.name) == server or command in BACKING:
+            found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return found
+
+
+def wrk(
+    label: str, script: str, url: str, args, env: dict[str, str], seconds: int, progress: str,
+    server: int | None = None,
+) -> dict:
+    """One wrk run; its result line parsed. Shows what runs and how long is left. With the
+    server's pid, the CPU each request cost it (and PostgreSQL and Redis) is measured too."""
     command = [
         "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s", "--latency", "--timeout", "10s",
         "-s", str(LOADTEST / script), url,
@@ -129,12 +156,14 @@ def wrk(label: str, script: str, url: str, args, env: dict[str, str], seconds: i
         "LOADTEST_THREADS": str(args.threads),
         **env,
     }
+    cpu_before = cpu_seconds(server) if server else {}
     started = time.time()
     process = subprocess.Popen(command, env=wrk_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     while process.poll() is None:
         left = max(0, seconds - int(time.time() - started))
         print(f"\r    {progress} {label}: {left:3d}s left ", end="", flush=True)
         time.sleep(1)
+    cpu_after = cpu_seconds(server) if server else {}
     print(f"\r    {progress} {label}: done{' ' * 12}", flush=True)
     output = process.stdout.read()
     line = next((l for l in output.splitlines() if l.startswith("LOADTEST_RESULT ")), None)
@@ -146,6 +175,13 @@ def wrk(label: str, script: str, url: str, args, env: dict[str, str], seconds: i
         for status, n in per_thread.items():
             statuses[status] = statuses.get(status, 0) + n
     result["non_2xx_by_status"] = statuses
+    if server in cpu_after and server in cpu_before and result["requests"]:
+        spent = {pid: cpu_after[pid] - cpu_before.get(pid, 0.0) for pid in cpu_after}
+        server_s, backing_s = spent.pop(server), sum(spent.values())
+        result["cpu_us_per_request"] = {
+            "server": round(server_s * 1e6 / result["requests"], 1),
+            "postgres_redis": round(backing_s * 1e6 / result["requests"], 1),
+        }
     result["wrk_output"] = [l for l in output.splitlines() if not l.startswith("LOADTEST_RESULT ")]
     return result
 
@@ -289,6 +325,10 @@ def main() -> None:
 
 def run_all(args, out, scenarios, base, ceiling_base, database, processes, memory):
     """Data, ceilings, scenarios, audit and per-service memory: the measured part."""
+
+    def pid(name: str) -> int | None:
+        return processes[name].process.pid if name in processes else None
+
     say(f"customers and data files ({args.customers} customers)")
     prepare_data(base, args)
     if database:
@@ -309,14 +349,16 @@ def run_all(args, out, scenarios, base, ceiling_base, database, processes, memor
         label = f"ceiling-{name}"
         if args.warmup:
             wrk(label + " (warm-up)", "ceiling.lua", ceiling_base, args, env_run, args.warmup, f"[{step}/{runs}]")
-        results[label] = wrk(label, "ceiling.lua", ceiling_base, args, env_run, args.duration, f"[{step}/{runs}]")
+        results[label] = wrk(
+            label, "ceiling.lua", ceiling_base, args, env_run, args.duration, f"[{step}/{runs}]", pid("ceiling")
+        )
     audit_result = None
     for name in scenarios:
         step += 1
         script = SCENARIOS[name]["script"]
         if args.warmup:
             wrk(name + " (warm-up)", script, base, args, {}, args.warmup, f"[{step}/{runs}]")
-        results[name] = wrk(name, script, base, args, {}, args.duration, f"[{step}/{runs}]")
+        results[name] = wrk(name, script, base, args, {}, args.duration, f"[{step}/{runs}]", pid("shop"))
         if name == "checkout" and database:
             say("auditing the invariants after the checkout scenario")
             audit_result = audit(database)
@@ -386,7 +428,10 @@ def measure_services(args, out: pathlib.Path) -> tuple[dict, dict | None]:
         base = f"http://127.0.0.1:{ports['product']}"
         if args.warmup:
             wrk("product-service (warm-up)", "product-by-id.lua", base, args, {}, args.warmup, "[+]")
-        run = wrk("product-by-id against product-service", "product-by-id.lua", base, args, {}, args.duration, "[+]")
+        run = wrk(
+            "product-by-id against product-service", "product-by-id.lua", base, args, {}, args.duration, "[+]",
+            services["product-service"].process.pid,
+        )
         for name, service in services.items():
             memory[name]["after_mib"] = service.rss_mib()
             memory[name]["loaded"] = name == "product-service"
@@ -443,7 +488,9 @@ def build_report(args, scenarios, results, memory, audit_result, today) -> dict:
     def summary(result: dict) -> dict:
         keep = ("requests", "seconds", "rps", "p50_us", "p90_us", "p99_us", "max_us", "mean_us", "non_2xx",
                 "connect_errors", "read_errors", "write_errors", "timeouts", "orders", "payments", "non_2xx_by_status")
-        return {key: result[key] for key in keep}
+        return {key: result[key] for key in keep} | {
+            key: result[key] for key in ("cpu_us_per_request",) if key in result
+        }
 
     ceilings = {name.removeprefix("ceiling-"): summary(r) for name, r in results.items() if name.startswith("ceiling-")}
     rows = {}
