@@ -159,6 +159,9 @@ pub struct CommonConfig {
     /// How long `/ready` answers 503 after SIGTERM before the listener closes
     /// (`SHUTDOWN_DELAY`, default 0; Kubernetes sets it).
     pub shutdown_delay: Duration,
+    /// OpenTelemetry on (the default) or off (`OTEL_SDK_DISABLED=true`, the
+    /// specification's switch): off, requests make no spans and have no trace id.
+    pub tracing: bool,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/shop";
@@ -218,6 +221,7 @@ impl CommonConfig {
             trust_forwarded_for: env.flag("TRUST_FORWARDED_FOR")?,
             migrate_on_start: env.flag_or("MIGRATE_ON_START", true)?,
             shutdown_delay: env.delay("SHUTDOWN_DELAY", Duration::ZERO)?,
+            tracing: !env.flag("OTEL_SDK_DISABLED")?,
         })
     }
 }
@@ -296,6 +300,15 @@ mod tests {
         assert!(!c.trust_forwarded_for);
         assert!(c.migrate_on_start);
         assert!(c.shutdown_delay.is_zero());
+        assert!(c.tracing);
+    }
+
+    #[test]
+    fn tracing_can_be_turned_off() {
+        assert!(!config(&[("OTEL_SDK_DISABLED", "true")]).unwrap().tracing);
+        assert!(!config(&[("OTEL_SDK_DISABLED", "TRUE")]).unwrap().tracing);
+        assert!(config(&[("OTEL_SDK_DISABLED", "false")]).unwrap().tracing);
+        assert_eq!(config(&[("OTEL_SDK_DISABLED", "sometimes")]).unwrap_err().name, "OTEL_SDK_DISABLED");
     }
 
     #[test]

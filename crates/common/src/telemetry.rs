@@ -1,7 +1,7 @@
 //! Logs, traces and metrics: `tracing` to stdout (human-readable in development, JSON
 //! lines otherwise), the same spans to OpenTelemetry (exported over OTLP/HTTP when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set), and a Prometheus recorder for the `metrics`
-//! facade.
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set; none at all with `OTEL_SDK_DISABLED=true`), and
+//! a Prometheus recorder for the `metrics` facade.
 
 use std::sync::OnceLock;
 
@@ -13,10 +13,11 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Level;
 use tracing_subscriber::filter;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer as _};
+use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::AppEnv;
+use crate::config::CommonConfig;
 
 /// Latency buckets (seconds) for request histograms: fine-grained where an API lives.
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -25,12 +26,13 @@ const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
 /// exports what is still buffered.
 #[must_use = "dropping it stops the trace exporter"]
 pub struct Telemetry {
-    provider: SdkTracerProvider,
+    /// `None` when OpenTelemetry is off.
+    provider: Option<SdkTracerProvider>,
 }
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
-        if let Err(err) = self.provider.shutdown() {
+        if let Some(Err(err)) = self.provider.as_ref().map(SdkTracerProvider::shutdown) {
             eprintln!("telemetry: flushing traces failed: {err}");
         }
     }
@@ -59,15 +61,25 @@ fn provider(service: &'static str) -> SdkTracerProvider {
 
 /// Installs the global subscriber: log lines filtered by `RUST_LOG` (default `info`),
 /// and spans at `info` and above for OpenTelemetry whatever `RUST_LOG` says (W3C Trace
-/// Context is carried by `common::trace`). `service` names the process in exported
-/// traces. Safe to call more than once (later calls install nothing).
-pub fn init_tracing(app_env: AppEnv, service: &'static str) -> Telemetry {
+/// Context is carried by `common::trace`), unless `config.tracing` is off: then no span
+/// reaches OpenTelemetry, log lines carry no trace id, and each call to another service
+/// starts a trace of its own. `service` names the process in exported traces. Safe to
+/// call more than once (later calls install nothing).
+pub fn init_tracing(config: &CommonConfig, service: &'static str) -> Telemetry {
+    let production = config.app_env.is_production();
+    if !config.tracing {
+        let _ = tracing_subscriber::registry().with(logs(production)).try_init();
+        return Telemetry { provider: None };
+    }
     let provider = provider(service);
     // Spans at `info` and up, and of events only warnings and errors: a request's span is
     // made on every request, so it carries only what a trace viewer shows (no busy/idle
     // timings, thread or source attributes, and no per-request "response" event), and no
     // OpenTelemetry context is attached on every poll, since `common::trace` reads the
-    // span's context itself.
+    // span's context itself. The filter says it never wants anything below `info`: without
+    // that hint the global level stays at `trace`, and most processes then showed their
+    // log lines without the request's span and trace id (a tracing-subscriber per-layer
+    // filter behaviour; `services/shop/tests/shop.rs` catches it).
     let traces = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("shop"))
         .with_tracked_inactivity(false)
@@ -75,12 +87,25 @@ pub fn init_tracing(app_env: AppEnv, service: &'static str) -> Telemetry {
         .with_location(false)
         .with_target(false)
         .with_context_activation(false)
-        .with_filter(filter::filter_fn(|metadata| {
-            let floor = if metadata.is_span() { Level::INFO } else { Level::WARN };
-            *metadata.level() <= floor
-        }));
+        .with_filter(
+            filter::filter_fn(|metadata| {
+                let floor = if metadata.is_span() { Level::INFO } else { Level::WARN };
+                *metadata.level() <= floor
+            })
+            .with_max_level_hint(Level::INFO),
+        );
+    let _ = tracing_subscriber::registry().with(traces).with(logs(production)).try_init();
+    Telemetry { provider: Some(provider) }
+}
+
+/// Log lines as `RUST_LOG` (default `info`) filters them: JSON in production, compact
+/// text otherwise.
+fn logs<S>(production: bool) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = if app_env.is_production() {
+    if production {
         tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
@@ -89,9 +114,7 @@ pub fn init_tracing(app_env: AppEnv, service: &'static str) -> Telemetry {
             .boxed()
     } else {
         tracing_subscriber::fmt::layer().compact().with_filter(filter).boxed()
-    };
-    let _ = tracing_subscriber::registry().with(traces).with(logs).try_init();
-    Telemetry { provider }
+    }
 }
 
 /// The process-wide Prometheus recorder. The `metrics` facade is global by design, so the

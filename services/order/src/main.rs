@@ -13,7 +13,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("order-service: {err}");
         std::process::exit(2);
     });
-    let _telemetry = common::telemetry::init_tracing(config.common.app_env, "order-service");
+    let _telemetry = common::telemetry::init_tracing(&config.common, "order-service");
     if command == Command::Migrate {
         return order::migrate(&config.common.database_url).await;
     }

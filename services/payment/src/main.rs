@@ -13,7 +13,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("payment-service: {err}");
         std::process::exit(2);
     });
-    let _telemetry = common::telemetry::init_tracing(config.common.app_env, "payment-service");
+    let _telemetry = common::telemetry::init_tracing(&config.common, "payment-service");
     if command == Command::Migrate {
         return payment::migrate(&config.common.database_url).await;
     }

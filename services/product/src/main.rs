@@ -14,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("product-service: {err}");
         std::process::exit(2);
     });
-    let _telemetry = common::telemetry::init_tracing(config.common.app_env, "product-service");
+    let _telemetry = common::telemetry::init_tracing(&config.common, "product-service");
     if command == Command::Migrate {
         return product::migrate(&config.common.database_url).await;
     }

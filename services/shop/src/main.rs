@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("shop: {err}");
         std::process::exit(2);
     });
-    let _telemetry = common::telemetry::init_tracing(config.common.app_env, "shop");
+    let _telemetry = common::telemetry::init_tracing(&config.common, "shop");
     common::db::ensure_database(&config.common.database_url).await?;
     match command {
         Command::Migrate => {

@@ -126,6 +126,48 @@ async fn bad_configuration_stops_with_the_variables_name() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage: shop"));
 }
 
+/// What `shop` logs (at `info`) while it answers one request that continues the trace
+/// `trace_id`, with `OTEL_SDK_DISABLED` set to `disabled`.
+async fn log_of_one_traced_request(disabled: &str, trace_id: &str) -> String {
+    let db = TestDb::reserve();
+    let port = free_port();
+    let log = std::env::temp_dir().join(format!("shop-{}.log", uuid::Uuid::new_v4().simple()));
+    let mut child = shop(&db, port)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env("OTEL_SDK_DISABLED", disabled)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_until_up(&mut child, port).await;
+    let res = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/api/products"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    terminate(&child);
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    text
+}
+
+#[tokio::test]
+async fn otel_sdk_disabled_turns_tracing_off() {
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let (on, off) =
+        tokio::join!(log_of_one_traced_request("false", trace_id), log_of_one_traced_request("true", trace_id));
+    let answered = |log: &str| log.lines().any(|l| l.contains("response") && l.contains("/api/products"));
+    assert!(answered(&on) && answered(&off), "the request's log line is missing:\n{on}\n---\n{off}");
+    // On, the request's span continues the caller's trace and its log lines say so.
+    assert!(on.contains(trace_id), "tracing on: the caller's trace id is not logged:\n{on}");
+    // Off, no span reaches OpenTelemetry: nothing has a trace id.
+    assert!(!off.contains(trace_id) && !off.contains("trace_id"), "tracing off, yet a trace id is logged:\n{off}");
+}
+
 /// Logs in and returns the access token.
 async fn login(client: &reqwest::Client, base: &str, email: &str, password: &str) -> String {
     let res = client

@@ -13,7 +13,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("user-service: {err}");
         std::process::exit(2);
     });
-    let _telemetry = common::telemetry::init_tracing(config.common.app_env, "user-service");
+    let _telemetry = common::telemetry::init_tracing(&config.common, "user-service");
     if command == Command::Migrate {
         return user::migrate(&config.common.database_url).await;
     }
