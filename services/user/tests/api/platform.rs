@@ -72,6 +72,23 @@ async fn metrics_report_requests_by_route_template_and_the_pool() {
 }
 
 #[tokio::test]
+async fn invented_methods_are_counted_as_other_and_add_no_series() {
+    let app = TestApp::spawn().await;
+    for n in 0..5 {
+        let method = reqwest::Method::from_bytes(format!("FROBNICATE{n}").as_bytes()).unwrap();
+        let res = app.client().request(method, app.url("/api/auth/login")).send().await.unwrap();
+        assert_eq!(res.status(), 405);
+    }
+    let text = app.get("/metrics", None).await.text().await.unwrap();
+    let series: Vec<&str> = text.lines().filter(|l| l.starts_with("http_requests_total{")).collect();
+    assert!(!text.contains("FROBNICATE"), "{text}");
+    let others: Vec<&&str> =
+        series.iter().filter(|l| l.contains(r#"method="other""#) && l.contains(r#"route="/api/auth/login""#)).collect();
+    assert_eq!(others.len(), 1, "one series for all five: {series:#?}");
+    assert!(others[0].ends_with(" 5"), "{others:?}");
+}
+
+#[tokio::test]
 async fn the_openapi_document_and_docs_page_are_served() {
     let app = TestApp::spawn().await;
     let doc: serde_json::Value = app.get("/openapi.json", None).await.json().await.unwrap();
