@@ -148,6 +148,10 @@ pub struct CommonConfig {
     /// `KAFKA_GROUP_INSTANCE_ID`: this replica's static consumer-group identity, stable
     /// across its restarts (a StatefulSet pod name, say); unset means dynamic membership.
     pub kafka_group_instance_id: Option<String>,
+    /// `KAFKA_BATCH_NUM_MESSAGES`: the most records the relays' producer puts in one
+    /// batch. 1 by default, which every broker handles (see `common::events::kafka`);
+    /// Apache Kafka deployments raise it.
+    pub kafka_batch_records: u32,
     pub jwt_secret: SecretString,
     pub access_token_ttl: Duration,
     /// Take the client address from `X-Forwarded-For` (set by the gateway) instead of
@@ -163,6 +167,9 @@ pub struct CommonConfig {
     /// specification's switch): off, requests make no spans and have no trace id.
     pub tracing: bool,
 }
+
+/// librdkafka's bounds for `batch.num.messages`.
+const KAFKA_BATCH_RECORDS: std::ops::RangeInclusive<u32> = 1..=1_000_000;
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/shop";
 
@@ -207,6 +214,13 @@ impl CommonConfig {
         if db_max_connections == 0 {
             return Err(ConfigError::new("DB_MAX_CONNECTIONS", "must be at least 1"));
         }
+        let kafka_batch_records = env.or("KAFKA_BATCH_NUM_MESSAGES", 1u32)?;
+        if !KAFKA_BATCH_RECORDS.contains(&kafka_batch_records) {
+            return Err(ConfigError::new(
+                "KAFKA_BATCH_NUM_MESSAGES",
+                format!("must be from {} to {}", KAFKA_BATCH_RECORDS.start(), KAFKA_BATCH_RECORDS.end()),
+            ));
+        }
         Ok(Self {
             app_env,
             port: env.or("PORT", default_port)?,
@@ -216,6 +230,7 @@ impl CommonConfig {
             redis_prefix: env.or("REDIS_PREFIX", "shop".to_owned())?,
             kafka_brokers: env.raw("KAFKA_BROKERS").map(|b| b.trim().to_owned()),
             kafka_group_instance_id: env.raw("KAFKA_GROUP_INSTANCE_ID").map(|b| b.trim().to_owned()),
+            kafka_batch_records,
             jwt_secret: jwt_secret.unwrap_or_else(|| SecretString::from(DEV_JWT_SECRET)),
             access_token_ttl: env.duration("ACCESS_TOKEN_TTL", Duration::from_secs(15 * 60))?,
             trust_forwarded_for: env.flag("TRUST_FORWARDED_FOR")?,
@@ -300,6 +315,7 @@ mod tests {
         assert!(!c.trust_forwarded_for);
         assert!(c.migrate_on_start);
         assert!(c.shutdown_delay.is_zero());
+        assert_eq!(c.kafka_batch_records, 1);
         assert!(c.tracing);
     }
 
@@ -309,6 +325,15 @@ mod tests {
         assert!(!config(&[("OTEL_SDK_DISABLED", "TRUE")]).unwrap().tracing);
         assert!(config(&[("OTEL_SDK_DISABLED", "false")]).unwrap().tracing);
         assert_eq!(config(&[("OTEL_SDK_DISABLED", "sometimes")]).unwrap_err().name, "OTEL_SDK_DISABLED");
+    }
+
+    #[test]
+    fn kafka_batches_are_configurable_within_librdkafkas_bounds() {
+        assert_eq!(config(&[("KAFKA_BATCH_NUM_MESSAGES", "10000")]).unwrap().kafka_batch_records, 10_000);
+        for bad in ["0", "1000001", "-1", "many"] {
+            let err = config(&[("KAFKA_BATCH_NUM_MESSAGES", bad)]).unwrap_err();
+            assert_eq!(err.name, "KAFKA_BATCH_NUM_MESSAGES", "{bad}");
+        }
     }
 
     #[test]

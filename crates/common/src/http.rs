@@ -36,7 +36,7 @@ use crate::auth::Authenticator;
 use crate::cache::{Cache, connect_redis};
 use crate::config::CommonConfig;
 use crate::error::{ApiError, ErrorCode};
-use crate::events::Events;
+use crate::events::{Events, kafka};
 use crate::extract::{BODY_LIMIT, TrustForwardedFor, client_addr_middleware};
 use crate::ratelimit::Limiter;
 use crate::request_id::{self, RequestId};
@@ -216,7 +216,13 @@ impl Shared {
             redis,
             redis_prefix: config.redis_prefix.clone(),
             auth,
-            events: Events::connect_as(config.kafka_brokers.as_deref(), config.kafka_group_instance_id.as_deref())?,
+            events: Events::connect_with(
+                config.kafka_brokers.as_deref(),
+                kafka::Options {
+                    instance_id: config.kafka_group_instance_id.clone(),
+                    batch_records: config.kafka_batch_records,
+                },
+            )?,
             trust_forwarded_for: config.trust_forwarded_for,
             draining: Draining::default(),
             requests: TaskTracker::new(),

@@ -238,6 +238,32 @@ async fn a_group_resuming_between_the_records_of_one_round_gets_every_later_one(
 }
 
 #[tokio::test]
+async fn with_batches_of_many_records_a_new_group_gets_every_record_once() {
+    // What Compose and Kubernetes run against Apache Kafka (`KAFKA_BATCH_NUM_MESSAGES`).
+    // A group that reads from the start never resumes inside a batch, so this broker
+    // serves it correctly too.
+    let broker = TestBroker::start().await;
+    let (_db, pool) = schema().await;
+    let options = events::kafka::Options { instance_id: None, batch_records: 10_000 };
+    let events = Events::connect_with(Some(&broker.brokers()), options).unwrap();
+    events.ensure_topics(&[TOPIC.to_owned(), events::dead_letter_topic(TOPIC)]).await;
+    let relay = Relay::new("test", pool.clone(), events.clone());
+    let mut emitted = HashSet::new();
+    for n in 0..60 {
+        emitted.insert(emit_committed(&pool, "test.happened", Uuid::now_v7(), n).await.id);
+    }
+    assert_eq!(relay.publish_pending().await.unwrap(), 60);
+
+    subscribe(&events, &pool, format!("test-{}", Uuid::new_v4().simple())).await;
+    wait_for_effects(&pool, 60).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows = effects(&pool).await;
+    let applied: HashSet<Uuid> = rows.iter().map(|(id, _)| *id).collect();
+    assert_eq!(rows.len(), 60, "each record applied once");
+    assert_eq!(applied, emitted);
+}
+
+#[tokio::test]
 async fn poison_records_are_dead_lettered_and_the_next_record_is_still_processed() {
     let broker = TestBroker::start().await;
     let (_db, pool) = schema().await;

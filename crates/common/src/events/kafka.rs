@@ -43,31 +43,49 @@ pub struct Kafka {
     admin: AdminClient<DefaultClientContext>,
 }
 
+/// How a process uses Kafka, beyond where the brokers are.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Static group membership for the consumers (`group.instance.id`).
+    pub instance_id: Option<String>,
+    /// The most records the producer puts in one batch (`batch.num.messages`).
+    pub batch_records: u32,
+}
+
+impl Default for Options {
+    /// Dynamic membership, and one record per batch, which every broker serves correctly.
+    fn default() -> Self {
+        Self { instance_id: None, batch_records: 1 }
+    }
+}
+
 impl Kafka {
     pub fn new(brokers: &str) -> anyhow::Result<Self> {
-        Self::with_instance_id(brokers, None)
+        Self::with_options(brokers, Options::default())
     }
 
-    pub fn with_instance_id(brokers: &str, instance_id: Option<&str>) -> anyhow::Result<Self> {
+    pub fn with_options(brokers: &str, options: Options) -> anyhow::Result<Self> {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", PUBLISH_TIMEOUT.as_millis().to_string())
             .set("linger.ms", "2")
-            // One record per batch. The local broker (tansu's memory engine) answers a fetch
-            // from an offset inside a batch with the batches after it, so a consumer that
-            // resumes from a committed offset in the middle of a batch (after a restart or
-            // a rebalance) would never see the rest of that batch. The cost is one record
-            // per partition in each produce request (five in flight), ample for relays that
-            // publish hundreds of events a second.
-            .set("batch.num.messages", "1")
+            // One record per batch unless configured otherwise. The local broker (tansu's
+            // memory engine) answers a fetch from an offset inside a batch with the batches
+            // after it, so a consumer that resumes from a committed offset in the middle of
+            // a batch (after a restart or a rebalance) would never see the rest of that
+            // batch. The cost is one record per partition in each produce request (five in
+            // flight), ample for relays that publish hundreds of events a second; Apache
+            // Kafka returns the whole batch and the client skips what it has seen, so
+            // deployments on it raise the limit (`KAFKA_BATCH_NUM_MESSAGES`).
+            .set("batch.num.messages", options.batch_records.to_string())
             // A missing topic fails fast (the relay then creates it) instead of holding
             // records for librdkafka's default 30 s.
             .set("topic.metadata.propagation.max.ms", "1000")
             .create()?;
         let admin = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
-        Ok(Self { brokers: brokers.to_owned(), instance_id: instance_id.map(str::to_owned), producer, admin })
+        Ok(Self { brokers: brokers.to_owned(), instance_id: options.instance_id, producer, admin })
     }
 
     /// Whether a broker answers a metadata request within `timeout` (readiness).

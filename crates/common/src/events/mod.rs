@@ -221,13 +221,13 @@ impl Events {
     /// Kafka when brokers are given, in-process otherwise. Connecting is lazy: a broker
     /// that is down now is retried by the relays and consumers, not fatal here.
     pub fn connect(brokers: Option<&str>) -> anyhow::Result<Self> {
-        Self::connect_as(brokers, None)
+        Self::connect_with(brokers, kafka::Options::default())
     }
 
-    /// [`Events::connect`], with consumers that are static group members under `instance_id`.
-    pub fn connect_as(brokers: Option<&str>, instance_id: Option<&str>) -> anyhow::Result<Self> {
+    /// [`Events::connect`], with Kafka used as `options` say.
+    pub fn connect_with(brokers: Option<&str>, options: kafka::Options) -> anyhow::Result<Self> {
         Ok(match brokers {
-            Some(brokers) => Self::Kafka(Arc::new(kafka::Kafka::with_instance_id(brokers, instance_id)?)),
+            Some(brokers) => Self::Kafka(Arc::new(kafka::Kafka::with_options(brokers, options)?)),
             None => Self::InProcess(Arc::new(bus::Bus::default())),
         })
     }
