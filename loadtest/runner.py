@@ -366,10 +366,9 @@ def run_all(args, out, scenarios, base, ceiling_base, database, processes, memor
         memory[name]["after_mib"] = process.rss_mib()
         process.stop()
     if not args.base_url and "product-by-id" in scenarios:
-        services, product_run = measure_services(args, out)
+        services, product_runs = measure_services(args, out)
         memory.update(services)
-        if product_run:
-            results["product-by-id (product-service alone)"] = product_run
+        results.update(product_runs)
     return results, memory, audit_result
 
 
@@ -387,16 +386,22 @@ def gateway_rate_limit(admin: str, enforced: bool) -> None:
 SERVICES = {"user": 8081, "product": 8082, "order": 8083, "payment": 8084}
 
 
-def measure_services(args, out: pathlib.Path) -> tuple[dict, dict | None]:
+ALONE = "product-by-id (product-service alone)"
+ALONE_UNTRACED = "product-by-id (product-service alone, OpenTelemetry off)"
+
+
+def measure_services(args, out: pathlib.Path) -> tuple[dict, dict]:
     """The four service binaries as they are deployed (each its own process, with Redis and
     a Kafka-protocol broker): resident memory idle, and after product-by-id against the
-    product service alone. Skipped, and said so, without tansu or the release binaries."""
+    product service alone; then product-by-id again against a product service restarted
+    with `OTEL_SDK_DISABLED=true`, which shows what tracing costs. Skipped, and said so,
+    without tansu or the release binaries."""
     bin_dir = binaries()
     tansu = os.environ.get("TANSU") or shutil.which("tansu") or str(pathlib.Path.home() / ".cargo/bin/tansu")
     missing = [name for name in SERVICES if not (bin_dir / f"{name}-service").exists()]
     if not pathlib.Path(tansu).exists() or missing:
         say("per-service memory not measured: needs tansu and the release service binaries (loadtest/run builds them)")
-        return {}, None
+        return {}, {}
     say("the four services as separate processes: memory idle and under product-by-id")
     broker_port = free_port()
     broker_url = f"tcp://127.0.0.1:{broker_port}"
@@ -426,16 +431,25 @@ def measure_services(args, out: pathlib.Path) -> tuple[dict, dict | None]:
         time.sleep(2)
         memory = {name: {"idle_mib": service.rss_mib()} for name, service in services.items()}
         base = f"http://127.0.0.1:{ports['product']}"
-        if args.warmup:
-            wrk("product-service (warm-up)", "product-by-id.lua", base, args, {}, args.warmup, "[+]")
-        run = wrk(
-            "product-by-id against product-service", "product-by-id.lua", base, args, {}, args.duration, "[+]",
-            services["product-service"].process.pid,
-        )
+
+        def product_by_id(label: str) -> dict:
+            if args.warmup:
+                wrk(f"{label} (warm-up)", "product-by-id.lua", base, args, {}, args.warmup, "[+]")
+            pid = services["product-service"].process.pid
+            return wrk(label, "product-by-id.lua", base, args, {}, args.duration, "[+]", pid)
+
+        runs = {ALONE: product_by_id(ALONE)}
         for name, service in services.items():
             memory[name]["after_mib"] = service.rss_mib()
             memory[name]["loaded"] = name == "product-service"
-        return memory, run
+        services.pop("product-service").stop()
+        untraced = {**env, "PORT": str(ports["product"]), "OTEL_SDK_DISABLED": "true"}
+        service = Process("product-service", str(bin_dir / "product-service"), [], untraced,
+                          out / "product-service-untraced.log")
+        services["product-service"] = service
+        service.wait_ready(f"{base}/ready")
+        runs[ALONE_UNTRACED] = product_by_id(ALONE_UNTRACED)
+        return memory, runs
     finally:
         for service in services.values():
             service.stop()
@@ -494,10 +508,11 @@ def build_report(args, scenarios, results, memory, audit_result, today) -> dict:
 
     ceilings = {name.removeprefix("ceiling-"): summary(r) for name, r in results.items() if name.startswith("ceiling-")}
     rows = {}
-    # The product pages again, from the product service as deployed (no target of its own).
-    alone = "product-by-id (product-service alone)"
-    specs = {**SCENARIOS, alone: {"ceiling": "json", "target": None}}
-    for name in [*scenarios, *([alone] if alone in results else [])]:
+    # The product pages again, from the product service as deployed, with tracing and
+    # without (no targets of their own).
+    extra = [name for name in (ALONE, ALONE_UNTRACED) if name in results]
+    specs = {**SCENARIOS, **{name: {"ceiling": "json", "target": None} for name in extra}}
+    for name in [*scenarios, *extra]:
         row = summary(results[name])
         spec = specs[name]
         ceiling = ceilings.get(spec["ceiling"])
