@@ -6,6 +6,7 @@ Also usable alone, to re-render a committed run: python3 loadtest/report.py load
 import json
 import pathlib
 import sys
+import textwrap
 
 import matplotlib
 
@@ -15,6 +16,12 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
 def ms(us: float) -> float:
     return round(us / 1000, 2)
+
+
+def tick(name: str) -> str:
+    """A run's name on an axis: its qualifier on lines of its own, short enough not to overlap."""
+    head, _, qualifier = name.partition(" (")
+    return head + ("\n" + textwrap.fill("(" + qualifier, 18) if qualifier else "")
 
 
 def plot_throughput(report: dict, out: pathlib.Path) -> None:
@@ -36,10 +43,10 @@ def plot_throughput(report: dict, out: pathlib.Path) -> None:
             label += f"\n(target {row['target_ratio']:.0%})"
         ax.text(i + 0.2, ours[i], label, ha="center", va="bottom", fontsize=8)
     ticks = {"checkout": "checkout\n(orders/s vs tx/s)"}
-    ax.set_xticks(list(x), [ticks.get(n, n.replace(" (", "\n(")) for n in names])
+    ax.set_xticks(list(x), [ticks.get(n, tick(n)) for n in names], fontsize=8)
     ax.set_ylabel("requests per second")
     ax.set_title(f"Throughput against the machine's ceiling ({report['settings']['connections']} connections)")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(out / "throughput.png", dpi=110)
     plt.close(fig)
@@ -54,7 +61,7 @@ def plot_latency(report: dict, out: pathlib.Path) -> None:
     for j, (key, label) in enumerate(percentiles):
         ax.bar([i + (j - 1) * width for i in range(len(names))], [ms(rows[n][key]) for n in names], width=width,
                label=label)
-    ax.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], rotation=15)
+    ax.set_xticks(range(len(names)), [tick(n) for n in names], fontsize=8)
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
     ax.set_title("Latency percentiles per run")
