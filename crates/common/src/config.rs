@@ -214,7 +214,7 @@ impl CommonConfig {
         if db_max_connections == 0 {
             return Err(ConfigError::new("DB_MAX_CONNECTIONS", "must be at least 1"));
         }
-        let kafka_batch_records = env.or("KAFKA_BATCH_NUM_MESSAGES", 1u32)?;
+        let kafka_batch_records = env.or("KAFKA_BATCH_NUM_MESSAGES", crate::events::kafka::DEFAULT_BATCH_RECORDS)?;
         if !KAFKA_BATCH_RECORDS.contains(&kafka_batch_records) {
             return Err(ConfigError::new(
                 "KAFKA_BATCH_NUM_MESSAGES",

@@ -65,7 +65,11 @@ async fn drain(relay: &Relay) {
 }
 
 async fn kafka(broker: &TestBroker) -> Events {
-    let events = Events::connect(Some(&broker.brokers())).unwrap();
+    kafka_with(broker, events::kafka::Options::default()).await
+}
+
+async fn kafka_with(broker: &TestBroker, options: events::kafka::Options) -> Events {
+    let events = Events::connect_with(Some(&broker.brokers()), options).unwrap();
     events.ensure_topics(&[TOPIC.to_owned(), events::dead_letter_topic(TOPIC)]).await;
     events
 }
@@ -94,6 +98,17 @@ async fn wait_for_effects(pool: &PgPool, count: usize) -> Vec<(Uuid, i32)> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("expected {count} effects, have {:?}", effects(pool).await);
+}
+
+/// The events applied once `count` effects are in and no more arrive for a moment;
+/// fails if any was applied twice.
+async fn applied_once(pool: &PgPool, count: usize) -> HashSet<Uuid> {
+    wait_for_effects(pool, count).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows = effects(pool).await;
+    let applied: HashSet<Uuid> = rows.iter().map(|(id, _)| *id).collect();
+    assert_eq!(applied.len(), rows.len(), "each record applied once");
+    applied
 }
 
 fn leak(name: String) -> &'static str {
@@ -229,11 +244,7 @@ async fn a_group_resuming_between_the_records_of_one_round_gets_every_later_one(
         .filter(|r| r.partition != partition || r.offset >= resume_at)
         .map(|r| serde_json::from_slice::<Envelope>(&r.value).unwrap().id)
         .collect();
-    wait_for_effects(&pool, expected.len()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rows = effects(&pool).await;
-    let applied: HashSet<Uuid> = rows.iter().map(|(id, _)| *id).collect();
-    assert_eq!(applied.len(), rows.len(), "each record applied once");
+    let applied = applied_once(&pool, expected.len()).await;
     assert_eq!(applied, expected, "resumed at offset {resume_at} of partition {partition}");
 }
 
@@ -244,9 +255,7 @@ async fn with_batches_of_many_records_a_new_group_gets_every_record_once() {
     // serves it correctly too.
     let broker = TestBroker::start().await;
     let (_db, pool) = schema().await;
-    let options = events::kafka::Options { instance_id: None, batch_records: 10_000 };
-    let events = Events::connect_with(Some(&broker.brokers()), options).unwrap();
-    events.ensure_topics(&[TOPIC.to_owned(), events::dead_letter_topic(TOPIC)]).await;
+    let events = kafka_with(&broker, events::kafka::Options { instance_id: None, batch_records: 10_000 }).await;
     let relay = Relay::new("test", pool.clone(), events.clone());
     let mut emitted = HashSet::new();
     for n in 0..60 {
@@ -255,12 +264,7 @@ async fn with_batches_of_many_records_a_new_group_gets_every_record_once() {
     assert_eq!(relay.publish_pending().await.unwrap(), 60);
 
     subscribe(&events, &pool, format!("test-{}", Uuid::new_v4().simple())).await;
-    wait_for_effects(&pool, 60).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rows = effects(&pool).await;
-    let applied: HashSet<Uuid> = rows.iter().map(|(id, _)| *id).collect();
-    assert_eq!(rows.len(), 60, "each record applied once");
-    assert_eq!(applied, emitted);
+    assert_eq!(applied_once(&pool, 60).await, emitted);
 }
 
 #[tokio::test]

@@ -43,6 +43,10 @@ pub struct Kafka {
     admin: AdminClient<DefaultClientContext>,
 }
 
+/// Records per produce batch unless configured otherwise: one, which every broker serves
+/// correctly (see `Kafka::with_options`).
+pub const DEFAULT_BATCH_RECORDS: u32 = 1;
+
 /// How a process uses Kafka, beyond where the brokers are.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -55,7 +59,7 @@ pub struct Options {
 impl Default for Options {
     /// Dynamic membership, and one record per batch, which every broker serves correctly.
     fn default() -> Self {
-        Self { instance_id: None, batch_records: 1 }
+        Self { instance_id: None, batch_records: DEFAULT_BATCH_RECORDS }
     }
 }
 
