@@ -68,8 +68,48 @@ function lib.init_browsing()
   terms = lib.lines("search-terms.txt")
 end
 
+-- Product pages are drawn by popularity: the product of rank k (a fixed shuffle of the
+-- catalogue, the same in every thread) is asked for in proportion to 1/k (Zipf, s = 1),
+-- as a store's traffic is; LOADTEST_DRAW=uniform draws every product alike instead.
+local zipf_cdf
+local draw = os.getenv("LOADTEST_DRAW") or "zipf"
+
+local function init_zipf()
+  -- The shuffle must not depend on the thread's seed: every thread ranks alike.
+  local ranked = {}
+  for i = 1, #products do ranked[i] = products[i] end
+  local state = 12345
+  for i = #ranked, 2, -1 do
+    state = (state * 1103515245 + 12345) % 2147483648
+    local j = state % i + 1
+    ranked[i], ranked[j] = ranked[j], ranked[i]
+  end
+  products = ranked
+  zipf_cdf = {}
+  local total = 0
+  for k = 1, #products do
+    total = total + 1 / k
+    zipf_cdf[k] = total
+  end
+  for k = 1, #products do zipf_cdf[k] = zipf_cdf[k] / total end
+end
+
+local function zipf_pick()
+  local u = math.random()
+  local low, high = 1, #zipf_cdf
+  while low < high do
+    local mid = math.floor((low + high) / 2)
+    if zipf_cdf[mid] < u then low = mid + 1 else high = mid end
+  end
+  return products[low]
+end
+
 function lib.product_page()
-  return wrk.format("GET", "/api/products/" .. lib.pick(products))
+  if draw == "uniform" then
+    return wrk.format("GET", "/api/products/" .. lib.pick(products))
+  end
+  if not zipf_cdf then init_zipf() end
+  return wrk.format("GET", "/api/products/" .. zipf_pick())
 end
 
 local sorts = { "newest", "price_asc", "price_desc" }

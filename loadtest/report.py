@@ -139,6 +139,33 @@ def markdown(report: dict) -> str:
         "moves with its neighbours; the CPU a request costs moves much less, so it is the number to "
         "compare between runs.",
     ]
+    cached = {name: row["cache"] for name, row in report["scenarios"].items() if row.get("cache")}
+    if cached:
+        lines += [
+            "",
+            "## Cache use",
+            "",
+            "| run | L1 (in-process) hit ratio | L2 (Redis) hit ratio | Redis commands per request |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, use in cached.items():
+            share = lambda v: "–" if v is None else f"{v:.1%}"  # noqa: E731
+            redis = use.get("redis_calls_per_request")
+            lines.append(f"| {name} | {share(use['l1_hit_ratio'])} | {share(use['l2_hit_ratio'])} "
+                         f"| {'–' if redis is None else f'{redis:.2f}'} |")
+        lines += ["", "L2's ratio counts only the reads L1 did not answer. Redis commands include every "
+                  "client's (rate limits, revocation checks, invalidations)."]
+    stale = report.get("staleness")
+    if stale:
+        lines += [
+            "",
+            "## Cross-replica staleness",
+            "",
+            f"Two `shop` replicas on one database and Redis, no other load: {stale['rounds']} stock changes "
+            "on the first, each to a product the second had just cached; the time from the write's answer "
+            f"to the second serving the new value: p50 {stale['p50_ms']} ms, p99 {stale['p99_ms']} ms, "
+            f"max {stale['max_ms']} ms (bound: `CACHE_STALE_MAX`, 1 s).",
+        ]
     lines += ["", "## Targets", ""]
     for name, row in report["scenarios"].items():
         if row["target_ratio"] and row["ratio"] is not None:

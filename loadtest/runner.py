@@ -33,6 +33,9 @@ ADMIN = {"email": os.environ.get("LOADTEST_ADMIN_EMAIL", "admin@shop.local"),
 # What each scenario is compared with, and the share of that ceiling it should reach.
 SCENARIOS = {
     "product-by-id": {"script": "product-by-id.lua", "ceiling": "json", "target": 0.60},
+    "product-by-id-uniform": {
+        "script": "product-by-id.lua", "ceiling": "json", "target": 0.45, "env": {"LOADTEST_DRAW": "uniform"},
+    },
     "browse": {"script": "browse.lua", "ceiling": "json", "target": 0.40},
     "checkout": {"script": "checkout.lua", "ceiling": "tx", "target": 0.40},
     "mixed": {"script": "mixed.lua", "ceiling": "json", "target": None},
@@ -85,6 +88,7 @@ class Process:
     def __init__(self, name: str, binary: str, args: list[str], env: dict[str, str], log: pathlib.Path):
         self.name = name
         self.log = log
+        self.env = env
         self.process = subprocess.Popen(
             [binary, *args], env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT
         )
@@ -192,7 +196,8 @@ def prepare_data(base: str, args) -> None:
     data = args.data
     data.mkdir(parents=True, exist_ok=True)
     products, cursor = [], None
-    while len(products) < 20_000:
+    # Every product: product pages are drawn over the whole catalogue.
+    while len(products) < args.products:
         status, page = http("GET", f"{base}/api/products?limit=100" + (f"&cursor={cursor}" if cursor else ""))
         if status != 200:
             sys.exit(f"listing products: {status} {page}")
@@ -355,13 +360,17 @@ def run_all(args, out, scenarios, base, ceiling_base, database, processes, memor
     audit_result = None
     for name in scenarios:
         step += 1
-        script = SCENARIOS[name]["script"]
+        script, env_run = SCENARIOS[name]["script"], SCENARIOS[name].get("env", {})
         if args.warmup:
-            wrk(name + " (warm-up)", script, base, args, {}, args.warmup, f"[{step}/{runs}]")
-        results[name] = wrk(name, script, base, args, {}, args.duration, f"[{step}/{runs}]", pid("shop"))
+            wrk(name + " (warm-up)", script, base, args, env_run, args.warmup, f"[{step}/{runs}]")
+        before = cache_counters(base), redis_commands()
+        results[name] = wrk(name, script, base, args, env_run, args.duration, f"[{step}/{runs}]", pid("shop"))
+        results[name]["cache"] = cache_use(before, (cache_counters(base), redis_commands()), results[name])
         if name == "checkout" and database:
             say("auditing the invariants after the checkout scenario")
             audit_result = audit(database)
+    if not args.base_url and "product-by-id" in scenarios:
+        results["staleness"] = measure_staleness(args, out, processes, base)
     for name, process in processes.items():
         memory[name]["after_mib"] = process.rss_mib()
         process.stop()
@@ -370,6 +379,90 @@ def run_all(args, out, scenarios, base, ceiling_base, database, processes, memor
         memory.update(services)
         results.update(product_runs)
     return results, memory, audit_result
+
+
+def cache_counters(base: str) -> dict[str, float]:
+    """The cache's request counters from the server's /metrics, by their labels."""
+    try:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError):
+        return {}
+    counters = {}
+    for line in text.splitlines():
+        if line.startswith("cache_requests_total{"):
+            labels, value = line.rsplit(" ", 1)
+            counters[labels.removeprefix("cache_requests_total")] = float(value)
+    return counters
+
+
+def redis_commands() -> int | None:
+    """Commands Redis has run so far (every client's), from INFO."""
+    done = subprocess.run(["redis-cli", "-h", "127.0.0.1", "INFO", "stats"], capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        if line.startswith("total_commands_processed:"):
+            return int(line.split(":")[1])
+    return None
+
+
+def cache_use(before: tuple, after: tuple, result: dict) -> dict:
+    """Hit ratios of each cache level and Redis commands per request over one measured run."""
+    (counters_before, redis_before), (counters_after, redis_after) = before, after
+
+    def count(level: str, outcome: str) -> float:
+        label = f'{{level="{level}",outcome="{outcome}"}}'
+        return counters_after.get(label, 0) - counters_before.get(label, 0)
+
+    use = {}
+    for level in ("l1", "l2"):
+        hits = count(level, "hit")
+        asked = hits + count(level, "miss") + count(level, "bypassed")
+        use[f"{level}_hit_ratio"] = round(hits / asked, 3) if asked else None
+    if redis_before is not None and redis_after is not None and result["requests"]:
+        use["redis_calls_per_request"] = round((redis_after - redis_before) / result["requests"], 3)
+    return use
+
+
+def measure_staleness(args, out: pathlib.Path, processes: dict, base: str, rounds: int = 200) -> dict:
+    """A second `shop` replica on the same database and Redis: how long after a write on the
+    first (an admin's stock change, answered) the second serves the new value, over
+    `rounds` writes to products the second has just cached. Run with no other load."""
+    say("cross-replica staleness: a second shop replica, writes on the first, reads on the second")
+    port = free_port()
+    replica = Process("shop-replica", str(binaries() / "shop"), [], {**processes["shop"].env, "PORT": str(port)},
+                      out / "shop-replica.log")
+    try:
+        replica.wait_ready(f"http://127.0.0.1:{port}/ready")
+        status, tokens = http("POST", f"{base}/api/auth/login", ADMIN)
+        if status != 200:
+            sys.exit(f"admin login for the staleness run: {status} {tokens}")
+        admin = tokens["access_token"]
+        ids = (args.data / "checkout-ids.txt").read_text().split()
+        lags_ms, stale_max_ms = [], 0.0
+        for n in range(rounds):
+            product = ids[n % len(ids)]
+            status, cached = http("GET", f"http://127.0.0.1:{port}/api/products/{product}")
+            status, written = http("POST", f"{base}/api/products/{product}/stock", {"delta": 1}, admin)
+            if status != 200:
+                sys.exit(f"a stock change for the staleness run: {status} {written}")
+            answered = time.monotonic()
+            while True:
+                status, seen = http("GET", f"http://127.0.0.1:{port}/api/products/{product}")
+                if status == 200 and seen["stock"] >= written["stock"]:
+                    lags_ms.append((time.monotonic() - answered) * 1000)
+                    break
+                if time.monotonic() - answered > 5:
+                    sys.exit(f"replica two never saw the write to {product}")
+        lags_ms.sort()
+        stale_max_ms = lags_ms[-1]
+        return {
+            "rounds": rounds,
+            "p50_ms": round(lags_ms[len(lags_ms) // 2], 2),
+            "p99_ms": round(lags_ms[int(len(lags_ms) * 0.99) - 1], 2),
+            "max_ms": round(stale_max_ms, 2),
+        }
+    finally:
+        replica.stop()
 
 
 def gateway_rate_limit(admin: str, enforced: bool) -> None:
@@ -503,7 +596,7 @@ def build_report(args, scenarios, results, memory, audit_result, today) -> dict:
         keep = ("requests", "seconds", "rps", "p50_us", "p90_us", "p99_us", "max_us", "mean_us", "non_2xx",
                 "connect_errors", "read_errors", "write_errors", "timeouts", "orders", "payments", "non_2xx_by_status")
         return {key: result[key] for key in keep} | {
-            key: result[key] for key in ("cpu_us_per_request",) if key in result
+            key: result[key] for key in ("cpu_us_per_request", "cache") if key in result
         }
 
     ceilings = {name.removeprefix("ceiling-"): summary(r) for name, r in results.items() if name.startswith("ceiling-")}
@@ -535,6 +628,7 @@ def build_report(args, scenarios, results, memory, audit_result, today) -> dict:
         "ceilings": ceilings,
         "scenarios": rows,
         "memory_mib": memory,
+        "staleness": results.get("staleness"),
         "audit": audit_result,
     }
 

@@ -87,6 +87,29 @@ impl Env {
             .map_err(|e| ConfigError::new(name, format!("{e} (expected a duration like 15m or 30s, got {raw:?})")))
     }
 
+    /// A size in bytes: a number with an optional unit (`64MiB`, `512KiB`, `1GiB`, `100MB`,
+    /// `4096`).
+    pub fn bytes(&self, name: &'static str, default: u64) -> Result<u64, ConfigError> {
+        let Some(raw) = self.raw(name) else { return Ok(default) };
+        let raw = raw.trim();
+        let digits = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+        let unit = match raw[digits..].trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1u64,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            _ => return Err(ConfigError::new(name, format!("expected a size like 64MiB or 512KiB, got {raw:?}"))),
+        };
+        raw[..digits]
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(unit))
+            .ok_or_else(|| ConfigError::new(name, format!("expected a size like 64MiB or 512KiB, got {raw:?}")))
+    }
+
     /// A secret: kept out of `Debug` output and logs.
     pub fn secret(&self, name: &'static str) -> Option<SecretString> {
         self.raw(name).map(|v| SecretString::from(v.to_owned()))
@@ -166,6 +189,14 @@ pub struct CommonConfig {
     /// OpenTelemetry on (the default) or off (`OTEL_SDK_DISABLED=true`, the
     /// specification's switch): off, requests make no spans and have no trace id.
     pub tracing: bool,
+    /// Which traces are recorded when they are exported (`OTEL_TRACES_SAMPLER`,
+    /// `OTEL_TRACES_SAMPLER_ARG`; parent-based, always on by default).
+    pub trace_sampler: crate::telemetry::TraceSampler,
+    /// The most a catalogue read on one replica may lag a write on another
+    /// (`CACHE_STALE_MAX`, default 1 s): how long an in-process cache entry lives.
+    pub cache_stale_max: Duration,
+    /// The in-process cache's bound (`L1_CACHE_BYTES`, default 64 MiB; 0 turns it off).
+    pub l1_cache_bytes: u64,
 }
 
 /// librdkafka's bounds for `batch.num.messages`.
@@ -237,6 +268,9 @@ impl CommonConfig {
             migrate_on_start: env.flag_or("MIGRATE_ON_START", true)?,
             shutdown_delay: env.delay("SHUTDOWN_DELAY", Duration::ZERO)?,
             tracing: !env.flag("OTEL_SDK_DISABLED")?,
+            trace_sampler: crate::telemetry::TraceSampler::from_env(env)?,
+            cache_stale_max: env.duration("CACHE_STALE_MAX", Duration::from_secs(1))?,
+            l1_cache_bytes: env.bytes("L1_CACHE_BYTES", 64 << 20)?,
         })
     }
 }
@@ -325,6 +359,37 @@ mod tests {
         assert!(!config(&[("OTEL_SDK_DISABLED", "TRUE")]).unwrap().tracing);
         assert!(config(&[("OTEL_SDK_DISABLED", "false")]).unwrap().tracing);
         assert_eq!(config(&[("OTEL_SDK_DISABLED", "sometimes")]).unwrap_err().name, "OTEL_SDK_DISABLED");
+    }
+
+    #[test]
+    fn cache_bounds_take_durations_and_sizes() {
+        let c = config(&[]).unwrap();
+        assert_eq!((c.cache_stale_max, c.l1_cache_bytes), (Duration::from_secs(1), 64 << 20));
+        let c = config(&[("CACHE_STALE_MAX", "250ms"), ("L1_CACHE_BYTES", "512KiB")]).unwrap();
+        assert_eq!((c.cache_stale_max, c.l1_cache_bytes), (Duration::from_millis(250), 512 << 10));
+        assert_eq!(config(&[("L1_CACHE_BYTES", "0")]).unwrap().l1_cache_bytes, 0);
+        assert_eq!(config(&[("L1_CACHE_BYTES", "100 MB")]).unwrap().l1_cache_bytes, 100_000_000);
+        for bad in ["lots", "64XB", "MiB", "-1", "99999999999999999999GiB"] {
+            assert_eq!(config(&[("L1_CACHE_BYTES", bad)]).unwrap_err().name, "L1_CACHE_BYTES", "{bad}");
+        }
+        assert_eq!(config(&[("CACHE_STALE_MAX", "0s")]).unwrap_err().name, "CACHE_STALE_MAX");
+    }
+
+    #[test]
+    fn samplers_are_the_specifications_names() {
+        use crate::telemetry::{ParentRoot, TraceSampler};
+        assert_eq!(config(&[]).unwrap().trace_sampler, TraceSampler::DEFAULT);
+        let sampler = |pairs: &[(&str, &str)]| config(pairs).map(|c| c.trace_sampler);
+        assert_eq!(sampler(&[("OTEL_TRACES_SAMPLER", "always_off")]).unwrap(), TraceSampler::AlwaysOff);
+        assert_eq!(
+            sampler(&[("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.25")])
+                .unwrap(),
+            TraceSampler::ParentBased(ParentRoot::Ratio(0.25))
+        );
+        assert_eq!(sampler(&[("OTEL_TRACES_SAMPLER", "traceidratio")]).unwrap(), TraceSampler::Ratio(1.0));
+        assert_eq!(sampler(&[("OTEL_TRACES_SAMPLER", "sometimes")]).unwrap_err().name, "OTEL_TRACES_SAMPLER");
+        let out_of_range = [("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "1.5")];
+        assert_eq!(sampler(&out_of_range).unwrap_err().name, "OTEL_TRACES_SAMPLER_ARG");
     }
 
     #[test]

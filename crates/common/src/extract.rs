@@ -12,7 +12,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderMap, StatusCode, header, request::Parts};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -198,21 +197,15 @@ where
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 
-/// Whether [`client_addr_middleware`] believes `X-Forwarded-For`.
+/// Whether [`client_addr`] believes `X-Forwarded-For`.
 #[derive(Debug, Clone, Copy)]
 pub struct TrustForwardedFor(pub bool);
 
-/// Middleware that settles [`ClientAddr`] once per request.
-pub async fn client_addr_middleware(
-    axum::extract::State(trust): axum::extract::State<TrustForwardedFor>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// The request's [`ClientAddr`], which the HTTP shell settles once per request.
+pub fn client_addr(request: &Request, trust: TrustForwardedFor) -> ClientAddr {
     let forwarded = trust.0.then(|| forwarded_for(request.headers())).flatten();
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    let addr = forwarded.or(peer).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    request.extensions_mut().insert(ClientAddr(addr));
-    next.run(request).await
+    ClientAddr(forwarded.or(peer).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)))
 }
 
 /// The right-most address of `X-Forwarded-For`: the one our own gateway appended, which

@@ -6,6 +6,7 @@
 //! readiness should check); [`app`] wraps one service (a stand-alone binary) or several
 //! (`shop`) the same way, so tests, `main.rs` and `shop` all run the same stack.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -14,18 +15,16 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metrics::SharedString;
+use metrics::{Counter, Histogram, SharedString};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
+use tracing::Instrument as _;
 use utoipa::OpenApi as _;
 use utoipa::openapi::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -33,11 +32,11 @@ use utoipa_swagger_ui::SwaggerUi;
 use redis::aio::ConnectionManager;
 
 use crate::auth::Authenticator;
-use crate::cache::{Cache, connect_redis};
+use crate::cache::{Cache, L1Options, connect_redis};
 use crate::config::CommonConfig;
 use crate::error::{ApiError, ErrorCode};
 use crate::events::{Events, kafka};
-use crate::extract::{BODY_LIMIT, TrustForwardedFor, client_addr_middleware};
+use crate::extract::{BODY_LIMIT, TrustForwardedFor};
 use crate::ratelimit::Limiter;
 use crate::request_id::{self, RequestId};
 use crate::{db, telemetry, trace};
@@ -205,11 +204,15 @@ impl Draining {
 
 impl Shared {
     pub async fn connect(config: &CommonConfig) -> anyhow::Result<Self> {
+        // The cache registers its counters as it is made: the recorder must be there first.
+        telemetry::metrics_handle();
         let redis = match &config.redis_url {
             Some(url) => Some(connect_redis(url).await?),
             None => None,
         };
-        let cache = Cache::new(redis.clone(), &config.redis_prefix);
+        let l1 = L1Options { max_bytes: config.l1_cache_bytes, stale_max: config.cache_stale_max };
+        let cache = Cache::new(redis.clone(), &config.redis_prefix, l1);
+        let redis = redis.map(|(conn, _)| conn);
         let auth = Arc::new(Authenticator::new(&config.jwt_secret, config.access_token_ttl, cache.clone()));
         Ok(Self {
             cache,
@@ -276,81 +279,102 @@ pub fn app(services: Vec<Service>, shared: Shared) -> Router {
         .route("/metrics", get(metrics).with_state(ops))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(not_found)
-        // Outermost first: the request id is settled before anything can log or fail.
-        .layer(
-            ServiceBuilder::new()
-                .layer(middleware::from_fn_with_state(shared.requests.clone(), run_to_completion))
-                .layer(middleware::from_fn(request_id::middleware))
-                .layer(TraceLayer::new_for_http().make_span_with(make_span).on_response(on_response))
-                .layer(CatchPanicLayer::custom(panicked))
-                .layer(middleware::from_fn(problem_for_bare_errors))
-                .layer(middleware::from_fn(track_metrics))
-                .layer(middleware::from_fn_with_state(
-                    TrustForwardedFor(shared.trust_forwarded_for),
-                    client_addr_middleware,
-                ))
-                .layer(DefaultBodyLimit::max(BODY_LIMIT)),
-        )
+        .layer(middleware::from_fn_with_state(
+            Shell {
+                requests: shared.requests.clone(),
+                trust_forwarded_for: shared.trust_forwarded_for,
+                metrics: Arc::default(),
+            },
+            around_request,
+        ))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
 }
 
-/// Runs each request to its end even if the client goes away. hyper drops a request's
-/// future when its connection closes; dropped half way, a handler abandons a transaction
-/// or a pool checkout at an arbitrary await, and under load such cancellations were seen
-/// to strand sqlx pool permits until every acquire timed out. A request, once started,
-/// finishes; only its answer is lost.
-/// The tasks are tracked, so that shutdown waits for them all, whether or not their
-/// connection is still open.
-async fn run_to_completion(State(requests): State<TaskTracker>, request: Request, next: Next) -> Response {
-    match requests.spawn(next.run(request)).await {
+/// What [`around_request`] needs: where request tasks are tracked, whether to believe
+/// `X-Forwarded-For`, and the request metrics' handles.
+#[derive(Clone)]
+struct Shell {
+    requests: TaskTracker,
+    trust_forwarded_for: bool,
+    metrics: Arc<RequestMetrics>,
+}
+
+/// Everything every request goes through, in one layer (each layer of its own cost a
+/// boxed future and a service clone per request, which showed in the profile of a cached
+/// read): its id, client address, span and trace context are settled; it runs to
+/// completion in a task of its own; a bare error becomes a problem; it is logged and
+/// counted.
+///
+/// Running to completion: hyper drops a request's future when its connection closes;
+/// dropped half way, a handler abandons a transaction or a pool checkout at an arbitrary
+/// await, and under load such cancellations were seen to strand sqlx pool permits until
+/// every acquire timed out. A request, once started, finishes; only its answer is lost.
+/// The tasks are tracked, so that shutdown waits for them all. A panic ends the task,
+/// and the request is answered 500.
+async fn around_request(State(shell): State<Shell>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request_id::of(&request);
+    let client = crate::extract::client_addr(&request, TrustForwardedFor(shell.trust_forwarded_for));
+    request.extensions_mut().insert(client);
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = method_label(request.method());
+    let span = make_span(method, route.as_ref().map_or("", MatchedPath::as_str), &id);
+    let traceparent = request.headers().get(&trace::TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let work = request_id::scope(id.clone(), async move { problem_for_bare_errors(next.run(request).await) });
+    let work = trace::instrument(span.clone(), traceparent.as_deref(), work);
+    let mut response = match shell.requests.spawn(work).await {
         Ok(response) => response,
-        Err(err) => ApiError::internal(anyhow::anyhow!("request task failed: {err}")).into_response(),
+        Err(err) => {
+            let failed = async { ApiError::internal(anyhow::anyhow!("request task failed: {err}")).into_response() };
+            request_id::scope(id.clone(), failed).instrument(span.clone()).await
+        }
+    };
+    let latency = started.elapsed();
+    on_response(&response, latency, &span);
+    shell.metrics.record(method, route.as_ref(), response.status(), latency);
+    if let Ok(header) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(request_id::X_REQUEST_ID.clone(), header);
+    }
+    response
+}
+
+/// The request's span: with OpenTelemetry recording, a server span in its terms (the
+/// child of the caller's span when the request carries a valid `traceparent`); otherwise
+/// only what log lines show. Its `trace_id` goes into every log line of the request.
+fn make_span(method: &str, route: &str, request_id: &str) -> tracing::Span {
+    if trace::mode() == trace::Mode::OpenTelemetry {
+        tracing::info_span!(
+            "request",
+            otel.name = %format_args!("{method} {route}"),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.route = route,
+            http.response.status_code = tracing::field::Empty,
+            method,
+            route,
+            request_id,
+            trace_id = tracing::field::Empty,
+        )
+    } else {
+        tracing::info_span!("request", method, route, request_id, trace_id = tracing::field::Empty)
     }
 }
 
-/// The request's span: a server span in OpenTelemetry's terms, the child of the caller's
-/// span when the request carries a valid `traceparent`; its trace id goes into every log
-/// line of the request.
-fn make_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
-    let request_id = request.extensions().get::<RequestId>().map_or("", |id| id.0.as_str());
-    let route = request.extensions().get::<MatchedPath>().map_or("", MatchedPath::as_str);
-    let method = request.method();
-    let span = tracing::info_span!(
-        "request",
-        otel.name = %format_args!("{method} {route}"),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        http.route = route,
-        http.response.status_code = tracing::field::Empty,
-        %method,
-        route,
-        request_id,
-        trace_id = tracing::field::Empty,
-    );
-    let incoming = request.headers().get(&trace::TRACEPARENT).and_then(|v| v.to_str().ok());
-    trace::continue_from(&span, incoming);
-    if let Some(trace_id) = trace::trace_id(&span) {
-        span.record("trace_id", trace_id);
-    }
-    span
-}
-
-fn on_response<B>(response: &axum::http::Response<B>, latency: Duration, span: &tracing::Span) {
+fn on_response(response: &Response, latency: Duration, span: &tracing::Span) {
     let status = response.status();
-    span.record("http.response.status_code", status.as_u16());
-    if status.is_server_error() {
-        span.record("otel.status_code", "ERROR");
+    if trace::mode() == trace::Mode::OpenTelemetry {
+        span.record("http.response.status_code", status.as_u16());
+        if status.is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
     }
-    tracing::info!(status = status.as_u16(), latency_ms = latency.as_millis() as u64, "response");
-}
-
-fn panicked(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    ApiError::internal(anyhow::anyhow!("handler panicked")).into_response()
+    span.in_scope(|| tracing::info!(status = status.as_u16(), latency_ms = latency.as_millis() as u64, "response"));
 }
 
 /// Turns error responses that did not come from our handlers (axum's 405, a layer's 413)
 /// into problem+json, so that no client ever sees another error shape.
-async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+fn problem_for_bare_errors(response: Response) -> Response {
     let status = response.status();
     // axum and tower-http answer with an empty or plain-text body; a JSON body (like
     // `/ready`'s 503) is already what the endpoint means to say.
@@ -367,20 +391,38 @@ async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
     response
 }
 
-async fn track_metrics(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route =
-        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = method_label(request.method());
-    let response = next.run(request).await;
-    let labels = [
-        ("method", SharedString::const_str(method)),
-        ("route", route.into()),
-        ("status", response.status().as_u16().to_string().into()),
-    ];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
-    response
+/// The request counter and latency histogram of each method, route and status, looked
+/// up once and kept: the `metrics` macros hash every label on every call.
+#[derive(Default)]
+struct RequestMetrics {
+    by_route: std::sync::RwLock<HashMap<Arc<str>, HashMap<(&'static str, u16), (Counter, Histogram)>>>,
+}
+
+impl RequestMetrics {
+    fn record(&self, method: &'static str, route: Option<&MatchedPath>, status: StatusCode, latency: Duration) {
+        let route = route.map_or("unmatched", MatchedPath::as_str);
+        let key = (method, status.as_u16());
+        let found = {
+            let by_route = self.by_route.read().unwrap_or_else(|e| e.into_inner());
+            by_route.get(route).and_then(|statuses| statuses.get(&key)).cloned()
+        };
+        let (counter, histogram) = found.unwrap_or_else(|| {
+            let labels = [
+                ("method", SharedString::const_str(method)),
+                ("route", route.to_owned().into()),
+                ("status", status.as_u16().to_string().into()),
+            ];
+            let handles = (
+                metrics::counter!("http_requests_total", &labels),
+                metrics::histogram!("http_request_duration_seconds", &labels),
+            );
+            let mut by_route = self.by_route.write().unwrap_or_else(|e| e.into_inner());
+            by_route.entry(route.into()).or_default().insert(key, handles.clone());
+            handles
+        });
+        counter.increment(1);
+        histogram.record(latency.as_secs_f64());
+    }
 }
 
 /// The `method` label: a method HTTP defines, by name, or `other`. Every label value is a

@@ -9,7 +9,8 @@
 //! - [`idempotency`]: `Idempotency-Key` replay, recorded with the effect it replays;
 //! - [`telemetry`]: logs and the Prometheus recorder;
 //! - [`db`]: pools, one schema and role per service, migrations;
-//! - [`cache`]: cache-aside storage in Redis or in-process;
+//! - [`cache`]: cache-aside storage in two levels, in the process and in Redis;
+//! - [`conditional`]: `ETag`, `If-None-Match` and `Cache-Control` of catalogue reads;
 //! - [`client`]: calls to other services, with timeouts, retries and circuit breakers;
 //! - [`money`]: amounts as decimal strings;
 //! - [`page`]: `limit` and id cursors of lists;
@@ -30,6 +31,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub mod auth;
 pub mod cache;
 pub mod client;
+pub mod conditional;
 pub mod config;
 pub mod db;
 pub mod error;

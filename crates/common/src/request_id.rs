@@ -3,8 +3,6 @@
 
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
-use axum::response::Response;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -38,22 +36,32 @@ fn usable(value: &HeaderValue) -> Option<String> {
         .then(|| String::from_utf8_lossy(bytes).into_owned())
 }
 
-/// Middleware: settles the id, runs the rest of the stack with it in scope and puts it on
+/// The request's id: the one it carries when usable, a new one otherwise. The HTTP shell
+/// (`common::http`) settles it once, runs the request in its [`scope`] and puts it on
 /// the response.
-pub async fn middleware(mut request: Request, next: Next) -> Response {
-    let id = request.headers().get(&X_REQUEST_ID).and_then(usable).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    request.extensions_mut().insert(RequestId(id.clone()));
-    let header = HeaderValue::from_str(&id).ok();
-    let mut response = CURRENT.scope(id, next.run(request)).await;
-    if let Some(header) = header {
-        response.headers_mut().insert(X_REQUEST_ID.clone(), header);
-    }
-    response
+pub fn of(request: &Request) -> String {
+    request.headers().get(&X_REQUEST_ID).and_then(usable).unwrap_or_else(generate)
+}
+
+/// A UUIDv7 from the thread's random generator: `Uuid::now_v7` asks the kernel for its
+/// random bits (a system call on every request that comes without an id).
+fn generate() -> String {
+    use rand::Rng as _;
+    let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let random: [u8; 10] = rand::rng().random();
+    uuid::Builder::from_unix_timestamp_millis(millis as u64, &random).into_uuid().to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_ids_are_distinct_version_7_uuids() {
+        let (a, b) = (generate(), generate());
+        assert_ne!(a, b);
+        assert_eq!(a.parse::<uuid::Uuid>().unwrap().get_version_num(), 7);
+    }
 
     #[test]
     fn only_short_visible_ascii_ids_are_echoed() {

@@ -505,6 +505,7 @@ pub fn spans() -> &'static opentelemetry_sdk::trace::InMemorySpanExporter {
             .with_tracer(provider.tracer("test"))
             .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
         tracing_subscriber::registry().with(layer).try_init().expect("no other global subscriber in this test binary");
+        crate::trace::set_mode(crate::trace::Mode::OpenTelemetry);
         exporter
     })
 }

@@ -1,19 +1,53 @@
-//! W3C Trace Context on OpenTelemetry spans: a request's (or consumed event's) span
-//! continues the `traceparent` it came with, when valid, and what is passed on in every
-//! outgoing call and every event written is the current span's context, so each hop is a
-//! child span of the one that made it. Where no OpenTelemetry layer is installed (tests of
-//! one piece), what is passed on is a fresh, valid `traceparent`.
+//! W3C Trace Context, carried from requests into calls and events whether or not spans
+//! are exported.
+//!
+//! Without an exporter (no OTLP endpoint) no OpenTelemetry span data is built: the
+//! request's (or consumed event's) [`Context`] is a task-local value, continued from the
+//! `traceparent` it came with when valid and made up otherwise, and what is passed on is
+//! that context, so the ids still reach log lines and every hop. With an exporter the
+//! OpenTelemetry layer records spans, and what is passed on is the current span's
+//! context, so each hop is a child span of the one that made it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use axum::http::HeaderName;
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use rand::RngCore;
+use rand::Rng;
+use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// How this process traces: set once, by `telemetry::init_tracing` (or a test harness).
+static MODE: AtomicU8 = AtomicU8::new(Mode::Context as u8);
+
+/// What a process does with trace context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// `OTEL_SDK_DISABLED=true`: no trace ids in logs; each outgoing call or event
+    /// starts a trace of its own.
+    Off = 0,
+    /// No exporter: ids carried in a task-local context, no span data built.
+    Context = 1,
+    /// Spans recorded by the OpenTelemetry layer (and exported, as sampled).
+    OpenTelemetry = 2,
+}
+
+pub fn set_mode(mode: Mode) {
+    MODE.store(mode as u8, Ordering::Relaxed);
+}
+
+pub fn mode() -> Mode {
+    match MODE.load(Ordering::Relaxed) {
+        0 => Mode::Off,
+        2 => Mode::OpenTelemetry,
+        _ => Mode::Context,
+    }
+}
 
 /// A `traceparent` in the only version we speak (`00-<trace id>-<parent id>-<flags>`),
 /// lower-case hex, with non-zero ids.
@@ -32,20 +66,87 @@ pub fn parse(value: &str) -> Option<(&str, &str, &str)> {
     valid.then_some((trace_id, parent_id, flags))
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+/// One unit of work's place in a trace: the trace, this work's own span id, and the
+/// caller's flags (sampled or not), as passed on to what it calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    trace_id: u128,
+    span_id: u64,
+    flags: u8,
 }
 
-/// The `traceparent` of a new, sampled trace.
-fn new_trace() -> String {
-    format!("00-{}-{}-01", random_hex(16), random_hex(8))
+fn nonzero_u64() -> u64 {
+    rand::rng().random_range(1..=u64::MAX)
 }
 
-/// The `traceparent` to pass on from here: the current span's, or else a new trace's.
+impl Context {
+    /// A new, sampled trace.
+    pub fn new_trace() -> Self {
+        Self { trace_id: rand::rng().random_range(1..=u128::MAX), span_id: nonzero_u64(), flags: 1 }
+    }
+
+    /// The work of a caller's `traceparent` (when valid): the same trace, a new span.
+    pub fn continue_from(traceparent: Option<&str>) -> Self {
+        let parsed = traceparent.and_then(parse).and_then(|(trace_id, _, flags)| {
+            Some((u128::from_str_radix(trace_id, 16).ok()?, u8::from_str_radix(flags, 16).ok()?))
+        });
+        match parsed {
+            Some((trace_id, flags)) => Self { trace_id, span_id: nonzero_u64(), flags },
+            None => Self::new_trace(),
+        }
+    }
+
+    pub fn trace_id(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+
+    /// What this work passes on: its own span as the parent.
+    pub fn traceparent(&self) -> String {
+        format!("00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, self.flags)
+    }
+}
+
+tokio::task_local! {
+    static CURRENT: Context;
+}
+
+/// Runs `work` in `span`, continuing `traceparent` (when valid): the span's `trace_id`
+/// field is recorded, and whatever `work` calls or emits carries the trace on.
+pub fn instrument<F: Future>(
+    span: tracing::Span,
+    traceparent: Option<&str>,
+    work: F,
+) -> impl Future<Output = F::Output> + use<F> {
+    let context = Context::continue_from(traceparent);
+    match mode() {
+        Mode::OpenTelemetry => {
+            continue_span(&span, traceparent);
+            if let Some(trace_id) = span_trace_id(&span) {
+                span.record("trace_id", trace_id);
+            }
+        }
+        Mode::Context => {
+            if !span.is_disabled() {
+                span.record("trace_id", context.trace_id());
+            }
+        }
+        Mode::Off => {}
+    }
+    CURRENT.scope(context, work.instrument(span))
+}
+
+/// The `traceparent` to pass on from here: the current span's when OpenTelemetry records
+/// it, else the current work's context, else a new trace's.
 pub fn outgoing() -> String {
-    of_span(&tracing::Span::current()).unwrap_or_else(new_trace)
+    match mode() {
+        Mode::Off => Context::new_trace().traceparent(),
+        Mode::OpenTelemetry => of_span(&tracing::Span::current())
+            .or_else(|| CURRENT.try_with(Context::traceparent).ok())
+            .unwrap_or_else(|| Context::new_trace().traceparent()),
+        Mode::Context => {
+            CURRENT.try_with(Context::traceparent).unwrap_or_else(|_| Context::new_trace().traceparent())
+        }
+    }
 }
 
 /// `span`'s `traceparent`, when OpenTelemetry records it.
@@ -56,8 +157,8 @@ fn of_span(span: &tracing::Span) -> Option<String> {
 }
 
 /// Makes `span` (not yet entered) a child of the remote span `traceparent` names, when it
-/// names one validly; otherwise `span` starts a trace of its own.
-pub fn continue_from(span: &tracing::Span, traceparent: Option<&str>) {
+/// names one validly; otherwise `span` starts a trace of its own. OpenTelemetry only.
+pub fn continue_span(span: &tracing::Span, traceparent: Option<&str>) {
     if let Some(traceparent) = traceparent.filter(|value| parse(value).is_some()) {
         let carrier = HashMap::from([(TRACEPARENT.as_str().to_owned(), traceparent.to_owned())]);
         // Fails only where OpenTelemetry is not installed, and then there is nothing to link.
@@ -66,7 +167,7 @@ pub fn continue_from(span: &tracing::Span, traceparent: Option<&str>) {
 }
 
 /// The trace id `span` belongs to (32 lower-case hex digits), when OpenTelemetry records it.
-pub fn trace_id(span: &tracing::Span) -> Option<String> {
+fn span_trace_id(span: &tracing::Span) -> Option<String> {
     let context = span.context();
     let otel = context.span();
     let span_context = otel.span_context();
@@ -94,9 +195,21 @@ mod tests {
     }
 
     #[test]
-    fn without_opentelemetry_a_new_trace_is_passed_on() {
+    fn outside_any_work_a_new_trace_is_passed_on() {
         let (first, second) = (outgoing(), outgoing());
         assert!(parse(&first).is_some(), "{first}");
         assert_ne!(parse(&first).unwrap().0, parse(&second).unwrap().0, "each is a trace of its own");
+    }
+
+    #[tokio::test]
+    async fn without_opentelemetry_work_continues_its_callers_trace() {
+        let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let passed_on = instrument(tracing::Span::none(), Some(caller), async { outgoing() }).await;
+        let (trace_id, parent_id, flags) = parse(&passed_on).unwrap();
+        assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736", "the same trace");
+        assert_ne!(parent_id, "00f067aa0ba902b7", "this work's own span is the parent");
+        assert_eq!(flags, "00", "the caller's sampling decision is kept");
+        let fresh = instrument(tracing::Span::none(), Some("garbage"), async { outgoing() }).await;
+        assert!(parse(&fresh).is_some_and(|(id, _, _)| id != trace_id), "a new trace for an invalid parent");
     }
 }

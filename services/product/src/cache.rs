@@ -1,21 +1,30 @@
-//! Cache-aside for the hot reads: a product by id (with short-lived entries for unknown
-//! ids) and listing pages.
+//! The catalogue's hot reads through both cache levels (`common::cache`): a product by
+//! id (with short-lived entries for unknown ids) and listing pages.
 //!
-//! Every write puts the fresh product in the cache after its transaction commits (never
-//! over a later state of it) and bumps the listing generation: a listing page counts only
-//! in the generation it was cached in, which is read with it, so pages cached before the
-//! write are never served again. So a read after a write always
-//! sees the write, by id and in listings. With the cache away, reads go to the database.
+//! A listing page is cached as the ids it holds and its next cursor; its products come
+//! from the product entries, all of a page's in one multi-get. So a change to one product
+//! (its stock, say) refreshes that product wherever it is listed without retiring any
+//! page. What decides membership or order (a product created, deleted, renamed,
+//! repriced, moved, or its stock reaching or leaving zero) bumps the listing generation:
+//! a page counts only in the generation it was cached in, which is read with it, and
+//! every replica's first level drops its pages.
+//!
+//! Every write puts the fresh product in Redis after its transaction commits (never over
+//! a later state of it), then invalidates it in this process's first level and, through
+//! Redis, in every other replica's. So this replica reads its writes at once and the
+//! others within `CACHE_STALE_MAX`. With the cache away, reads go to the database.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use common::cache::Cache;
+use common::cache::{Cache, Cached, Ticket, etag_of};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::domain::{Listing, Page, Product};
+use crate::domain::{Listing, Product};
 use crate::error::Error;
 use crate::repository;
 
@@ -23,8 +32,10 @@ const PRODUCT_TTL: Duration = Duration::from_secs(120);
 /// How long an unknown id is remembered as unknown.
 const MISSING_TTL: Duration = Duration::from_secs(15);
 const PAGE_TTL: Duration = Duration::from_secs(30);
-/// Bumped after every product write: the listing pages cached before it count no more.
+/// Bumped after every write that may change which products a page lists, or their order.
 const LISTING_GENERATION: &str = "products:listing-generation";
+/// The first level's family of listing pages, invalidated with each such bump.
+const PAGES: &str = "products:pages";
 
 fn product_key(id: Uuid) -> String {
     format!("product:{id}")
@@ -33,6 +44,55 @@ fn product_key(id: Uuid) -> String {
 fn product_ttl(product: &Option<Product>) -> Duration {
     if product.is_some() { PRODUCT_TTL } else { MISSING_TTL }
 }
+
+/// What a listing page caches: the ids it holds, in order, and the cursor after it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PageIds {
+    ids: Vec<Uuid>,
+    next_cursor: Option<String>,
+}
+
+/// A listing page in the first level: its ids and, once made, the page as last
+/// assembled from its products with the tickets taken before they were read, so that it
+/// is served again, without one lookup per product, until one of them is invalidated.
+#[derive(Debug)]
+struct ListedPage {
+    ids: PageIds,
+    assembled: std::sync::Mutex<Option<Arc<(Vec<Ticket>, PageJson)>>>,
+}
+
+impl ListedPage {
+    fn assembled(&self) -> Option<Arc<(Vec<Ticket>, PageJson)>> {
+        self.assembled.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// What a write did to a product, as far as listings care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Anything that may move it in or out of a listing, or within one.
+    Listed,
+    /// It is gone from the catalogue.
+    Deleted,
+    /// Only its stock, by this many units (negative: taken), which matters to listings
+    /// only when it reaches or leaves zero (`in_stock=true`).
+    Stock(i64),
+}
+
+impl Change {
+    fn relists(self, product: &Product) -> bool {
+        match self {
+            Self::Listed | Self::Deleted => true,
+            Self::Stock(delta) => {
+                let after = i64::from(product.stock);
+                after == 0 || after - delta <= 0
+            }
+        }
+    }
+}
+
+/// A listing page, encoded, with its tag.
+pub type PageJson = Cached;
 
 /// The product service's view of the shared cache.
 #[derive(Clone, Debug)]
@@ -46,50 +106,163 @@ impl CatalogCache {
         Self { cache, db }
     }
 
-    /// A live product's JSON, through the cache: sent on as the cache holds it.
-    pub async fn product_json(&self, id: Uuid) -> Result<Option<Bytes>, Error> {
+    /// A live product's JSON and tag, through the cache.
+    pub async fn product(&self, id: Uuid) -> Result<Option<Arc<Cached>>, Error> {
         let db = self.db.clone();
-        let json =
-            self.cache
-                .load_json(&product_key(id), product_ttl, move || async move {
-                    Ok(repository::find_product(&db, id).await?)
-                })
-                .await
-                .map_err(Error::Cache)?;
+        let cached = self
+            .cache
+            .load_cached(&product_key(id), product_ttl, move || async move {
+                Ok(repository::find_product(&db, id).await?)
+            })
+            .await
+            .map_err(Error::Cache)?;
         // An unknown id is cached too, as `null`.
-        Ok((json.as_ref() != b"null").then_some(json))
+        Ok((!cached.is_null()).then_some(cached))
     }
 
-    /// A listing page's JSON, through the cache: valid while no product was written since
-    /// it was cached (straight from the database when the cache cannot say).
-    pub async fn page_json(&self, listing: &Listing) -> Result<Bytes, Error> {
+    /// A listing page: its ids through the cache (straight from the database when the
+    /// cache cannot say which generation is current), then its products in one
+    /// multi-get. A product deleted since the page was cached is left out.
+    pub async fn page(&self, listing: &Listing) -> Result<PageJson, Error> {
         let digest = Sha256::digest(listing.cache_key().as_bytes());
         let key = format!("products:page:{}", hex(&digest));
-        let (db, listing) = (self.db.clone(), listing.clone());
-        self.cache
-            .load_json_in_generation(
-                &key,
-                LISTING_GENERATION,
-                |_: &Page<Product>| PAGE_TTL,
-                move || async move { Ok(repository::list(&db, &listing).await?) },
-            )
+        let first_level_key = format!("{key}@{}", self.cache.l1_family(PAGES));
+        let page = match self.cache.l1_get::<ListedPage>(&first_level_key) {
+            Some(page) => page,
+            None => {
+                let ticket = self.cache.l1_ticket(&first_level_key);
+                let (db, listing) = (self.db.clone(), listing.clone());
+                let json = self
+                    .cache
+                    .load_json_in_generation(&key, LISTING_GENERATION, |_: &PageIds| PAGE_TTL, move || async move {
+                        let page = repository::list(&db, &listing).await?;
+                        Ok(PageIds { ids: page.items.iter().map(|p| p.id).collect(), next_cursor: page.next_cursor })
+                    })
+                    .await
+                    .map_err(Error::Cache)?;
+                let ids: PageIds = serde_json::from_slice(&json).map_err(|e| Error::Internal(e.into()))?;
+                let page = Arc::new(ListedPage { ids, assembled: Default::default() });
+                self.cache.l1_fill(&first_level_key, page.clone(), PAGE_TTL, ticket);
+                page
+            }
+        };
+        if let Some(assembled) = page.assembled()
+            && self.cache.l1_tickets_hold(&assembled.0)
+        {
+            return Ok(assembled.1.clone());
+        }
+        let keys: Vec<String> = page.ids.ids.iter().map(|id| product_key(*id)).collect();
+        let tickets = self.cache.l1_tickets(&keys);
+        let db = self.db.clone();
+        let ids = page.ids.ids.clone();
+        let products = self
+            .cache
+            .load_cached_many(&keys, product_ttl, move |missing| async move {
+                let wanted: Vec<Uuid> = missing.iter().map(|i| ids[*i]).collect();
+                Ok(repository::find_products(&db, &wanted).await?)
+            })
             .await
-            .map_err(Error::Cache)
+            .map_err(Error::Cache)?;
+        let assembled = assemble(&products, page.ids.next_cursor.as_deref());
+        if let Some(tickets) = tickets {
+            *page.assembled.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new((tickets, assembled.clone())));
+        }
+        Ok(assembled)
     }
 
-    /// After a committed write: the fresh product replaces the cached one (or, deleted,
-    /// becomes unknown) unless the cache already holds a later state of it, and every
-    /// listing page is retired. The version is the row's `updated_at`, which the database
-    /// sets when the row is written, so a later commit always has the later version.
-    pub async fn written(&self, product: &Product, deleted: bool) {
-        let key = product_key(product.id);
-        self.cache.forget_flight(&key);
-        let value = (!deleted).then(|| product.clone());
-        self.cache.put_versioned(&key, product.updated_at.timestamp_micros(), &value, product_ttl(&value)).await;
-        self.cache.bump(LISTING_GENERATION).await;
+    /// After a committed write of `products` (each with what the write did to it): each
+    /// fresh product replaces the cached one (or, deleted, becomes unknown) unless the
+    /// cache already holds a later state of it; the listing generation is bumped if the
+    /// change may move any of them in a listing; then both levels are told. The version
+    /// is the row's `updated_at`, which the database sets when the row is written, so a
+    /// later commit always has the later version.
+    pub async fn written(&self, products: &[(Product, Change)]) {
+        let keys: Vec<String> = products.iter().map(|(product, _)| product_key(product.id)).collect();
+        for key in &keys {
+            self.cache.forget_flight(key);
+        }
+        // Side by side: the cache connection pipelines them.
+        futures::future::join_all(products.iter().zip(&keys).map(|((product, change), key)| {
+            let value = (*change != Change::Deleted).then(|| product.clone());
+            let ttl = product_ttl(&value);
+            async move { self.cache.put_versioned(key, product.updated_at.timestamp_micros(), &value, ttl).await }
+        }))
+        .await;
+        let relists = products.iter().any(|(product, change)| change.relists(product));
+        if relists {
+            self.cache.bump(LISTING_GENERATION).await;
+        }
+        self.cache.invalidate(&keys, if relists { &[PAGES] } else { &[] }).await;
     }
+}
+
+/// A page's JSON, as `Page<Product>` serializes: `{"items":[…],"next_cursor":…}`, from
+/// the products' cached JSON; its tag is made of theirs.
+fn assemble(products: &[Arc<Cached>], next_cursor: Option<&str>) -> PageJson {
+    let live: Vec<&Arc<Cached>> = products.iter().filter(|p| !p.is_null()).collect();
+    let cursor = serde_json::to_string(&next_cursor).unwrap_or_else(|_| "null".to_owned());
+    let mut json = Vec::with_capacity(live.iter().map(|p| p.json.len() + 1).sum::<usize>() + cursor.len() + 32);
+    json.extend_from_slice(b"{\"items\":[");
+    for (n, product) in live.iter().enumerate() {
+        if n > 0 {
+            json.push(b',');
+        }
+        json.extend_from_slice(&product.json);
+    }
+    json.extend_from_slice(b"],\"next_cursor\":");
+    json.extend_from_slice(cursor.as_bytes());
+    json.push(b'}');
+    let mut parts: Vec<&[u8]> = live.iter().map(|p| p.etag.as_bytes()).collect();
+    parts.push(cursor.as_bytes());
+    let etag = etag_of(&parts);
+    Cached { json: Bytes::from(json), etag }
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn product(stock: i32) -> Product {
+        let now = chrono::Utc::now();
+        Product {
+            id: Uuid::now_v7(),
+            sku: "SKU-1".into(),
+            name: "Desk".into(),
+            description: String::new(),
+            price: common::money::Money::parse("1.00").unwrap(),
+            currency: "USD".into(),
+            stock,
+            category_id: Uuid::now_v7(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn only_stock_reaching_or_leaving_zero_relists() {
+        assert!(!Change::Stock(-1).relists(&product(4)), "5 → 4");
+        assert!(Change::Stock(-2).relists(&product(0)), "2 → 0");
+        assert!(Change::Stock(3).relists(&product(3)), "0 → 3");
+        assert!(!Change::Stock(3).relists(&product(4)), "1 → 4");
+        assert!(Change::Listed.relists(&product(4)));
+    }
+
+    #[test]
+    fn an_assembled_page_is_what_serde_makes_of_it() {
+        let (a, b) = (product(1), product(2));
+        let cached = |p: &Product| Arc::new(Cached::new(serde_json::to_vec(p).unwrap().into()));
+        let null = Arc::new(Cached::new(Bytes::from_static(b"null")));
+        let page = assemble(&[cached(&a), null, cached(&b)], Some("c1"));
+        let expected = crate::domain::Page { items: vec![a.clone(), b.clone()], next_cursor: Some("c1".to_owned()) };
+        assert_eq!(page.json, serde_json::to_vec(&expected).unwrap(), "a deleted product is left out");
+        let last = assemble(&[cached(&a)], None);
+        let expected = crate::domain::Page { items: vec![a.clone()], next_cursor: None };
+        assert_eq!(last.json, serde_json::to_vec(&expected).unwrap());
+        assert_ne!(page.etag, last.etag);
+        assert_eq!(assemble(&[cached(&a)], None).etag, last.etag, "the same page, the same tag");
+    }
 }

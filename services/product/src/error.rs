@@ -28,6 +28,8 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("loading through the cache failed")]
     Cache(#[source] common::cache::LoadError),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
 }
 
 impl From<Error> for ApiError {
@@ -51,6 +53,7 @@ impl From<Error> for ApiError {
             Error::Database(e) => ApiError::from(e),
             Error::Cache(e) if e.transient => ApiError::unavailable(e),
             Error::Cache(e) => ApiError::internal(e),
+            Error::Internal(e) => ApiError::internal(e),
         }
     }
 }

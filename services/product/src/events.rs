@@ -5,7 +5,8 @@ use common::events::{Envelope, EventHandler};
 use futures::future::BoxFuture;
 use sqlx::PgConnection;
 
-use crate::cache::CatalogCache;
+use crate::cache::{CatalogCache, Change};
+use crate::domain::Product;
 use crate::domain::ReservationEvent;
 use crate::repository;
 
@@ -40,9 +41,12 @@ impl EventHandler for OrderEvents {
             if reservation_event(&event.event_type) == Some(ReservationEvent::Ended) {
                 match repository::reservation_products(&self.db, event.aggregate_id).await {
                     Ok(products) => {
-                        for (product, deleted) in &products {
-                            self.catalog.written(product, *deleted).await;
-                        }
+                        // Units came back: a product may be listed as in stock again.
+                        let products: Vec<(Product, Change)> = products
+                            .into_iter()
+                            .map(|(product, deleted)| (product, if deleted { Change::Deleted } else { Change::Listed }))
+                            .collect();
+                        self.catalog.written(&products).await;
                     }
                     Err(err) => tracing::warn!(error = %err, "could not refresh restocked products in the cache"),
                 }

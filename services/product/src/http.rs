@@ -1,11 +1,12 @@
 //! The handlers of `/api/products/*`, `/api/categories/*` and `/internal/reservations`:
 //! parse the request into domain types, apply the rules, map the outcome.
 
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use common::auth::{AdminUser, ServiceCaller};
+use common::cache::etag_of;
+use common::conditional;
 use common::error::Problem;
 use common::extract::{Json, Path, Query};
 use common::money::Money;
@@ -18,6 +19,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::cache::Change;
 use crate::domain::{
     Category, CategoryName, Cursor, Description, Listing, MAX_STOCK, NewProduct, Page, Price, Product, ProductChanges,
     ProductName, ReservationStatus, Sku, Sort, Stock, parse_currency, reservation_lines,
@@ -112,9 +114,14 @@ impl ListParams {
     )
 )]
 #[tracing::instrument(skip_all)]
-async fn list_products(State(state): State<AppState>, Query(params): Query<ListParams>) -> Result<Response, ApiError> {
+async fn list_products(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<ListParams>,
+) -> Result<Response, ApiError> {
     let listing = params.parse()?;
-    Ok(json(state.catalog.page_json(&listing).await?))
+    let page = state.catalog.page(&listing).await?;
+    Ok(conditional::respond(&headers, page.json, &page.etag))
 }
 
 /// One product.
@@ -127,13 +134,9 @@ async fn list_products(State(state): State<AppState>, Query(params): Query<ListP
     )
 )]
 #[tracing::instrument(skip_all, fields(%id))]
-async fn get_product(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Response, ApiError> {
-    Ok(json(state.catalog.product_json(id).await?.ok_or(Error::NotFound)?))
-}
-
-/// JSON the cache holds, sent on as it is.
-fn json(body: Bytes) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+async fn get_product(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<Uuid>) -> Result<Response, ApiError> {
+    let product = state.catalog.product(id).await?.ok_or(Error::NotFound)?;
+    Ok(conditional::respond(&headers, product.json.clone(), &product.etag))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -192,7 +195,7 @@ async fn create_product(
     let mut tx = state.db.begin().await?;
     let product = repository::insert_product(&mut tx, &new).await?;
     tx.commit().await?;
-    state.catalog.written(&product, false).await;
+    state.catalog.written(&[(product.clone(), Change::Listed)]).await;
     Ok((StatusCode::CREATED, Json(product)))
 }
 
@@ -245,7 +248,7 @@ async fn update_product(
     let mut tx = state.db.begin().await?;
     let product = repository::update_product(&mut tx, id, &changes).await?;
     tx.commit().await?;
-    state.catalog.written(&product, false).await;
+    state.catalog.written(&[(product.clone(), Change::Listed)]).await;
     Ok(Json(product))
 }
 
@@ -269,7 +272,7 @@ async fn delete_product(
     let mut tx = state.db.begin().await?;
     let product = repository::soft_delete(&mut tx, id).await?;
     tx.commit().await?;
-    state.catalog.written(&product, true).await;
+    state.catalog.written(&[(product, Change::Deleted)]).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -307,7 +310,7 @@ async fn adjust_stock(
     let mut tx = state.db.begin().await?;
     let product = repository::adjust_stock(&mut tx, id, req.delta as i32).await?;
     tx.commit().await?;
-    state.catalog.written(&product, false).await;
+    state.catalog.written(&[(product.clone(), Change::Stock(req.delta))]).await;
     Ok(Json(product))
 }
 
@@ -323,8 +326,11 @@ pub struct Categories {
     responses((status = 200, description = "Every category", body = Categories))
 )]
 #[tracing::instrument(skip_all)]
-async fn list_categories(State(state): State<AppState>) -> Result<Json<Categories>, ApiError> {
-    Ok(Json(Categories { items: repository::categories(&state.db).await? }))
+async fn list_categories(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let categories = Categories { items: repository::categories(&state.db).await? };
+    let json = serde_json::to_vec(&categories).map_err(ApiError::internal)?;
+    let etag = etag_of(&[&json]);
+    Ok(conditional::respond(&headers, json.into(), &etag))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -414,8 +420,13 @@ async fn reserve(
     let mut tx = state.db.begin().await?;
     let (reservation, changed) = repository::reserve(&mut tx, req.order_id, &lines, first_line).await?;
     tx.commit().await?;
-    // Side by side: the cache connection pipelines them.
-    futures::future::join_all(changed.iter().map(|product| state.catalog.written(product, false))).await;
+    // Each product lost the units reserved of it: only one that ran out leaves listings.
+    let taken = |product: &Product| -> i64 {
+        -lines.iter().filter(|l| l.product_id == product.id).map(|l| i64::from(l.quantity)).sum::<i64>()
+    };
+    let changed: Vec<(Product, Change)> =
+        changed.into_iter().map(|product| { let change = Change::Stock(taken(&product)); (product, change) }).collect();
+    state.catalog.written(&changed).await;
     let status = if reservation.created { StatusCode::CREATED } else { StatusCode::OK };
     let body = ReservationResponse { order_id: req.order_id, status: reservation.status, items: reservation.items };
     Ok((status, Json(body)))

@@ -86,6 +86,20 @@ pub async fn find_product(db: &PgPool, id: Uuid) -> Result<Option<Product>, Erro
     .await?)
 }
 
+/// Live products by id, in the order of `ids` (`None` where there is no such product or
+/// it was deleted): a listing page's products that neither cache level held.
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
+pub async fn find_products(db: &PgPool, ids: &[Uuid]) -> Result<Vec<Option<Product>>, Error> {
+    let rows: Vec<ProductRow> = sqlx::query_as(&format!(
+        "SELECT {PRODUCT_COLUMNS} FROM catalog.products WHERE id = ANY($1) AND deleted_at IS NULL"
+    ))
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
+    let mut by_id: std::collections::HashMap<Uuid, Product> = rows.into_iter().map(|r| (r.id, r.into())).collect();
+    Ok(ids.iter().map(|id| by_id.remove(id)).collect())
+}
+
 #[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
 pub async fn update_product(tx: &mut PgConnection, id: Uuid, changes: &ProductChanges) -> Result<Product, Error> {
     let updated = sqlx::query_as!(

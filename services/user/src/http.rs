@@ -1,9 +1,11 @@
 //! The handlers of `/api/auth/*` and `/api/users/*`: parse the request into domain types,
 //! apply the rules, map the outcome. Each carries its OpenAPI description.
 
+use std::time::Duration;
+
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use common::auth::{AdminUser, AuthUser};
 use common::error::Problem;
@@ -100,16 +102,26 @@ fn profile_key(id: Uuid) -> String {
     format!("user:{id}")
 }
 
-/// A profile through the cache: a miss is filled without ever overwriting a fresher
-/// value a concurrent update just wrote.
-async fn load_user(state: &AppState, id: Uuid) -> Result<User, Error> {
-    let key = profile_key(id);
-    if let Some(user) = state.cache.get::<User>(&key).await {
-        return Ok(user);
+/// How long an unknown user id is remembered as unknown.
+const MISSING_TTL: Duration = Duration::from_secs(15);
+
+/// A profile's JSON through both cache levels: a miss is filled without ever overwriting
+/// a fresher value a concurrent update just wrote, and an update invalidates it on every
+/// replica (which may serve the old one for up to `CACHE_STALE_MAX`; the updating replica
+/// never does).
+async fn profile(state: &AppState, id: Uuid) -> Result<Response, ApiError> {
+    let db = state.db.clone();
+    let ttl = |user: &Option<User>| if user.is_some() { PROFILE_TTL } else { MISSING_TTL };
+    let cached = state
+        .cache
+        .load_cached(&profile_key(id), ttl, move || async move { Ok(repository::find_by_id(&db, id).await?) })
+        .await
+        .map_err(|e| if e.transient { ApiError::unavailable(e) } else { ApiError::internal(e) })?;
+    if cached.is_null() {
+        return Err(Error::NotFound.into());
     }
-    let user = repository::find_by_id(&state.db, id).await?.ok_or(Error::NotFound)?;
-    state.cache.fill(&key, &user, PROFILE_TTL).await;
-    Ok(user)
+    let content_type = [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+    Ok((content_type, cached.json.clone()).into_response())
 }
 
 /// Starts a session (a refresh-token family) for `user` and issues its first tokens.
@@ -280,8 +292,8 @@ async fn logout(
     )
 )]
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
-async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<User>, ApiError> {
-    Ok(Json(load_user(&state, user.id).await?))
+async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Response, ApiError> {
+    profile(&state, user.id).await
 }
 
 /// Change the caller's username, email or password.
@@ -335,7 +347,9 @@ async fn update_me(
     }
     tx.commit().await?;
     // Never over a later update's value, whichever of two concurrent updates lands last.
-    state.cache.put_versioned(&profile_key(user.id), version.timestamp_micros(), &updated, PROFILE_TTL).await;
+    let key = profile_key(user.id);
+    state.cache.put_versioned(&key, version.timestamp_micros(), &updated, PROFILE_TTL).await;
+    state.cache.invalidate(&[key], &[]).await;
     Ok(Json(updated))
 }
 
@@ -356,6 +370,6 @@ async fn get_user(
     State(state): State<AppState>,
     admin: AdminUser,
     Path(id): Path<Uuid>,
-) -> Result<Json<User>, ApiError> {
-    Ok(Json(load_user(&state, id).await?))
+) -> Result<Response, ApiError> {
+    profile(&state, id).await
 }

@@ -22,7 +22,6 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
-use tracing::Instrument as _;
 use uuid::Uuid;
 
 pub use relay::Relay;
@@ -170,7 +169,6 @@ pub async fn deliver(
         messaging.message.id = %event.id,
         event_type = %event.event_type,
     );
-    trace::continue_from(&span, traceparent.as_deref());
     let work = async {
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 1;
@@ -198,7 +196,7 @@ pub async fn deliver(
             }
         }
     };
-    work.instrument(span).await
+    trace::instrument(span, traceparent.as_deref(), work).await
 }
 
 /// Where a process's events go: Kafka, or subscribers in the same process.

@@ -10,7 +10,6 @@
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
-use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::Events;
@@ -90,8 +89,7 @@ impl Relay {
                 messaging.message.id = %row.id,
                 service = self.service,
             );
-            trace::continue_from(&span, Some(&row.traceparent));
-            self.events.publish(row).instrument(span)
+            trace::instrument(span, Some(&row.traceparent), self.events.publish(row))
         }))
         .await;
         let mut published = Vec::with_capacity(rows.len());

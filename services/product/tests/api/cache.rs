@@ -74,3 +74,70 @@ async fn unknown_ids_are_404_and_many_concurrent_misses_all_answer() {
     let answers = futures::future::join_all((0..50).map(|_| app.get(&path))).await;
     assert!(answers.iter().all(|r| r.status() == 200));
 }
+
+#[tokio::test]
+async fn catalogue_reads_carry_a_tag_answer_304_to_it_and_a_write_changes_it() {
+    let app = TestApp::spawn().await;
+    let category = app.category("Desks").await;
+    let product = app.product(category, json!({"name": "Desk", "price": "100", "stock": 4})).await;
+    let by_id = format!("/api/products/{}", product["id"].as_str().unwrap());
+    let listing = format!("/api/products?category_id={category}");
+    let client = reqwest::Client::new();
+    let get = |path: &str, tag: Option<&str>| {
+        let mut request = client.get(app.server.url(path));
+        if let Some(tag) = tag {
+            request = request.header("if-none-match", tag);
+        }
+        request.send()
+    };
+    for path in [by_id.as_str(), listing.as_str(), "/api/categories"] {
+        let first = get(path, None).await.unwrap();
+        assert_eq!(first.status(), 200, "{path}");
+        assert_eq!(first.headers()["cache-control"], "public, max-age=5", "{path}: anonymous reads may be shared");
+        let tag = first.headers()["etag"].to_str().unwrap().to_owned();
+        assert!(tag.starts_with('"') && tag.ends_with('"'), "{path}: a strong tag, {tag}");
+        let again = get(path, Some(&tag)).await.unwrap();
+        assert_eq!(again.status(), 304, "{path}");
+        assert_eq!(again.headers()["etag"], tag.as_str());
+        assert!(again.bytes().await.unwrap().is_empty(), "{path}: a 304 has no body");
+        assert_eq!(get(path, Some("\"something else\"")).await.unwrap().status(), 200);
+    }
+    let tag_of = |res: &reqwest::Response| res.headers()["etag"].to_str().unwrap().to_owned();
+    let (product_tag, page_tag) = (tag_of(&get(&by_id, None).await.unwrap()), tag_of(&get(&listing, None).await.unwrap()));
+
+    let res = app.server.post(&format!("{by_id}/stock"), &json!({"delta": 1}), Some(&app.admin)).await;
+    assert_eq!(res.status(), 200);
+    let changed = get(&by_id, Some(&product_tag)).await.unwrap();
+    assert_eq!(changed.status(), 200, "the write changed the product's tag");
+    assert_ne!(tag_of(&changed), product_tag);
+    assert_eq!(changed.json::<Value>().await.unwrap()["stock"], 5);
+    let page = get(&listing, Some(&page_tag)).await.unwrap();
+    assert_eq!(page.status(), 200, "and the tag of a page that lists it");
+    assert_eq!(page.json::<Value>().await.unwrap()["items"][0]["stock"], 5);
+
+    let authenticated = app.server.get(&by_id, Some(&app.customer)).await;
+    assert_eq!(authenticated.headers()["cache-control"], "private, no-cache", "a shared cache keeps no answer to a token");
+}
+
+#[tokio::test]
+async fn a_stock_change_refreshes_the_pages_that_list_the_product_without_retiring_them() {
+    let app = TestApp::spawn().await;
+    let category = app.category("Lamps").await;
+    for n in 0..3 {
+        app.product(category, json!({"name": format!("Lamp {n}"), "price": "10", "stock": 5})).await;
+    }
+    let listing = format!("/api/products?category_id={category}&sort=newest");
+    let before = app.json(&listing).await;
+    let id = before["items"][1]["id"].as_str().unwrap().to_owned();
+    let generation = || async { app.shared.cache.counter("products:listing-generation").await.unwrap() };
+    let bumped = generation().await;
+    let res = app.reserve(uuid::Uuid::now_v7(), json!([{"product_id": id, "quantity": 2}])).await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(generation().await, bumped, "5 → 3 units moves the product in no listing");
+    let after = app.json(&listing).await;
+    assert_eq!(after["items"][1]["stock"], 3, "the page shows the product as it is now");
+    assert_eq!(after["items"][0], before["items"][0]);
+    let res = app.reserve(uuid::Uuid::now_v7(), json!([{"product_id": id, "quantity": 3}])).await;
+    assert_eq!(res.status(), 201);
+    assert!(generation().await > bumped, "sold out: in-stock listings change");
+}

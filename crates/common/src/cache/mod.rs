@@ -1,9 +1,16 @@
-//! Cache-aside storage: Redis when configured (shared by every replica), an in-process
-//! moka cache otherwise (`shop` only).
+//! Cache-aside storage in two levels: encoded responses in the process ([`l1`]), in
+//! front of Redis when configured (shared by every replica), or of an in-process moka
+//! cache otherwise (`shop` only).
 //!
 //! A cache that is down slows requests down; it never fails them. Every Redis error is
-//! logged, counted and then treated as a miss (reads) or skipped (writes). TTLs get random
+//! logged, counted and then treated as a miss (reads) or skipped (writes); it also takes
+//! the first level out of use until its invalidation channel is back. TTLs get random
 //! jitter so that entries written together do not all expire together.
+
+mod l1;
+
+pub use l1::{Cached, Ticket, etag_of};
+use l1::L1;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,8 +35,8 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 const LOCAL_CAPACITY: u64 = 100_000;
 
 /// Connects to Redis with timeouts short enough that an outage costs each request at
-/// most a fraction of a second.
-pub async fn connect_redis(url: &secrecy::SecretString) -> anyhow::Result<ConnectionManager> {
+/// most a fraction of a second; the client is for connections of other kinds (pub/sub).
+pub async fn connect_redis(url: &secrecy::SecretString) -> anyhow::Result<(ConnectionManager, redis::Client)> {
     use secrecy::ExposeSecret;
     let client =
         redis::Client::open(url.expose_secret()).map_err(|_| anyhow::anyhow!("REDIS_URL is not a valid Redis URL"))?;
@@ -37,8 +44,8 @@ pub async fn connect_redis(url: &secrecy::SecretString) -> anyhow::Result<Connec
         .set_connection_timeout(REDIS_TIMEOUT * 4)
         .set_response_timeout(REDIS_TIMEOUT)
         .set_number_of_retries(1);
-    let manager = ConnectionManager::new_with_config(client, config).await?;
-    Ok(manager)
+    let manager = ConnectionManager::new_with_config(client.clone(), config).await?;
+    Ok((manager, client))
 }
 
 #[derive(Clone)]
@@ -72,8 +79,9 @@ impl Expiry<String, Entry> for PerEntryTtl {
     }
 }
 
-/// A load in progress, shared by every request that misses the same key meanwhile.
-type Flight = Shared<BoxFuture<'static, Result<Arc<[u8]>, LoadError>>>;
+/// A load in progress, shared by every request that misses the same key meanwhile: the
+/// value's JSON and how long it should be cached.
+type Flight = Shared<BoxFuture<'static, Result<(Arc<[u8]>, Duration), LoadError>>>;
 
 /// Why [`Cache::load`] failed. Shared between the requests that waited for the same load,
 /// so it keeps only what they need: the message, and whether the database was away (a
@@ -96,6 +104,8 @@ impl LoadError {
 enum Fill<'a> {
     IfAbsent(&'a str),
     Generation(&'a str, i64),
+    /// Nowhere below the first level (`shop` alone: the first level is the cache).
+    Nowhere,
 }
 
 /// A namespaced JSON cache. Cheap to clone.
@@ -111,6 +121,31 @@ pub struct Cache {
     versioned_writes: Arc<tokio::sync::Mutex<()>>,
     /// The compare-and-set of versioned writes, run inside Redis.
     put_if_newer: Arc<redis::Script>,
+    /// The first level, unless `L1_CACHE_BYTES=0`.
+    l1: Option<Arc<L1>>,
+    /// Where writes tell the other replicas' first levels (Redis only).
+    invalidations: Option<Invalidations>,
+}
+
+/// The Redis channel of first-level invalidations.
+#[derive(Clone)]
+struct Invalidations {
+    channel: Arc<str>,
+}
+
+/// How the first level is sized and how stale it may be.
+#[derive(Debug, Clone, Copy)]
+pub struct L1Options {
+    /// `L1_CACHE_BYTES`; 0 turns the first level off.
+    pub max_bytes: u64,
+    /// `CACHE_STALE_MAX`: the most another replica's write may be missed for.
+    pub stale_max: Duration,
+}
+
+impl Default for L1Options {
+    fn default() -> Self {
+        Self { max_bytes: 64 << 20, stale_max: Duration::from_secs(1) }
+    }
 }
 
 /// Sets KEYS[1] to ARGV[2] (for ARGV[3] ms) unless it holds a version >= ARGV[1].
@@ -159,21 +194,13 @@ pub fn jittered(ttl: Duration) -> Duration {
     ttl + Duration::from_millis(offset) - Duration::from_millis(spread)
 }
 
-/// Runs one Redis command with the cache's time limit; a failure or a timeout is logged,
-/// counted and answered with `None`, so the caller goes on without the cache.
-async fn redis_call<T>(op: &'static str, call: impl Future<Output = redis::RedisResult<T>>) -> Option<T> {
-    let error = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
-        Ok(Ok(value)) => return Some(value),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "timed out".to_owned(),
-    };
-    metrics::counter!("cache_errors_total", "op" => op).increment(1);
-    tracing::warn!(op, error, "cache unavailable; going on without it");
-    None
+fn l2_outcome(hit: bool) {
+    let outcome = if hit { "hit" } else { "miss" };
+    metrics::counter!("cache_requests_total", "level" => "l2", "outcome" => outcome).increment(1);
 }
 
 impl Cache {
-    fn with_backend(backend: Backend, prefix: &str) -> Self {
+    fn with_backend(backend: Backend, prefix: &str, l1: Option<Arc<L1>>) -> Self {
         Self {
             backend,
             prefix: prefix.into(),
@@ -181,24 +208,60 @@ impl Cache {
             counters: Arc::default(),
             versioned_writes: Arc::default(),
             put_if_newer: Arc::new(redis::Script::new(PUT_IF_NEWER)),
+            l1,
+            invalidations: None,
         }
     }
 
-    pub fn redis(conn: ConnectionManager, prefix: &str) -> Self {
-        Self::with_backend(Backend::Redis(conn), prefix)
+    /// Redis behind the first level. `client` opens the subscription to the invalidation
+    /// channel (spawned here, so this needs a Tokio runtime); until its first heartbeat
+    /// is back the first level is bypassed.
+    pub fn redis(conn: ConnectionManager, client: redis::Client, prefix: &str, options: L1Options) -> Self {
+        let l1 = (options.max_bytes > 0).then(|| Arc::new(L1::new(options.max_bytes, Some(options.stale_max))));
+        let mut cache = Self::with_backend(Backend::Redis(conn), prefix, l1.clone());
+        let invalidations = Invalidations { channel: format!("{prefix}:l1-invalidations").into() };
+        if let (Some(l1), Backend::Redis(conn)) = (l1, &cache.backend) {
+            tokio::spawn(l1::subscribe(client, conn.clone(), invalidations.channel.clone(), l1));
+        }
+        cache.invalidations = Some(invalidations);
+        cache
     }
 
+    /// In-process only, with the default first level.
     pub fn local(prefix: &str) -> Self {
+        Self::local_with(prefix, L1Options::default())
+    }
+
+    pub fn local_with(prefix: &str, options: L1Options) -> Self {
         let cache = moka::future::Cache::builder().max_capacity(LOCAL_CAPACITY).expire_after(PerEntryTtl).build();
-        Self::with_backend(Backend::Local(cache), prefix)
+        let l1 = (options.max_bytes > 0).then(|| Arc::new(L1::new(options.max_bytes, None)));
+        Self::with_backend(Backend::Local(cache), prefix, l1)
     }
 
     /// Redis when a connection is given, in-process otherwise.
-    pub fn new(redis: Option<ConnectionManager>, prefix: &str) -> Self {
+    pub fn new(redis: Option<(ConnectionManager, redis::Client)>, prefix: &str, options: L1Options) -> Self {
         match redis {
-            Some(conn) => Self::redis(conn, prefix),
-            None => Self::local(prefix),
+            Some((conn, client)) => Self::redis(conn, client, prefix, options),
+            None => Self::local_with(prefix, options),
         }
+    }
+
+    /// Runs one Redis command with the cache's time limit; a failure or a timeout is
+    /// logged, counted and answered with `None`, so the caller goes on without the cache.
+    /// The first level cannot count on its invalidations then: it is bypassed until its
+    /// next heartbeat comes back.
+    async fn redis_call<T>(&self, op: &'static str, call: impl Future<Output = redis::RedisResult<T>>) -> Option<T> {
+        let error = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+            Ok(Ok(value)) => return Some(value),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_owned(),
+        };
+        metrics::counter!("cache_errors_total", "op" => op).increment(1);
+        tracing::warn!(op, error, "cache unavailable; going on without it");
+        if let Some(l1) = &self.l1 {
+            l1.lapse();
+        }
+        None
     }
 
     fn key(&self, key: &str) -> String {
@@ -211,7 +274,7 @@ impl Cache {
             Backend::Local(cache) => cache.get(&key).await.map(|e| e.bytes.to_vec()),
             Backend::Redis(conn) => {
                 let mut conn = conn.clone();
-                redis_call("get", conn.get::<_, Option<Vec<u8>>>(&key)).await.flatten()
+                self.redis_call("get", conn.get::<_, Option<Vec<u8>>>(&key)).await.flatten()
             }
         }
     }
@@ -220,8 +283,7 @@ impl Cache {
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
         let bytes = self.get_bytes(key).await;
         let hit = bytes.as_deref().and_then(|b| serde_json::from_slice(unversioned(b).1).ok());
-        let outcome = if hit.is_some() { "hit" } else { "miss" };
-        metrics::counter!("cache_requests_total", "outcome" => outcome).increment(1);
+        l2_outcome(hit.is_some());
         hit
     }
 
@@ -246,7 +308,7 @@ impl Cache {
                 if only_if_absent {
                     options = options.conditional_set(redis::ExistenceCheck::NX);
                 }
-                redis_call("set", conn.set_options::<_, _, Option<String>>(&key, bytes, options)).await;
+                self.redis_call("set", conn.set_options::<_, _, Option<String>>(&key, bytes, options)).await;
             }
         }
     }
@@ -280,7 +342,7 @@ impl Cache {
                 let mut conn = conn.clone();
                 let mut invocation = self.put_if_newer.key(&key);
                 invocation.arg(version).arg(bytes).arg(ttl.as_millis() as u64);
-                redis_call("put_versioned", invocation.invoke_async::<i64>(&mut conn)).await;
+                self.redis_call("put_versioned", invocation.invoke_async::<i64>(&mut conn)).await;
             }
         }
     }
@@ -332,7 +394,7 @@ impl Cache {
         if let Some(hit) = self.get::<T>(key).await {
             return Ok(hit);
         }
-        let bytes = self.load_flight(key, Fill::IfAbsent(key), ttl, loader).await?;
+        let (bytes, _) = self.load_flight(key, Fill::IfAbsent(key), ttl, loader).await?;
         serde_json::from_slice(&bytes).map_err(|e| LoadError::from_anyhow(&e.into()))
     }
 
@@ -345,12 +407,12 @@ impl Cache {
         Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
     {
         if let Some(bytes) = self.get_bytes(key).await {
-            metrics::counter!("cache_requests_total", "outcome" => "hit").increment(1);
+            l2_outcome(true);
             let start = bytes.len() - unversioned(&bytes).1.len();
             return Ok(Bytes::from(bytes).slice(start..));
         }
-        metrics::counter!("cache_requests_total", "outcome" => "miss").increment(1);
-        let bytes = self.load_flight(key, Fill::IfAbsent(key), ttl, loader).await?;
+        l2_outcome(false);
+        let (bytes, _) = self.load_flight(key, Fill::IfAbsent(key), ttl, loader).await?;
         Ok(Bytes::copy_from_slice(&bytes))
     }
 
@@ -380,15 +442,15 @@ impl Cache {
         if let Some(bytes) = entry {
             let (stored, json) = unversioned(&bytes);
             if stored == generation {
-                metrics::counter!("cache_requests_total", "outcome" => "hit").increment(1);
+                l2_outcome(true);
                 let start = bytes.len() - json.len();
                 return Ok(Bytes::from(bytes).slice(start..));
             }
         }
-        metrics::counter!("cache_requests_total", "outcome" => "miss").increment(1);
+        l2_outcome(false);
         // Readers of one generation share a load; a reader of the next never joins it.
         let flight = format!("{key}@{generation}");
-        let bytes = self.load_flight(&flight, Fill::Generation(key, generation), ttl, loader).await?;
+        let (bytes, _) = self.load_flight(&flight, Fill::Generation(key, generation), ttl, loader).await?;
         Ok(Bytes::copy_from_slice(&bytes))
     }
 
@@ -403,7 +465,7 @@ impl Cache {
             Backend::Redis(conn) => {
                 let mut conn = conn.clone();
                 let keys = [self.key(generation_key), self.key(key)];
-                let [generation, entry] = redis_call("get", conn.mget::<_, [Option<Vec<u8>>; 2]>(&keys)).await?;
+                let [generation, entry] = self.redis_call("get", conn.mget::<_, [Option<Vec<u8>>; 2]>(&keys)).await?;
                 let generation = match generation {
                     None => 0,
                     Some(bytes) => std::str::from_utf8(&bytes).ok()?.parse().ok()?,
@@ -420,7 +482,7 @@ impl Cache {
         fill: Fill<'_>,
         ttl: fn(&T) -> Duration,
         loader: F,
-    ) -> Result<Arc<[u8]>, LoadError>
+    ) -> Result<(Arc<[u8]>, Duration), LoadError>
     where
         T: Serialize + Send + Sync + 'static,
         F: FnOnce() -> Fut,
@@ -433,17 +495,21 @@ impl Cache {
                 None => {
                     let cache = self.clone();
                     let owned_key = key.to_owned();
-                    let (store_key, version, only_if_absent) = match fill {
-                        Fill::IfAbsent(key) => (key.to_owned(), 0, true),
-                        Fill::Generation(key, generation) => (key.to_owned(), generation, false),
+                    let store = match fill {
+                        Fill::IfAbsent(key) => Some((key.to_owned(), 0, true)),
+                        Fill::Generation(key, generation) => Some((key.to_owned(), generation, false)),
+                        Fill::Nowhere => None,
                     };
                     let load = loader();
                     let flight: Flight = async move {
                         let outcome = async {
                             let value = load.await?;
                             let json = serde_json::to_vec(&value)?;
-                            cache.set_bytes(&store_key, version, &json, ttl(&value), only_if_absent).await;
-                            Ok::<_, anyhow::Error>(Arc::<[u8]>::from(json))
+                            let ttl = ttl(&value);
+                            if let Some((key, version, only_if_absent)) = store {
+                                cache.set_bytes(&key, version, &json, ttl, only_if_absent).await;
+                            }
+                            Ok::<_, anyhow::Error>((Arc::<[u8]>::from(json), ttl))
                         }
                         .await
                         .map_err(|e| LoadError::from_anyhow(&e));
@@ -460,6 +526,179 @@ impl Cache {
         flight.await
     }
 
+    /// A value's encoded JSON through both levels: the first level's entry, or Redis's
+    /// (or, without Redis, nothing below the first level), or one `loader` per key under a
+    /// stampede, whose value fills the levels for `ttl(&value)`. A write must
+    /// [`invalidate`](Cache::invalidate) the key after it changed the value below.
+    pub async fn load_cached<T, F, Fut>(&self, key: &str, ttl: fn(&T) -> Duration, loader: F) -> Result<Arc<Cached>, LoadError>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+    {
+        let Some(l1) = &self.l1 else {
+            return self.load_json(key, ttl, loader).await.map(|json| Arc::new(Cached::new(json)));
+        };
+        if let Some(hit) = l1.get::<Cached>(key) {
+            return Ok(hit);
+        }
+        let ticket = l1.ticket(key);
+        let local = matches!(self.backend, Backend::Local(_));
+        let (json, ttl) = if local {
+            let (json, ttl) = self.load_flight(key, Fill::Nowhere, ttl, loader).await?;
+            (Bytes::copy_from_slice(&json), ttl)
+        } else {
+            (self.load_json(key, ttl, loader).await?, Duration::MAX)
+        };
+        let cached = Arc::new(Cached::new(json));
+        l1.fill(key, cached.clone(), ttl, ticket);
+        Ok(cached)
+    }
+
+    /// [`Cache::load_cached`] for many keys at once: the first level's entries, then one
+    /// Redis round trip for the rest, then one `loader` call for what neither held, given
+    /// the indices of those keys and answering their values in that order.
+    pub async fn load_cached_many<T, F, Fut>(
+        &self,
+        keys: &[String],
+        ttl: fn(&T) -> Duration,
+        loader: F,
+    ) -> Result<Vec<Arc<Cached>>, LoadError>
+    where
+        T: Serialize,
+        F: FnOnce(Vec<usize>) -> Fut,
+        Fut: Future<Output = anyhow::Result<Vec<T>>>,
+    {
+        let mut found: Vec<Option<Arc<Cached>>> = vec![None; keys.len()];
+        let mut tickets = vec![None; keys.len()];
+        if let Some(l1) = &self.l1 {
+            let live = l1.is_live();
+            for (i, key) in keys.iter().enumerate() {
+                found[i] = live.then(|| l1.find::<Cached>(key)).flatten();
+                tickets[i] = found[i].is_none().then(|| l1.ticket(key));
+            }
+            let hits = found.iter().filter(|f| f.is_some()).count() as u64;
+            let others = keys.len() as u64 - hits;
+            if live { l1.count(hits, others, 0) } else { l1.count(0, 0, others) }
+        }
+        let fill = |i: usize, cached: &Arc<Cached>, ttl: Duration| {
+            if let (Some(l1), Some(ticket)) = (&self.l1, tickets[i]) {
+                l1.fill(&keys[i], cached.clone(), ttl, ticket);
+            }
+        };
+        let missing: Vec<usize> = (0..keys.len()).filter(|i| found[*i].is_none()).collect();
+        if let Backend::Redis(conn) = &self.backend
+            && !missing.is_empty()
+        {
+            let mut conn = conn.clone();
+            let full: Vec<String> = missing.iter().map(|i| self.key(&keys[*i])).collect();
+            if let Some(entries) = self.redis_call("get", conn.mget::<_, Vec<Option<Vec<u8>>>>(&full)).await {
+                for (i, entry) in missing.iter().zip(entries) {
+                    l2_outcome(entry.is_some());
+                    if let Some(bytes) = entry {
+                        let start = bytes.len() - unversioned(&bytes).1.len();
+                        let cached = Arc::new(Cached::new(Bytes::from(bytes).slice(start..)));
+                        fill(*i, &cached, Duration::MAX);
+                        found[*i] = Some(cached);
+                    }
+                }
+            }
+        }
+        let missing: Vec<usize> = (0..keys.len()).filter(|i| found[*i].is_none()).collect();
+        if !missing.is_empty() {
+            let values = loader(missing.clone()).await.map_err(|e| LoadError::from_anyhow(&e))?;
+            if values.len() != missing.len() {
+                return Err(LoadError::from_anyhow(&anyhow::anyhow!("the loader answered {} of {} values", values.len(), missing.len())));
+            }
+            let mut fills = Vec::new();
+            for (i, value) in missing.into_iter().zip(values) {
+                let json = serde_json::to_vec(&value).map_err(|e| LoadError::from_anyhow(&e.into()))?;
+                let ttl = ttl(&value);
+                let cached = Arc::new(Cached::new(Bytes::from(json)));
+                fill(i, &cached, ttl);
+                if self.is_redis() {
+                    fills.push((i, cached.clone(), ttl));
+                }
+                found[i] = Some(cached);
+            }
+            // Side by side: the connection pipelines them.
+            futures::future::join_all(
+                fills.iter().map(|(i, cached, ttl)| self.set_bytes(&keys[*i], 0, &cached.json, *ttl, true)),
+            )
+            .await;
+        }
+        Ok(found.into_iter().map(|c| c.expect("every key was found or loaded")).collect())
+    }
+
+    /// The first level's entry of any type (a page's ids, say), when it may serve.
+    pub fn l1_get<V: std::any::Any + Send + Sync>(&self, key: &str) -> Option<Arc<V>> {
+        self.l1.as_ref()?.get(key)
+    }
+
+    /// Taken before reading what [`Cache::l1_fill`] will keep.
+    pub fn l1_ticket(&self, key: &str) -> Option<Ticket> {
+        self.l1.as_ref().map(|l1| l1.ticket(key))
+    }
+
+    pub fn l1_fill<V: std::any::Any + Send + Sync>(&self, key: &str, value: Arc<V>, ttl: Duration, ticket: Option<Ticket>) {
+        if let (Some(l1), Some(ticket)) = (&self.l1, ticket) {
+            l1.fill(key, value, ttl, ticket);
+        }
+    }
+
+    /// Tickets for many keys at once, taken before reading what depends on them all (a
+    /// page made of products); `None` without a first level.
+    pub fn l1_tickets(&self, keys: &[String]) -> Option<Vec<Ticket>> {
+        self.l1.as_ref().map(|l1| keys.iter().map(|key| l1.ticket(key)).collect())
+    }
+
+    /// Whether nothing invalidated since `tickets` were taken, and the first level serves:
+    /// what was made from those keys then may be served now. Counted as one lookup.
+    pub fn l1_tickets_hold(&self, tickets: &[Ticket]) -> bool {
+        let Some(l1) = &self.l1 else { return false };
+        let holds = l1.tickets_hold(tickets);
+        l1.count(u64::from(holds), u64::from(!holds), 0);
+        holds
+    }
+
+    /// The generation of a family of first-level keys, to put in each of its keys.
+    pub fn l1_family(&self, family: &str) -> u64 {
+        self.l1.as_ref().map_or(0, |l1| l1.family(family))
+    }
+
+    /// After a write has changed what is below (and committed): forgets `keys` and every
+    /// key of `families` in this process's first level before the write answers, and
+    /// tells every other replica's through Redis.
+    pub async fn invalidate(&self, keys: &[String], families: &[&str]) {
+        if let Some(l1) = &self.l1 {
+            for key in keys {
+                l1.invalidate(key);
+            }
+            for family in families {
+                l1.invalidate_family(family);
+            }
+        }
+        let (Some(invalidations), Backend::Redis(conn)) = (&self.invalidations, &self.backend) else { return };
+        let lines: Vec<String> =
+            keys.iter().map(|k| l1::message(k)).chain(families.iter().map(|f| l1::family_message(f))).collect();
+        if lines.is_empty() {
+            return;
+        }
+        let mut conn = conn.clone();
+        let publish = redis::cmd("PUBLISH").arg(invalidations.channel.as_ref()).arg(lines.join("\n")).to_owned();
+        self.redis_call("publish", publish.query_async::<i64>(&mut conn)).await;
+    }
+
+    /// Whether the first level serves now (its invalidation channel is subscribed).
+    pub fn l1_is_live(&self) -> bool {
+        self.l1.as_ref().is_some_and(|l1| l1.is_live())
+    }
+
+    /// Entries in the first level.
+    pub fn l1_entries(&self) -> u64 {
+        self.l1.as_ref().map_or(0, |l1| l1.entry_count())
+    }
+
     /// Forgets loads in flight for `key`, so a request after a write never joins a load
     /// that started before it.
     pub fn forget_flight(&self, key: &str) {
@@ -473,7 +712,7 @@ impl Cache {
             Backend::Local(_) => Some(*self.counters.lock().unwrap_or_else(|e| e.into_inner()).get(key).unwrap_or(&0)),
             Backend::Redis(conn) => {
                 let mut conn = conn.clone();
-                redis_call("counter", conn.get::<_, Option<i64>>(self.key(key))).await.map(|v| v.unwrap_or(0))
+                self.redis_call("counter", conn.get::<_, Option<i64>>(self.key(key))).await.map(|v| v.unwrap_or(0))
             }
         }
     }
@@ -487,7 +726,7 @@ impl Cache {
             }
             Backend::Redis(conn) => {
                 let mut conn = conn.clone();
-                redis_call("bump", conn.incr::<_, _, i64>(self.key(key), 1)).await.is_some()
+                self.redis_call("bump", conn.incr::<_, _, i64>(self.key(key), 1)).await.is_some()
             }
         }
     }

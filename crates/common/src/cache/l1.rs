@@ -1,0 +1,442 @@
+//! The first cache level: encoded responses in the process, in front of Redis.
+//!
+//! With Redis, every replica subscribes to the deployment's invalidation channel, and a
+//! write publishes the keys it changed before it answers. Pub/sub delivers in order on a
+//! live connection, so this replica knows it has applied every invalidation published
+//! before any message it receives. It publishes a heartbeat of its own every quarter of
+//! `CACHE_STALE_MAX`, and serves entries only while one sent less than `CACHE_STALE_MAX`
+//! ago has come back: so whatever was written more than `CACHE_STALE_MAX` ago is never
+//! served stale, whatever happens to the channel, while an entry itself may live as long
+//! as its value's time to live (a product read once a minute still hits). When the
+//! subscription is lost the level is emptied (what was published meanwhile never
+//! arrives), and it is bypassed until heartbeats come back. Without Redis (`shop` alone)
+//! there is one replica and every invalidation is local.
+//!
+//! A reader takes a [`Ticket`] before it reads the level below and fills with it after;
+//! an invalidation of the key in between voids the ticket, so a value read before a write
+//! is never kept after the write's invalidation has been applied here.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderValue;
+use axum::body::Bytes;
+use futures::StreamExt;
+use metrics::Counter;
+use moka::Expiry;
+
+/// Invalidation counters, by a hash of the key: enough that unrelated keys rarely share
+/// one (sharing only costs a fill).
+const SLOTS: usize = 4096;
+
+/// The longest an entry is kept, however long its value may be cached: invalidations
+/// keep it fresh, this only turns the level over.
+const MAX_TTL: Duration = Duration::from_secs(60);
+
+/// An encoded response as both levels serve it: the JSON body and its entity tag, made
+/// once when the entry is filled, so a hit and a `304` cost no encoding.
+#[derive(Debug, Clone)]
+pub struct Cached {
+    pub json: Bytes,
+    pub etag: HeaderValue,
+}
+
+impl Cached {
+    pub fn new(json: Bytes) -> Self {
+        let etag = etag_of(&[&json]);
+        Self { json, etag }
+    }
+
+    /// `null`: the loader found nothing (cached too, briefly).
+    pub fn is_null(&self) -> bool {
+        self.json.as_ref() == b"null"
+    }
+}
+
+/// A strong entity tag over `parts`: the same bytes give the same tag on every replica
+/// (a fixed-key hash), so a client's tag from one replica is good on another.
+pub fn etag_of(parts: &[&[u8]]) -> HeaderValue {
+    // SipHash with fixed keys: the same tag in every process of one build.
+    let mut hasher = std::hash::DefaultHasher::new();
+    for part in parts {
+        hasher.write(part);
+        hasher.write_u8(0xff);
+    }
+    let tag = format!("\"{:016x}\"", hasher.finish());
+    HeaderValue::from_str(&tag).expect("hex digits in quotes are a valid header value")
+}
+
+#[derive(Clone)]
+struct Entry {
+    value: Arc<dyn Any + Send + Sync>,
+    ttl: Duration,
+}
+
+struct EntryTtl;
+
+impl Expiry<String, Entry> for EntryTtl {
+    fn expire_after_create(&self, _key: &String, entry: &Entry, _now: Instant) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+
+    fn expire_after_update(&self, _key: &String, entry: &Entry, _now: Instant, _left: Option<Duration>) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+/// What a reader saw before it read the level below: the flush count and its key's
+/// invalidation count. A fill is kept only if neither moved.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket {
+    epoch: u64,
+    slot: usize,
+    count: u64,
+}
+
+pub(crate) struct L1 {
+    entries: moka::sync::Cache<String, Entry>,
+    /// `CACHE_STALE_MAX` when other replicas may write (Redis configured); `None` alone.
+    stale_max: Option<Duration>,
+    /// What `confirmed_until` counts from.
+    origin: Instant,
+    /// Nanoseconds after `origin` until which entries may be served: a heartbeat sent at
+    /// `s` and received back confirms every invalidation published before `s`, so the
+    /// level may serve until `s + CACHE_STALE_MAX`.
+    confirmed_until: AtomicU64,
+    /// Bumped by every flush.
+    epoch: AtomicU64,
+    /// Bumped by every invalidation of a key hashing to the slot.
+    slots: Box<[AtomicU64]>,
+    /// Generations of key families (all listing pages, say): a family's keys carry its
+    /// generation, so invalidating the family retires every one of its entries at once.
+    families: Mutex<HashMap<String, u64>>,
+    hits: Counter,
+    misses: Counter,
+    bypassed: Counter,
+}
+
+impl L1 {
+    /// `stale_max` is `None` without Redis: one replica, whose invalidations are all local.
+    pub(crate) fn new(max_bytes: u64, stale_max: Option<Duration>) -> Self {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &String, entry: &Entry| {
+                let size = entry.value.downcast_ref::<Cached>().map_or(1024, |c| c.json.len() + 64);
+                u32::try_from(key.len() + size + 64).unwrap_or(u32::MAX)
+            })
+            .expire_after(EntryTtl)
+            .build();
+        Self {
+            entries,
+            stale_max,
+            origin: Instant::now(),
+            confirmed_until: AtomicU64::new(if stale_max.is_none() { u64::MAX } else { 0 }),
+            epoch: AtomicU64::new(0),
+            slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            families: Mutex::default(),
+            hits: metrics::counter!("cache_requests_total", "level" => "l1", "outcome" => "hit"),
+            misses: metrics::counter!("cache_requests_total", "level" => "l1", "outcome" => "miss"),
+            bypassed: metrics::counter!("cache_requests_total", "level" => "l1", "outcome" => "bypassed"),
+        }
+    }
+
+    fn nanos_since_origin(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether entries may be served: always without Redis; with it, while a heartbeat
+    /// confirmed the channel less than `CACHE_STALE_MAX` ago.
+    pub(crate) fn is_live(&self) -> bool {
+        self.nanos_since_origin(Instant::now()) < self.confirmed_until.load(Ordering::Acquire)
+    }
+
+    /// A heartbeat sent at `sent` came back: everything published before it is applied.
+    pub(crate) fn confirm(&self, sent: Instant) {
+        if let Some(stale_max) = self.stale_max {
+            self.confirmed_until.fetch_max(self.nanos_since_origin(sent + stale_max), Ordering::AcqRel);
+        }
+    }
+
+    /// Stops serving until the next heartbeat comes back (Redis stopped answering).
+    pub(crate) fn lapse(&self) {
+        if self.stale_max.is_some() {
+            self.confirmed_until.store(0, Ordering::Release);
+        }
+    }
+
+    fn slot(key: &str) -> usize {
+        let mut hasher = std::hash::DefaultHasher::new();
+        key.hash(&mut hasher);
+        (hasher.finish() as usize) % SLOTS
+    }
+
+    /// The entry under `key`, when this level may serve and holds one of that type.
+    pub(crate) fn get<V: Any + Send + Sync>(&self, key: &str) -> Option<Arc<V>> {
+        let live = self.is_live();
+        let found = live.then(|| self.find::<V>(key)).flatten();
+        self.count(u64::from(found.is_some()), u64::from(live && found.is_none()), u64::from(!live));
+        found
+    }
+
+    /// The entry under `key`, neither checked for liveness nor counted: for a caller
+    /// looking up many keys at once, which does both once.
+    pub(crate) fn find<V: Any + Send + Sync>(&self, key: &str) -> Option<Arc<V>> {
+        self.entries.get(key).and_then(|entry| entry.value.downcast::<V>().ok())
+    }
+
+    /// Counts lookups in bulk: one shared counter increment per kind, not per key.
+    pub(crate) fn count(&self, hits: u64, misses: u64, bypassed: u64) {
+        for (counter, n) in [(&self.hits, hits), (&self.misses, misses), (&self.bypassed, bypassed)] {
+            if n > 0 {
+                counter.increment(n);
+            }
+        }
+    }
+
+    pub(crate) fn ticket(&self, key: &str) -> Ticket {
+        let slot = Self::slot(key);
+        // The flush count first: a flush between the two reads voids the ticket too.
+        let epoch = self.epoch.load(Ordering::Acquire);
+        Ticket { epoch, slot, count: self.slots[slot].load(Ordering::Acquire) }
+    }
+
+    /// Whether the level serves and no invalidation or flush came after `tickets` were
+    /// taken: what was read with them is still what the level would serve.
+    pub(crate) fn tickets_hold(&self, tickets: &[Ticket]) -> bool {
+        self.is_live() && tickets.iter().all(|ticket| self.ticket_holds(*ticket))
+    }
+
+    fn ticket_holds(&self, ticket: Ticket) -> bool {
+        self.epoch.load(Ordering::Acquire) == ticket.epoch
+            && self.slots[ticket.slot].load(Ordering::Acquire) == ticket.count
+    }
+
+    /// Keeps `value` under `key` for at most `ttl` (and at most a minute), unless an
+    /// invalidation or a flush came after `ticket` was taken.
+    pub(crate) fn fill<V: Any + Send + Sync>(&self, key: &str, value: Arc<V>, ttl: Duration, ticket: Ticket) {
+        if !self.is_live() || !self.ticket_holds(ticket) {
+            return;
+        }
+        let ttl = ttl.min(MAX_TTL);
+        self.entries.insert(key.to_owned(), Entry { value, ttl });
+        // An invalidation that bumped the slot after the check above may have run its
+        // removal before this insert: look again, and take the entry back if so.
+        if !self.ticket_holds(ticket) {
+            self.entries.invalidate(key);
+        }
+    }
+
+    /// Forgets `key` here, and voids the tickets of readers in flight for it.
+    pub(crate) fn invalidate(&self, key: &str) {
+        self.slots[Self::slot(key)].fetch_add(1, Ordering::AcqRel);
+        self.entries.invalidate(key);
+    }
+
+    /// The generation of a family of keys (0 until first invalidated).
+    pub(crate) fn family(&self, family: &str) -> u64 {
+        self.families.lock().unwrap_or_else(|e| e.into_inner()).get(family).copied().unwrap_or(0)
+    }
+
+    /// Retires every entry of `family`: its keys carry the next generation from now on.
+    pub(crate) fn invalidate_family(&self, family: &str) {
+        *self.families.lock().unwrap_or_else(|e| e.into_inner()).entry(family.to_owned()).or_default() += 1;
+    }
+
+    /// Empties the level and voids every ticket out (the subscription was lost, so
+    /// invalidations may have been missed); with Redis, it is bypassed until the next
+    /// heartbeat comes back.
+    pub(crate) fn flush(&self) {
+        self.lapse();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.entries.invalidate_all();
+    }
+
+    pub(crate) fn entry_count(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+}
+
+/// What travels on the invalidation channel: one key, or a family (`*` before its name).
+pub(crate) fn message(key: &str) -> String {
+    key.to_owned()
+}
+
+pub(crate) fn family_message(family: &str) -> String {
+    format!("*{family}")
+}
+
+/// Applies one line of a message from the channel.
+pub(crate) fn apply(l1: &L1, line: &str) {
+    match line.strip_prefix('*') {
+        Some(family) => l1.invalidate_family(family),
+        None => l1.invalidate(line),
+    }
+}
+
+/// The prefix of heartbeat lines: `~<replica>:<sequence>`.
+const HEARTBEAT: char = '~';
+
+/// Keeps this replica subscribed to the invalidation channel for as long as the process
+/// runs, applying what arrives and sending heartbeats (through `publisher`) that confirm
+/// the channel. The level is flushed when the subscription is lost, and serves again once
+/// a heartbeat has come back.
+pub(crate) async fn subscribe(
+    client: redis::Client,
+    publisher: redis::aio::ConnectionManager,
+    channel: Arc<str>,
+    l1: Arc<L1>,
+) {
+    let Some(stale_max) = l1.stale_max else { return };
+    let replica = uuid::Uuid::new_v4().simple().to_string();
+    let mut backoff = Duration::from_millis(50);
+    let mut sequence = 0u64;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), subscribed(&client, &channel)).await {
+            Ok(Ok(mut pubsub)) => {
+                backoff = Duration::from_millis(50);
+                // Heartbeats sent and not yet back, oldest first.
+                let mut sent: std::collections::VecDeque<(u64, Instant)> = std::collections::VecDeque::new();
+                let mut beat = tokio::time::interval(stale_max / 4);
+                beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut messages = pubsub.on_message();
+                loop {
+                    tokio::select! {
+                        message = messages.next() => {
+                            let Some(message) = message else { break };
+                            let Ok(payload) = message.get_payload::<String>() else { continue };
+                            for line in payload.lines() {
+                                match line.strip_prefix(HEARTBEAT) {
+                                    Some(beat) => confirm(&l1, &replica, beat, &mut sent),
+                                    None => apply(&l1, line),
+                                }
+                            }
+                        }
+                        _ = beat.tick() => {
+                            sequence += 1;
+                            sent.push_back((sequence, Instant::now()));
+                            if sent.len() > 64 {
+                                sent.pop_front();
+                            }
+                            let mut conn = publisher.clone();
+                            let heartbeat = format!("{HEARTBEAT}{replica}:{sequence}");
+                            let publish = redis::cmd("PUBLISH").arg(channel.as_ref()).arg(heartbeat).to_owned();
+                            let _ = tokio::time::timeout(stale_max, publish.query_async::<i64>(&mut conn)).await;
+                        }
+                    }
+                }
+                l1.flush();
+                tracing::warn!("lost the cache invalidation channel; the in-process cache is bypassed until it is back");
+            }
+            Ok(Err(err)) => tracing::debug!(error = %err, "could not subscribe to cache invalidations"),
+            Err(_) => tracing::debug!("subscribing to cache invalidations timed out"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// A heartbeat line (without its prefix) came back: if it is one of ours, everything
+/// published before it was sent has been applied.
+fn confirm(l1: &L1, replica: &str, beat: &str, sent: &mut std::collections::VecDeque<(u64, Instant)>) {
+    let Some((from, sequence)) = beat.split_once(':') else { return };
+    let Ok(sequence) = sequence.parse::<u64>() else { return };
+    if from != replica {
+        return;
+    }
+    while let Some(&(oldest, at)) = sent.front() {
+        if oldest > sequence {
+            break;
+        }
+        sent.pop_front();
+        if oldest == sequence {
+            l1.confirm(at);
+        }
+    }
+}
+
+async fn subscribed(client: &redis::Client, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    Ok(pubsub)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cached(json: &'static str) -> Arc<Cached> {
+        Arc::new(Cached::new(Bytes::from_static(json.as_bytes())))
+    }
+
+    #[test]
+    fn a_fill_after_an_invalidation_of_its_key_is_not_kept() {
+        let l1 = L1::new(1 << 20, None);
+        let ticket = l1.ticket("k");
+        l1.invalidate("k");
+        l1.fill("k", cached("1"), Duration::from_secs(60), ticket);
+        assert!(l1.get::<Cached>("k").is_none(), "read before the write, filled after its invalidation");
+        let ticket = l1.ticket("k");
+        l1.fill("k", cached("2"), Duration::from_secs(60), ticket);
+        assert_eq!(l1.get::<Cached>("k").unwrap().json.as_ref(), b"2");
+    }
+
+    #[test]
+    fn with_redis_entries_serve_only_while_a_heartbeat_confirmed_the_channel_lately() {
+        let l1 = L1::new(1 << 20, Some(Duration::from_millis(100)));
+        let ticket = l1.ticket("k");
+        l1.fill("k", cached("1"), Duration::from_secs(60), ticket);
+        assert!(l1.get::<Cached>("k").is_none(), "no heartbeat back yet: nothing is kept");
+        l1.confirm(Instant::now());
+        let ticket = l1.ticket("k");
+        l1.fill("k", cached("1"), Duration::from_secs(60), ticket);
+        assert!(l1.get::<Cached>("k").is_some());
+        std::thread::sleep(Duration::from_millis(130));
+        assert!(l1.get::<Cached>("k").is_none(), "the last heartbeat is older than the bound");
+        l1.confirm(Instant::now());
+        assert!(l1.get::<Cached>("k").is_some(), "confirmed again: the entry was never stale");
+        let before = l1.ticket("other");
+        l1.flush();
+        assert!(l1.get::<Cached>("k").is_none(), "a flush empties the level and stops it");
+        l1.confirm(Instant::now());
+        assert!(l1.get::<Cached>("k").is_none());
+        l1.fill("other", cached("2"), Duration::from_secs(60), before);
+        assert!(l1.get::<Cached>("other").is_none(), "a ticket from before a flush is void");
+    }
+
+    #[test]
+    fn only_this_replicas_heartbeats_confirm_and_only_the_one_sent() {
+        let l1 = L1::new(1 << 20, Some(Duration::from_secs(5)));
+        let early = Instant::now();
+        let mut sent = std::collections::VecDeque::from([(1, early), (2, Instant::now())]);
+        confirm(&l1, "me", "someone-else:2", &mut sent);
+        assert!(!l1.is_live());
+        confirm(&l1, "me", "me:2", &mut sent);
+        assert!(l1.is_live());
+        assert!(sent.is_empty(), "older heartbeats that never came back are dropped");
+    }
+
+    #[test]
+    fn messages_invalidate_keys_and_families() {
+        let l1 = L1::new(1 << 20, None);
+        let ticket = l1.ticket("k");
+        l1.fill("k", cached("1"), Duration::from_secs(60), ticket);
+        assert_eq!(l1.family("pages"), 0);
+        apply(&l1, &message("k"));
+        apply(&l1, &family_message("pages"));
+        assert!(l1.get::<Cached>("k").is_none());
+        assert_eq!(l1.family("pages"), 1);
+    }
+
+    #[test]
+    fn tags_depend_on_every_byte_and_on_the_parts() {
+        assert_eq!(etag_of(&[b"ab"]), etag_of(&[b"ab"]));
+        assert_ne!(etag_of(&[b"ab"]), etag_of(&[b"ac"]));
+        assert_ne!(etag_of(&[b"a", b"b"]), etag_of(&[b"ab"]));
+        assert!(etag_of(&[b"x"]).to_str().unwrap().starts_with('"'));
+    }
+}
