@@ -176,6 +176,15 @@ def markdown(report: dict) -> str:
             )
         non2xx = row["non_2xx"] == 0
         lines.append(f"- {name}: {row['non_2xx']} non-2xx responses (target 0): {verdict(non2xx)}")
+    ceiling_cpu = (report["ceilings"].get("json") or {}).get("cpu_us_per_request", {}).get("server")
+    for name in ("product-by-id", "product-by-id-uniform", "browse"):
+        row = report["scenarios"].get(name)
+        spent = (row or {}).get("cpu_us_per_request")
+        if spent and ceiling_cpu:
+            times = spent["server"] / ceiling_cpu
+            judged = f"(target ≤ 2×): {verdict(times <= 2)}" if name != "browse" else "(no target: a page, not a read)"
+            lines.append(f"- {name}: {spent['server']:.1f} µs of CPU per request, {times:.1f}× the ceiling's "
+                         f"{ceiling_cpu:.1f} µs {judged}")
     if "checkout" in report["scenarios"]:
         p99 = ms(report["scenarios"]["checkout"]["p99_us"])
         lines.append(f"- checkout p99 {p99} ms at {s['connections']} connections (target < 50 ms): {verdict(p99 < 50)}")
@@ -190,6 +199,8 @@ def markdown(report: dict) -> str:
                 judged = f"< 30 idle, < 100 loaded: {verdict(m['idle_mib'] < 30 and after < 100)}"
             elif process.endswith("-service"):
                 judged = f"< 30 idle: {verdict(m['idle_mib'] < 30)} (not loaded in this run)"
+            elif process == "shop" and "after_mib" in m:
+                judged = f"< 150 after the runs: {verdict(m['after_mib'] < 150)}"
             lines.append(f"| {process} | {m['idle_mib']} | {m.get('after_mib', '–')} | {judged} |")
     else:
         lines.append("Not measured: the processes under test ran elsewhere (see the deployment's own metrics).")

@@ -480,15 +480,12 @@ SERVICES = {"user": 8081, "product": 8082, "order": 8083, "payment": 8084}
 
 
 ALONE = "product-by-id (product-service alone)"
-ALONE_UNTRACED = "product-by-id (product-service alone, OpenTelemetry off)"
 
 
 def measure_services(args, out: pathlib.Path) -> tuple[dict, dict]:
     """The four service binaries as they are deployed (each its own process, with Redis and
     a Kafka-protocol broker): resident memory idle, and after product-by-id against the
-    product service alone; then product-by-id again against a product service restarted
-    with `OTEL_SDK_DISABLED=true`, which shows what tracing costs. Skipped, and said so,
-    without tansu or the release binaries."""
+    product service alone. Skipped, and said so, without tansu or the release binaries."""
     bin_dir = binaries()
     tansu = os.environ.get("TANSU") or shutil.which("tansu") or str(pathlib.Path.home() / ".cargo/bin/tansu")
     missing = [name for name in SERVICES if not (bin_dir / f"{name}-service").exists()]
@@ -535,13 +532,6 @@ def measure_services(args, out: pathlib.Path) -> tuple[dict, dict]:
         for name, service in services.items():
             memory[name]["after_mib"] = service.rss_mib()
             memory[name]["loaded"] = name == "product-service"
-        services.pop("product-service").stop()
-        untraced = {**env, "PORT": str(ports["product"]), "OTEL_SDK_DISABLED": "true"}
-        service = Process("product-service", str(bin_dir / "product-service"), [], untraced,
-                          out / "product-service-untraced.log")
-        services["product-service"] = service
-        service.wait_ready(f"{base}/ready")
-        runs[ALONE_UNTRACED] = product_by_id(ALONE_UNTRACED)
         return memory, runs
     finally:
         for service in services.values():
@@ -603,7 +593,7 @@ def build_report(args, scenarios, results, memory, audit_result, today) -> dict:
     rows = {}
     # The product pages again, from the product service as deployed, with tracing and
     # without (no targets of their own).
-    extra = [name for name in (ALONE, ALONE_UNTRACED) if name in results]
+    extra = [name for name in (ALONE,) if name in results]
     specs = {**SCENARIOS, **{name: {"ceiling": "json", "target": None} for name in extra}}
     for name in [*scenarios, *extra]:
         row = summary(results[name])

@@ -17,7 +17,6 @@ use reqwest::Method;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tracing::Instrument as _;
 
 fn auth() -> Arc<Authenticator> {
     let secret = SecretString::from("client-test-secret-client-test-secret".to_owned());

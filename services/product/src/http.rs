@@ -105,11 +105,17 @@ impl ListParams {
 }
 
 /// List products: search, filter, sort, page.
+///
+/// Catalogue reads carry an `ETag`; `If-None-Match` with it is answered `304`. Anonymous
+/// reads carry `Cache-Control: public, max-age=5` (a CDN or the gateway may keep them),
+/// authenticated ones `private, no-cache`. Another replica's write shows within
+/// `CACHE_STALE_MAX` (1 s by default); this replica's own writes show at once.
 #[utoipa::path(
     get, path = "/api/products", tag = "products",
     params(ListParams),
     responses(
-        (status = 200, description = "A page of products", body = Page<Product>),
+        (status = 200, description = "A page of products, with its `ETag`", body = Page<Product>),
+        (status = 304, description = "Not modified: `If-None-Match` names the page's current `ETag`"),
         (status = 400, description = "A malformed parameter or cursor", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -125,11 +131,17 @@ async fn list_products(
 }
 
 /// One product.
+///
+/// Catalogue reads carry an `ETag`; `If-None-Match` with it is answered `304`. Anonymous
+/// reads carry `Cache-Control: public, max-age=5` (a CDN or the gateway may keep them),
+/// authenticated ones `private, no-cache`. Another replica's write shows within
+/// `CACHE_STALE_MAX` (1 s by default); this replica's own writes show at once.
 #[utoipa::path(
     get, path = "/api/products/{id}", tag = "products",
     params(("id" = Uuid, Path)),
     responses(
-        (status = 200, description = "The product", body = Product),
+        (status = 200, description = "The product, with its `ETag`", body = Product),
+        (status = 304, description = "Not modified: `If-None-Match` names the product's current `ETag`"),
         (status = 404, description = "No such product (or deleted)", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -321,9 +333,17 @@ pub struct Categories {
 }
 
 /// List categories.
+///
+/// Catalogue reads carry an `ETag`; `If-None-Match` with it is answered `304`. Anonymous
+/// reads carry `Cache-Control: public, max-age=5` (a CDN or the gateway may keep them),
+/// authenticated ones `private, no-cache`. Another replica's write shows within
+/// `CACHE_STALE_MAX` (1 s by default); this replica's own writes show at once.
 #[utoipa::path(
     get, path = "/api/categories", tag = "categories",
-    responses((status = 200, description = "Every category", body = Categories))
+    responses(
+        (status = 200, description = "Every category, with their `ETag`", body = Categories),
+        (status = 304, description = "Not modified: `If-None-Match` names the current `ETag`"),
+    )
 )]
 #[tracing::instrument(skip_all)]
 async fn list_categories(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
