@@ -395,8 +395,11 @@ fn problem_for_bare_errors(response: Response) -> Response {
 /// up once and kept: the `metrics` macros hash every label on every call.
 #[derive(Default)]
 struct RequestMetrics {
-    by_route: std::sync::RwLock<HashMap<Arc<str>, HashMap<(&'static str, u16), (Counter, Histogram)>>>,
+    by_route: std::sync::RwLock<HashMap<Arc<str>, ByMethodAndStatus>>,
 }
+
+/// One route's handles, by method and status.
+type ByMethodAndStatus = HashMap<(&'static str, u16), (Counter, Histogram)>;
 
 impl RequestMetrics {
     fn record(&self, method: &'static str, route: Option<&MatchedPath>, status: StatusCode, latency: Duration) {

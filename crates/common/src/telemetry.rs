@@ -128,7 +128,10 @@ fn otlp_exporter() -> Option<opentelemetry_otlp::SpanExporter> {
 
 /// A tracer provider that samples as configured; `service` names the process unless
 /// `OTEL_SERVICE_NAME` does.
-pub fn provider_builder(sampler: TraceSampler, service: &'static str) -> opentelemetry_sdk::trace::TracerProviderBuilder {
+pub fn provider_builder(
+    sampler: TraceSampler,
+    service: &'static str,
+) -> opentelemetry_sdk::trace::TracerProviderBuilder {
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(service);
@@ -249,7 +252,11 @@ mod tests {
         let not_sampled = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
         assert_eq!(exported(TraceSampler::DEFAULT, None), 2, "a request and its child, recorded");
         assert_eq!(exported(TraceSampler::ParentBased(ParentRoot::Ratio(0.0)), None), 0, "a 0 ratio records none");
-        assert_eq!(exported(TraceSampler::ParentBased(ParentRoot::Ratio(0.0)), sampled), 2, "the caller's decision wins");
+        assert_eq!(
+            exported(TraceSampler::ParentBased(ParentRoot::Ratio(0.0)), sampled),
+            2,
+            "the caller's decision wins"
+        );
         assert_eq!(exported(TraceSampler::DEFAULT, not_sampled), 0, "a caller that did not sample");
         assert_eq!(exported(TraceSampler::AlwaysOff, sampled), 0);
     }

@@ -143,9 +143,7 @@ pub fn outgoing() -> String {
         Mode::OpenTelemetry => of_span(&tracing::Span::current())
             .or_else(|| CURRENT.try_with(Context::traceparent).ok())
             .unwrap_or_else(|| Context::new_trace().traceparent()),
-        Mode::Context => {
-            CURRENT.try_with(Context::traceparent).unwrap_or_else(|_| Context::new_trace().traceparent())
-        }
+        Mode::Context => CURRENT.try_with(Context::traceparent).unwrap_or_else(|_| Context::new_trace().traceparent()),
     }
 }
 

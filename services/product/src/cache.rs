@@ -58,11 +58,14 @@ struct PageIds {
 #[derive(Debug)]
 struct ListedPage {
     ids: PageIds,
-    assembled: std::sync::Mutex<Option<Arc<(Vec<Ticket>, PageJson)>>>,
+    assembled: std::sync::Mutex<Option<Arc<Assembled>>>,
 }
 
+/// A page as assembled, with the tickets of its products taken before they were read.
+type Assembled = (Vec<Ticket>, PageJson);
+
 impl ListedPage {
-    fn assembled(&self) -> Option<Arc<(Vec<Ticket>, PageJson)>> {
+    fn assembled(&self) -> Option<Arc<Assembled>> {
         self.assembled.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
@@ -109,13 +112,13 @@ impl CatalogCache {
     /// A live product's JSON and tag, through the cache.
     pub async fn product(&self, id: Uuid) -> Result<Option<Arc<Cached>>, Error> {
         let db = self.db.clone();
-        let cached = self
-            .cache
-            .load_cached(&product_key(id), product_ttl, move || async move {
-                Ok(repository::find_product(&db, id).await?)
-            })
-            .await
-            .map_err(Error::Cache)?;
+        let cached =
+            self.cache
+                .load_cached(&product_key(id), product_ttl, move || async move {
+                    Ok(repository::find_product(&db, id).await?)
+                })
+                .await
+                .map_err(Error::Cache)?;
         // An unknown id is cached too, as `null`.
         Ok((!cached.is_null()).then_some(cached))
     }
@@ -134,15 +137,23 @@ impl CatalogCache {
                 let (db, listing) = (self.db.clone(), listing.clone());
                 let json = self
                     .cache
-                    .load_json_in_generation(&key, LISTING_GENERATION, |_: &PageIds| PAGE_TTL, move || async move {
-                        let page = repository::list(&db, &listing).await?;
-                        Ok(PageIds { ids: page.items.iter().map(|p| p.id).collect(), next_cursor: page.next_cursor })
-                    })
+                    .load_json_in_generation(
+                        &key,
+                        LISTING_GENERATION,
+                        |_: &PageIds| PAGE_TTL,
+                        move || async move {
+                            let page = repository::list(&db, &listing).await?;
+                            Ok(PageIds {
+                                ids: page.items.iter().map(|p| p.id).collect(),
+                                next_cursor: page.next_cursor,
+                            })
+                        },
+                    )
                     .await
                     .map_err(Error::Cache)?;
                 let ids: PageIds = serde_json::from_slice(&json).map_err(|e| Error::Internal(e.into()))?;
                 let page = Arc::new(ListedPage { ids, assembled: Default::default() });
-                self.cache.l1_fill(&first_level_key, page.clone(), PAGE_TTL, ticket);
+                self.cache.l1_fill(&first_level_key, page.clone(), ticket);
                 page
             }
         };

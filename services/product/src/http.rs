@@ -146,7 +146,11 @@ async fn list_products(
     )
 )]
 #[tracing::instrument(skip_all, fields(%id))]
-async fn get_product(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<Uuid>) -> Result<Response, ApiError> {
+async fn get_product(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Result<Response, ApiError> {
     let product = state.catalog.product(id).await?.ok_or(Error::NotFound)?;
     Ok(conditional::respond(&headers, product.json.clone(), &product.etag))
 }
@@ -444,8 +448,13 @@ async fn reserve(
     let taken = |product: &Product| -> i64 {
         -lines.iter().filter(|l| l.product_id == product.id).map(|l| i64::from(l.quantity)).sum::<i64>()
     };
-    let changed: Vec<(Product, Change)> =
-        changed.into_iter().map(|product| { let change = Change::Stock(taken(&product)); (product, change) }).collect();
+    let changed: Vec<(Product, Change)> = changed
+        .into_iter()
+        .map(|product| {
+            let change = Change::Stock(taken(&product));
+            (product, change)
+        })
+        .collect();
     state.catalog.written(&changed).await;
     let status = if reservation.created { StatusCode::CREATED } else { StatusCode::OK };
     let body = ReservationResponse { order_id: req.order_id, status: reservation.status, items: reservation.items };

@@ -70,7 +70,8 @@ async fn first_level(replica: &Replica, outcome: &str) -> f64 {
 /// An admin's token and a product with 5 units, made on `replica`.
 async fn admin_and_product(replica: &Replica) -> (String, String) {
     let login = json!({"email": "admin@shop.local", "password": "admin-password-dev-only"});
-    let (status, tokens) = send(reqwest::Method::POST, format!("{}/api/auth/login", replica.base), None, Some(login)).await;
+    let (status, tokens) =
+        send(reqwest::Method::POST, format!("{}/api/auth/login", replica.base), None, Some(login)).await;
     assert_eq!(status, 200, "{tokens}");
     let admin = tokens["access_token"].as_str().unwrap().to_owned();
     let url = |path: &str| format!("{}{path}", replica.base);
@@ -84,7 +85,8 @@ async fn admin_and_product(replica: &Replica) -> (String, String) {
 }
 
 async fn stock(replica: &Replica, product: &str) -> i64 {
-    let (status, body) = send(reqwest::Method::GET, format!("{}/api/products/{product}", replica.base), None, None).await;
+    let (status, body) =
+        send(reqwest::Method::GET, format!("{}/api/products/{product}", replica.base), None, None).await;
     assert_eq!(status, 200, "{body}");
     body["stock"].as_i64().unwrap()
 }

@@ -366,10 +366,6 @@ async fn update_me(
     )
 )]
 #[tracing::instrument(skip_all, fields(admin_id = %admin.0.id))]
-async fn get_user(
-    State(state): State<AppState>,
-    admin: AdminUser,
-    Path(id): Path<Uuid>,
-) -> Result<Response, ApiError> {
+async fn get_user(State(state): State<AppState>, admin: AdminUser, Path(id): Path<Uuid>) -> Result<Response, ApiError> {
     profile(&state, id).await
 }

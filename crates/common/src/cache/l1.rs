@@ -23,17 +23,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderValue;
 use axum::body::Bytes;
+use axum::http::HeaderValue;
 use futures::StreamExt;
 use metrics::Counter;
-use moka::Expiry;
 
 /// Invalidation counters, by a hash of the key: enough that unrelated keys rarely share
 /// one (sharing only costs a fill).
 const SLOTS: usize = 4096;
 
-/// The longest an entry is kept, however long its value may be cached: invalidations
+/// The longest an entry is kept, whatever its value's time to live below: invalidations
 /// keep it fresh, this only turns the level over.
 const MAX_TTL: Duration = Duration::from_secs(60);
 
@@ -70,23 +69,14 @@ pub fn etag_of(parts: &[&[u8]]) -> HeaderValue {
     HeaderValue::from_str(&tag).expect("hex digits in quotes are a valid header value")
 }
 
-#[derive(Clone)]
-struct Entry {
-    value: Arc<dyn Any + Send + Sync>,
-    ttl: Duration,
-}
+/// What the level holds: a value of any type (a cached response, a page's ids).
+type Entry = Arc<dyn Any + Send + Sync>;
 
-struct EntryTtl;
-
-impl Expiry<String, Entry> for EntryTtl {
-    fn expire_after_create(&self, _key: &String, entry: &Entry, _now: Instant) -> Option<Duration> {
-        Some(entry.ttl)
-    }
-
-    fn expire_after_update(&self, _key: &String, entry: &Entry, _now: Instant, _left: Option<Duration>) -> Option<Duration> {
-        Some(entry.ttl)
-    }
-}
+/// What an entry costs beyond its key and body, as measured (a product service holding
+/// 77k products grew by 1.06 KiB each: moka's node, deques and hash table slot, the
+/// `Arc`s and the tag, the allocator's rounding): so `L1_CACHE_BYTES` bounds the
+/// process's memory, not only the bodies.
+const ENTRY_OVERHEAD: usize = 600;
 
 /// What a reader saw before it read the level below: the flush count and its key's
 /// invalidation count. A fill is kept only if neither moved.
@@ -125,10 +115,10 @@ impl L1 {
         let entries = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &String, entry: &Entry| {
-                let size = entry.value.downcast_ref::<Cached>().map_or(1024, |c| c.json.len() + 64);
-                u32::try_from(key.len() + size + 64).unwrap_or(u32::MAX)
+                let size = entry.downcast_ref::<Cached>().map_or(1024, |c| c.json.len());
+                u32::try_from(key.len() + size + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
             })
-            .expire_after(EntryTtl)
+            .time_to_live(MAX_TTL)
             .build();
         Self {
             entries,
@@ -185,7 +175,7 @@ impl L1 {
     /// The entry under `key`, neither checked for liveness nor counted: for a caller
     /// looking up many keys at once, which does both once.
     pub(crate) fn find<V: Any + Send + Sync>(&self, key: &str) -> Option<Arc<V>> {
-        self.entries.get(key).and_then(|entry| entry.value.downcast::<V>().ok())
+        self.entries.get(key).and_then(|entry| entry.downcast::<V>().ok())
     }
 
     /// Counts lookups in bulk: one shared counter increment per kind, not per key.
@@ -215,14 +205,13 @@ impl L1 {
             && self.slots[ticket.slot].load(Ordering::Acquire) == ticket.count
     }
 
-    /// Keeps `value` under `key` for at most `ttl` (and at most a minute), unless an
-    /// invalidation or a flush came after `ticket` was taken.
-    pub(crate) fn fill<V: Any + Send + Sync>(&self, key: &str, value: Arc<V>, ttl: Duration, ticket: Ticket) {
+    /// Keeps `value` under `key` (for at most a minute), unless an invalidation or a
+    /// flush came after `ticket` was taken.
+    pub(crate) fn fill<V: Any + Send + Sync>(&self, key: &str, value: Arc<V>, ticket: Ticket) {
         if !self.is_live() || !self.ticket_holds(ticket) {
             return;
         }
-        let ttl = ttl.min(MAX_TTL);
-        self.entries.insert(key.to_owned(), Entry { value, ttl });
+        self.entries.insert(key.to_owned(), value);
         // An invalidation that bumped the slot after the check above may have run its
         // removal before this insert: look again, and take the entry back if so.
         if !self.ticket_holds(ticket) {
@@ -330,7 +319,9 @@ pub(crate) async fn subscribe(
                     }
                 }
                 l1.flush();
-                tracing::warn!("lost the cache invalidation channel; the in-process cache is bypassed until it is back");
+                tracing::warn!(
+                    "lost the cache invalidation channel; the in-process cache is bypassed until it is back"
+                );
             }
             Ok(Err(err)) => tracing::debug!(error = %err, "could not subscribe to cache invalidations"),
             Err(_) => tracing::debug!("subscribing to cache invalidations timed out"),
@@ -378,10 +369,10 @@ mod tests {
         let l1 = L1::new(1 << 20, None);
         let ticket = l1.ticket("k");
         l1.invalidate("k");
-        l1.fill("k", cached("1"), Duration::from_secs(60), ticket);
+        l1.fill("k", cached("1"), ticket);
         assert!(l1.get::<Cached>("k").is_none(), "read before the write, filled after its invalidation");
         let ticket = l1.ticket("k");
-        l1.fill("k", cached("2"), Duration::from_secs(60), ticket);
+        l1.fill("k", cached("2"), ticket);
         assert_eq!(l1.get::<Cached>("k").unwrap().json.as_ref(), b"2");
     }
 
@@ -389,11 +380,11 @@ mod tests {
     fn with_redis_entries_serve_only_while_a_heartbeat_confirmed_the_channel_lately() {
         let l1 = L1::new(1 << 20, Some(Duration::from_millis(100)));
         let ticket = l1.ticket("k");
-        l1.fill("k", cached("1"), Duration::from_secs(60), ticket);
+        l1.fill("k", cached("1"), ticket);
         assert!(l1.get::<Cached>("k").is_none(), "no heartbeat back yet: nothing is kept");
         l1.confirm(Instant::now());
         let ticket = l1.ticket("k");
-        l1.fill("k", cached("1"), Duration::from_secs(60), ticket);
+        l1.fill("k", cached("1"), ticket);
         assert!(l1.get::<Cached>("k").is_some());
         std::thread::sleep(Duration::from_millis(130));
         assert!(l1.get::<Cached>("k").is_none(), "the last heartbeat is older than the bound");
@@ -404,7 +395,7 @@ mod tests {
         assert!(l1.get::<Cached>("k").is_none(), "a flush empties the level and stops it");
         l1.confirm(Instant::now());
         assert!(l1.get::<Cached>("k").is_none());
-        l1.fill("other", cached("2"), Duration::from_secs(60), before);
+        l1.fill("other", cached("2"), before);
         assert!(l1.get::<Cached>("other").is_none(), "a ticket from before a flush is void");
     }
 
@@ -424,7 +415,7 @@ mod tests {
     fn messages_invalidate_keys_and_families() {
         let l1 = L1::new(1 << 20, None);
         let ticket = l1.ticket("k");
-        l1.fill("k", cached("1"), Duration::from_secs(60), ticket);
+        l1.fill("k", cached("1"), ticket);
         assert_eq!(l1.family("pages"), 0);
         apply(&l1, &message("k"));
         apply(&l1, &family_message("pages"));

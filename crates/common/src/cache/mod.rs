@@ -9,8 +9,8 @@
 
 mod l1;
 
-pub use l1::{Cached, Ticket, etag_of};
 use l1::L1;
+pub use l1::{Cached, Ticket, etag_of};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -530,7 +530,12 @@ impl Cache {
     /// (or, without Redis, nothing below the first level), or one `loader` per key under a
     /// stampede, whose value fills the levels for `ttl(&value)`. A write must
     /// [`invalidate`](Cache::invalidate) the key after it changed the value below.
-    pub async fn load_cached<T, F, Fut>(&self, key: &str, ttl: fn(&T) -> Duration, loader: F) -> Result<Arc<Cached>, LoadError>
+    pub async fn load_cached<T, F, Fut>(
+        &self,
+        key: &str,
+        ttl: fn(&T) -> Duration,
+        loader: F,
+    ) -> Result<Arc<Cached>, LoadError>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
         F: FnOnce() -> Fut,
@@ -543,15 +548,12 @@ impl Cache {
             return Ok(hit);
         }
         let ticket = l1.ticket(key);
-        let local = matches!(self.backend, Backend::Local(_));
-        let (json, ttl) = if local {
-            let (json, ttl) = self.load_flight(key, Fill::Nowhere, ttl, loader).await?;
-            (Bytes::copy_from_slice(&json), ttl)
-        } else {
-            (self.load_json(key, ttl, loader).await?, Duration::MAX)
+        let json = match self.backend {
+            Backend::Local(_) => Bytes::copy_from_slice(&self.load_flight(key, Fill::Nowhere, ttl, loader).await?.0),
+            Backend::Redis(_) => self.load_json(key, ttl, loader).await?,
         };
         let cached = Arc::new(Cached::new(json));
-        l1.fill(key, cached.clone(), ttl, ticket);
+        l1.fill(key, cached.clone(), ticket);
         Ok(cached)
     }
 
@@ -581,9 +583,9 @@ impl Cache {
             let others = keys.len() as u64 - hits;
             if live { l1.count(hits, others, 0) } else { l1.count(0, 0, others) }
         }
-        let fill = |i: usize, cached: &Arc<Cached>, ttl: Duration| {
+        let fill = |i: usize, cached: &Arc<Cached>| {
             if let (Some(l1), Some(ticket)) = (&self.l1, tickets[i]) {
-                l1.fill(&keys[i], cached.clone(), ttl, ticket);
+                l1.fill(&keys[i], cached.clone(), ticket);
             }
         };
         let missing: Vec<usize> = (0..keys.len()).filter(|i| found[*i].is_none()).collect();
@@ -598,7 +600,7 @@ impl Cache {
                     if let Some(bytes) = entry {
                         let start = bytes.len() - unversioned(&bytes).1.len();
                         let cached = Arc::new(Cached::new(Bytes::from(bytes).slice(start..)));
-                        fill(*i, &cached, Duration::MAX);
+                        fill(*i, &cached);
                         found[*i] = Some(cached);
                     }
                 }
@@ -608,14 +610,18 @@ impl Cache {
         if !missing.is_empty() {
             let values = loader(missing.clone()).await.map_err(|e| LoadError::from_anyhow(&e))?;
             if values.len() != missing.len() {
-                return Err(LoadError::from_anyhow(&anyhow::anyhow!("the loader answered {} of {} values", values.len(), missing.len())));
+                return Err(LoadError::from_anyhow(&anyhow::anyhow!(
+                    "the loader answered {} of {} values",
+                    values.len(),
+                    missing.len()
+                )));
             }
             let mut fills = Vec::new();
             for (i, value) in missing.into_iter().zip(values) {
                 let json = serde_json::to_vec(&value).map_err(|e| LoadError::from_anyhow(&e.into()))?;
                 let ttl = ttl(&value);
                 let cached = Arc::new(Cached::new(Bytes::from(json)));
-                fill(i, &cached, ttl);
+                fill(i, &cached);
                 if self.is_redis() {
                     fills.push((i, cached.clone(), ttl));
                 }
@@ -640,9 +646,9 @@ impl Cache {
         self.l1.as_ref().map(|l1| l1.ticket(key))
     }
 
-    pub fn l1_fill<V: std::any::Any + Send + Sync>(&self, key: &str, value: Arc<V>, ttl: Duration, ticket: Option<Ticket>) {
+    pub fn l1_fill<V: std::any::Any + Send + Sync>(&self, key: &str, value: Arc<V>, ticket: Option<Ticket>) {
         if let (Some(l1), Some(ticket)) = (&self.l1, ticket) {
-            l1.fill(key, value, ttl, ticket);
+            l1.fill(key, value, ticket);
         }
     }
 

@@ -103,7 +103,8 @@ async fn catalogue_reads_carry_a_tag_answer_304_to_it_and_a_write_changes_it() {
         assert_eq!(get(path, Some("\"something else\"")).await.unwrap().status(), 200);
     }
     let tag_of = |res: &reqwest::Response| res.headers()["etag"].to_str().unwrap().to_owned();
-    let (product_tag, page_tag) = (tag_of(&get(&by_id, None).await.unwrap()), tag_of(&get(&listing, None).await.unwrap()));
+    let (product_tag, page_tag) =
+        (tag_of(&get(&by_id, None).await.unwrap()), tag_of(&get(&listing, None).await.unwrap()));
 
     let res = app.server.post(&format!("{by_id}/stock"), &json!({"delta": 1}), Some(&app.admin)).await;
     assert_eq!(res.status(), 200);
@@ -116,7 +117,11 @@ async fn catalogue_reads_carry_a_tag_answer_304_to_it_and_a_write_changes_it() {
     assert_eq!(page.json::<Value>().await.unwrap()["items"][0]["stock"], 5);
 
     let authenticated = app.server.get(&by_id, Some(&app.customer)).await;
-    assert_eq!(authenticated.headers()["cache-control"], "private, no-cache", "a shared cache keeps no answer to a token");
+    assert_eq!(
+        authenticated.headers()["cache-control"],
+        "private, no-cache",
+        "a shared cache keeps no answer to a token"
+    );
 }
 
 #[tokio::test]
