@@ -42,7 +42,8 @@ def plot_throughput(report: dict, out: pathlib.Path) -> None:
         if row["target_ratio"]:
             label += f"\n(target {row['target_ratio']:.0%})"
         ax.text(i + 0.2, ours[i], label, ha="center", va="bottom", fontsize=8)
-    ticks = {"checkout": "checkout\n(orders/s vs tx/s)"}
+    ticks = {"checkout": "checkout\n(orders/s vs tx/s)", "product-by-id": "product-by-id\n(Zipf)",
+             "product-by-id-uniform": "product-by-id\n(uniform)"}
     ax.set_xticks(list(x), [ticks.get(n, tick(n)) for n in names], fontsize=8)
     ax.set_ylabel("requests per second")
     ax.set_title(f"Throughput against the machine's ceiling ({report['settings']['connections']} connections)")
