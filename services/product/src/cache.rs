@@ -127,13 +127,15 @@ impl CatalogCache {
     /// cache cannot say which generation is current), then its products in one
     /// multi-get. A product deleted since the page was cached is left out.
     pub async fn page(&self, listing: &Listing) -> Result<PageJson, Error> {
-        let digest = Sha256::digest(listing.cache_key().as_bytes());
-        let key = format!("products:page:{}", hex(&digest));
-        let first_level_key = format!("{key}@{}", self.cache.l1_family(PAGES));
+        let listing_key = listing.cache_key();
+        // In the process the listing itself is the key; Redis gets a digest of it, made
+        // only when the first level misses.
+        let first_level_key = format!("products:page:{listing_key}@{}", self.cache.l1_family(PAGES));
         let page = match self.cache.l1_get::<ListedPage>(&first_level_key) {
             Some(page) => page,
             None => {
                 let ticket = self.cache.l1_ticket(&first_level_key);
+                let key = format!("products:page:{}", hex(&Sha256::digest(listing_key.as_bytes())));
                 let (db, listing) = (self.db.clone(), listing.clone());
                 let json = self
                     .cache

@@ -51,8 +51,7 @@ impl From<Error> for ApiError {
             Error::ReservationReleased => ApiError::new(ErrorCode::Conflict)
                 .with_detail("the reservation of this order was released; use a new order id"),
             Error::Database(e) => ApiError::from(e),
-            Error::Cache(e) if e.transient => ApiError::unavailable(e),
-            Error::Cache(e) => ApiError::internal(e),
+            Error::Cache(e) => ApiError::from(e),
             Error::Internal(e) => ApiError::internal(e),
         }
     }

@@ -115,8 +115,7 @@ async fn profile(state: &AppState, id: Uuid) -> Result<Response, ApiError> {
     let cached = state
         .cache
         .load_cached(&profile_key(id), ttl, move || async move { Ok(repository::find_by_id(&db, id).await?) })
-        .await
-        .map_err(|e| if e.transient { ApiError::unavailable(e) } else { ApiError::internal(e) })?;
+        .await?;
     if cached.is_null() {
         return Err(Error::NotFound.into());
     }

@@ -243,18 +243,10 @@ impl L1 {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.entries.invalidate_all();
     }
-
-    pub(crate) fn entry_count(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
-    }
 }
 
-/// What travels on the invalidation channel: one key, or a family (`*` before its name).
-pub(crate) fn message(key: &str) -> String {
-    key.to_owned()
-}
-
+/// What travels on the invalidation channel, a line each: a key as it is, or a family
+/// with `*` before its name (or a heartbeat, `~` before it).
 pub(crate) fn family_message(family: &str) -> String {
     format!("*{family}")
 }
@@ -417,7 +409,7 @@ mod tests {
         let ticket = l1.ticket("k");
         l1.fill("k", cached("1"), ticket);
         assert_eq!(l1.family("pages"), 0);
-        apply(&l1, &message("k"));
+        apply(&l1, "k");
         apply(&l1, &family_message("pages"));
         assert!(l1.get::<Cached>("k").is_none());
         assert_eq!(l1.family("pages"), 1);

@@ -99,6 +99,13 @@ impl LoadError {
     }
 }
 
+impl From<LoadError> for crate::ApiError {
+    /// A database that was away is a 503 worth retrying; anything else a bare 500.
+    fn from(err: LoadError) -> Self {
+        if err.transient { Self::unavailable(err) } else { Self::internal(err) }
+    }
+}
+
 /// How a loaded value is stored: where nothing is yet (a write since the load has put a
 /// fresher value there), or as of a generation, over whatever an earlier one left.
 enum Fill<'a> {
@@ -123,14 +130,8 @@ pub struct Cache {
     put_if_newer: Arc<redis::Script>,
     /// The first level, unless `L1_CACHE_BYTES=0`.
     l1: Option<Arc<L1>>,
-    /// Where writes tell the other replicas' first levels (Redis only).
-    invalidations: Option<Invalidations>,
-}
-
-/// The Redis channel of first-level invalidations.
-#[derive(Clone)]
-struct Invalidations {
-    channel: Arc<str>,
+    /// The Redis channel where writes tell the other replicas' first levels (Redis only).
+    invalidations: Option<Arc<str>>,
 }
 
 /// How the first level is sized and how stale it may be.
@@ -164,6 +165,12 @@ fn versioned(version: i64, json: &[u8]) -> Vec<u8> {
     let mut bytes = format!("{version}:").into_bytes();
     bytes.extend_from_slice(json);
     bytes
+}
+
+/// An entry's JSON, without its version, sharing the entry's buffer.
+fn json_of(bytes: Vec<u8>) -> Bytes {
+    let start = bytes.len() - unversioned(&bytes).1.len();
+    Bytes::from(bytes).slice(start..)
 }
 
 fn unversioned(bytes: &[u8]) -> (i64, &[u8]) {
@@ -219,11 +226,11 @@ impl Cache {
     pub fn redis(conn: ConnectionManager, client: redis::Client, prefix: &str, options: L1Options) -> Self {
         let l1 = (options.max_bytes > 0).then(|| Arc::new(L1::new(options.max_bytes, Some(options.stale_max))));
         let mut cache = Self::with_backend(Backend::Redis(conn), prefix, l1.clone());
-        let invalidations = Invalidations { channel: format!("{prefix}:l1-invalidations").into() };
+        let channel: Arc<str> = format!("{prefix}:l1-invalidations").into();
         if let (Some(l1), Backend::Redis(conn)) = (l1, &cache.backend) {
-            tokio::spawn(l1::subscribe(client, conn.clone(), invalidations.channel.clone(), l1));
+            tokio::spawn(l1::subscribe(client, conn.clone(), channel.clone(), l1));
         }
-        cache.invalidations = Some(invalidations);
+        cache.invalidations = Some(channel);
         cache
     }
 
@@ -408,8 +415,7 @@ impl Cache {
     {
         if let Some(bytes) = self.get_bytes(key).await {
             l2_outcome(true);
-            let start = bytes.len() - unversioned(&bytes).1.len();
-            return Ok(Bytes::from(bytes).slice(start..));
+            return Ok(json_of(bytes));
         }
         l2_outcome(false);
         let (bytes, _) = self.load_flight(key, Fill::IfAbsent(key), ttl, loader).await?;
@@ -439,13 +445,11 @@ impl Cache {
             let value = loader().await.map_err(|e| LoadError::from_anyhow(&e))?;
             return serde_json::to_vec(&value).map(Bytes::from).map_err(|e| LoadError::from_anyhow(&e.into()));
         };
-        if let Some(bytes) = entry {
-            let (stored, json) = unversioned(&bytes);
-            if stored == generation {
-                l2_outcome(true);
-                let start = bytes.len() - json.len();
-                return Ok(Bytes::from(bytes).slice(start..));
-            }
+        if let Some(bytes) = entry
+            && unversioned(&bytes).0 == generation
+        {
+            l2_outcome(true);
+            return Ok(json_of(bytes));
         }
         l2_outcome(false);
         // Readers of one generation share a load; a reader of the next never joins it.
@@ -598,8 +602,7 @@ impl Cache {
                 for (i, entry) in missing.iter().zip(entries) {
                     l2_outcome(entry.is_some());
                     if let Some(bytes) = entry {
-                        let start = bytes.len() - unversioned(&bytes).1.len();
-                        let cached = Arc::new(Cached::new(Bytes::from(bytes).slice(start..)));
+                        let cached = Arc::new(Cached::new(json_of(bytes)));
                         fill(*i, &cached);
                         found[*i] = Some(cached);
                     }
@@ -684,25 +687,14 @@ impl Cache {
                 l1.invalidate_family(family);
             }
         }
-        let (Some(invalidations), Backend::Redis(conn)) = (&self.invalidations, &self.backend) else { return };
-        let lines: Vec<String> =
-            keys.iter().map(|k| l1::message(k)).chain(families.iter().map(|f| l1::family_message(f))).collect();
+        let (Some(channel), Backend::Redis(conn)) = (&self.invalidations, &self.backend) else { return };
+        let lines: Vec<String> = keys.iter().cloned().chain(families.iter().map(|f| l1::family_message(f))).collect();
         if lines.is_empty() {
             return;
         }
         let mut conn = conn.clone();
-        let publish = redis::cmd("PUBLISH").arg(invalidations.channel.as_ref()).arg(lines.join("\n")).to_owned();
+        let publish = redis::cmd("PUBLISH").arg(channel.as_ref()).arg(lines.join("\n")).to_owned();
         self.redis_call("publish", publish.query_async::<i64>(&mut conn)).await;
-    }
-
-    /// Whether the first level serves now (its invalidation channel is subscribed).
-    pub fn l1_is_live(&self) -> bool {
-        self.l1.as_ref().is_some_and(|l1| l1.is_live())
-    }
-
-    /// Entries in the first level.
-    pub fn l1_entries(&self) -> u64 {
-        self.l1.as_ref().map_or(0, |l1| l1.entry_count())
     }
 
     /// Forgets loads in flight for `key`, so a request after a write never joins a load
