@@ -72,11 +72,30 @@ pub fn etag_of(parts: &[&[u8]]) -> HeaderValue {
 /// What the level holds: a value of any type (a cached response, a page's ids).
 type Entry = Arc<dyn Any + Send + Sync>;
 
-/// What an entry costs beyond its key and body, as measured (a product service holding
-/// 77k products grew by 1.06 KiB each: moka's node, deques and hash table slot, the
-/// `Arc`s and the tag, the allocator's rounding): so `L1_CACHE_BYTES` bounds the
-/// process's memory, not only the bodies.
-const ENTRY_OVERHEAD: usize = 600;
+/// What an entry costs beyond its key and body, as measured: `shop` holding the whole
+/// 100k-product catalogue grew by 721 bytes a product more than with the level off, for
+/// 460 bytes of key and body; the rest is the table's slot and index, the `Arc`s, the tag
+/// and the allocator's rounding. Counted with a margin, so that `L1_CACHE_BYTES` bounds
+/// the process's memory, not only the bodies.
+const ENTRY_OVERHEAD: usize = 300;
+
+/// One entry: the value, when it stops being served (seconds after the level's origin),
+/// and its weight, fixed when it is filled as the table requires.
+#[derive(Clone)]
+struct Slot {
+    value: Entry,
+    until: u32,
+    weight: u32,
+}
+
+#[derive(Clone)]
+struct Weight;
+
+impl quick_cache::Weighter<Box<str>, Slot> for Weight {
+    fn weight(&self, _key: &Box<str>, slot: &Slot) -> u64 {
+        u64::from(slot.weight)
+    }
+}
 
 /// What a reader saw before it read the level below: the flush count and its key's
 /// invalidation count. A fill is kept only if neither moved.
@@ -88,7 +107,7 @@ pub struct Ticket {
 }
 
 pub(crate) struct L1 {
-    entries: moka::sync::Cache<String, Entry>,
+    entries: quick_cache::sync::Cache<Box<str>, Slot, Weight>,
     /// `CACHE_STALE_MAX` when other replicas may write (Redis configured); `None` alone.
     stale_max: Option<Duration>,
     /// What `confirmed_until` counts from.
@@ -112,14 +131,9 @@ pub(crate) struct L1 {
 impl L1 {
     /// `stale_max` is `None` without Redis: one replica, whose invalidations are all local.
     pub(crate) fn new(max_bytes: u64, stale_max: Option<Duration>) -> Self {
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|key: &String, entry: &Entry| {
-                let size = entry.downcast_ref::<Cached>().map_or(1024, |c| c.json.len());
-                u32::try_from(key.len() + size + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
-            })
-            .time_to_live(MAX_TTL)
-            .build();
+        // The table is sized for entries of about a kilobyte; it grows past that if need be.
+        let estimated = usize::try_from(max_bytes / 1024).unwrap_or(usize::MAX).max(16);
+        let entries = quick_cache::sync::Cache::with_weighter(estimated, max_bytes, Weight);
         Self {
             entries,
             stale_max,
@@ -175,7 +189,15 @@ impl L1 {
     /// The entry under `key`, neither checked for liveness nor counted: for a caller
     /// looking up many keys at once, which does both once.
     pub(crate) fn find<V: Any + Send + Sync>(&self, key: &str) -> Option<Arc<V>> {
-        self.entries.get(key).and_then(|entry| entry.downcast::<V>().ok())
+        let slot = self.entries.get(key)?;
+        if slot.until <= self.secs_since_origin() {
+            return None;
+        }
+        slot.value.downcast::<V>().ok()
+    }
+
+    fn secs_since_origin(&self) -> u32 {
+        u32::try_from(self.origin.elapsed().as_secs()).unwrap_or(u32::MAX)
     }
 
     /// Counts lookups in bulk: one shared counter increment per kind, not per key.
@@ -211,18 +233,21 @@ impl L1 {
         if !self.is_live() || !self.ticket_holds(ticket) {
             return;
         }
-        self.entries.insert(key.to_owned(), value);
+        let size = (&*value as &dyn Any).downcast_ref::<Cached>().map_or(1024, |c| c.json.len());
+        let weight = u32::try_from(key.len() + size + ENTRY_OVERHEAD).unwrap_or(u32::MAX);
+        let until = self.secs_since_origin().saturating_add(MAX_TTL.as_secs() as u32);
+        self.entries.insert(key.into(), Slot { value, until, weight });
         // An invalidation that bumped the slot after the check above may have run its
         // removal before this insert: look again, and take the entry back if so.
         if !self.ticket_holds(ticket) {
-            self.entries.invalidate(key);
+            self.entries.remove(key);
         }
     }
 
     /// Forgets `key` here, and voids the tickets of readers in flight for it.
     pub(crate) fn invalidate(&self, key: &str) {
         self.slots[Self::slot(key)].fetch_add(1, Ordering::AcqRel);
-        self.entries.invalidate(key);
+        self.entries.remove(key);
     }
 
     /// The generation of a family of keys (0 until first invalidated).
@@ -241,7 +266,7 @@ impl L1 {
     pub(crate) fn flush(&self) {
         self.lapse();
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.entries.invalidate_all();
+        self.entries.clear();
     }
 }
 
@@ -413,6 +438,32 @@ mod tests {
         apply(&l1, &family_message("pages"));
         assert!(l1.get::<Cached>("k").is_none());
         assert_eq!(l1.family("pages"), 1);
+    }
+
+    #[test]
+    fn the_level_holds_at_most_its_bytes_counting_each_entrys_overhead() {
+        let l1 = L1::new(100 * 1024, None);
+        let body: &'static str = Box::leak("x".repeat(400).into_boxed_str());
+        for i in 0..1000 {
+            let key = format!("product:{i:036}");
+            l1.fill(&key, cached(body), l1.ticket(&key));
+        }
+        let per_entry = (44 + 400 + ENTRY_OVERHEAD) as u64;
+        assert!(l1.entries.weight() <= 100 * 1024, "weight {} over the bound", l1.entries.weight());
+        let held = l1.entries.len() as u64;
+        assert!(held <= 100 * 1024 / per_entry, "{held} entries of {per_entry} bytes in 100 KiB");
+        assert!(held >= 100 * 1024 / per_entry / 2, "only {held} entries kept");
+    }
+
+    #[test]
+    fn an_entry_is_served_no_longer_than_the_levels_time_to_live() {
+        let l1 = L1::new(1 << 20, None);
+        l1.fill("k", cached("1"), l1.ticket("k"));
+        assert!(l1.get::<Cached>("k").is_some());
+        let mut slot = l1.entries.get("k").unwrap();
+        slot.until = l1.secs_since_origin();
+        l1.entries.insert("k".into(), slot);
+        assert!(l1.get::<Cached>("k").is_none(), "an entry past its time is not served");
     }
 
     #[test]
