@@ -5,6 +5,7 @@
 //! a Prometheus recorder for the `metrics` facade.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
@@ -211,8 +212,14 @@ where
     }
 }
 
+/// How often the recorder folds recorded histogram samples into its buckets. Until it
+/// does, every sample is kept: without this, a process nobody scrapes grows by eight bytes
+/// a request (some 20 MiB in a 30-second load run) for as long as it runs.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 /// The process-wide Prometheus recorder. The `metrics` facade is global by design, so the
 /// recorder is too; every service in the process (all four in `shop`) reports into it.
+/// A thread of its own runs the recorder's upkeep, scraped or not.
 pub fn metrics_handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
@@ -223,6 +230,16 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         // This is the only place a recorder is installed, and it runs once.
         metrics::set_global_recorder(recorder).expect("no other metrics recorder is installed");
+        let upkept = handle.clone();
+        std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(METRICS_UPKEEP);
+                    upkept.run_upkeep();
+                }
+            })
+            .expect("a thread can be started at start-up");
         handle
     })
 }
