@@ -23,7 +23,8 @@ pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-ke
 pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// A JSON body with its `Idempotency-Key`, if the client sent one, and a fingerprint of
-/// what was asked (method, path and the exact body bytes).
+/// what was asked: method, path and the body's JSON value (key order and whitespace do not
+/// matter, API.md).
 #[derive(Debug)]
 pub struct Idempotent<T> {
     pub body: T,
@@ -70,11 +71,56 @@ where
         hasher.update([0]);
         let (parts, body) = request.into_parts();
         let bytes = read_body(Request::from_parts(parts.clone(), body), state).await?;
-        hasher.update(&bytes);
+        hasher.update(canonical_json(&bytes));
         let fingerprint = hasher.finalize().to_vec();
         let Json(body) =
             Json::<T>::from_request(Request::from_parts(parts, axum::body::Body::from(bytes)), state).await?;
         Ok(Self { body, key: key.map(|key| Idempotency { key, fingerprint }) })
+    }
+}
+
+/// A body as its fingerprint sees it: its JSON value written with every object's keys
+/// sorted and no whitespace, so that two encodings of one value are the same bytes.
+/// Bytes that are not JSON are taken as they are (the extractor refuses them anyway).
+fn canonical_json(bytes: &[u8]) -> Vec<u8> {
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(value) => {
+            let mut out = Vec::with_capacity(bytes.len());
+            write_canonical(&value, &mut out);
+            out
+        }
+        Err(_) => bytes.to_vec(),
+    }
+}
+
+fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, key).expect("a string is always written");
+                out.push(b':');
+                write_canonical(item, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("a JSON scalar is always written"),
     }
 }
 
@@ -111,22 +157,32 @@ impl Idempotency {
         if !claimed {
             return Err(Self::in_progress());
         }
+        Ok(match self.stored(tx, scope).await? {
+            Some(response) => Begin::Replay(response),
+            None => Begin::Fresh,
+        })
+    }
+
+    /// The stored response to replay for `scope`, if the key has one, without claiming it:
+    /// for a request that claimed the operation some other way and must make sure that no
+    /// request with the key finished meanwhile.
+    pub async fn stored(&self, conn: &mut PgConnection, scope: &str) -> Result<Option<Response>, ApiError> {
         let stored: Option<(Vec<u8>, i16, Vec<u8>)> = sqlx::query_as(
             "SELECT fingerprint, status, body FROM idempotency_keys
              WHERE scope = $1 AND key = $2 AND created_at > now() - interval '24 hours'",
         )
         .bind(scope)
         .bind(&self.key)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *conn)
         .await?;
-        let Some((fingerprint, status, body)) = stored else { return Ok(Begin::Fresh) };
+        let Some((fingerprint, status, body)) = stored else { return Ok(None) };
         if fingerprint != self.fingerprint {
             return Err(Self::reused());
         }
         let status = StatusCode::from_u16(status as u16).map_err(ApiError::internal)?;
         let mut response = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
         response.headers_mut().insert(IDEMPOTENT_REPLAYED.clone(), HeaderValue::from_static("true"));
-        Ok(Begin::Replay(response))
+        Ok(Some(response))
     }
 
     /// Stores the response to replay, in the transaction of the effect. A record older
@@ -152,5 +208,21 @@ impl Idempotency {
         .execute(&mut *tx)
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_json;
+
+    #[test]
+    fn one_json_value_has_one_canonical_form() {
+        let a = canonical_json(br#"{"b": [1, {"y": 2, "x": "s"}], "a": null}"#);
+        let b = canonical_json(b"{\n  \"a\":null,\"b\":[1,{\"x\":\"s\",\"y\":2}]\n}");
+        assert_eq!(a, b);
+        assert_eq!(a, br#"{"a":null,"b":[1,{"x":"s","y":2}]}"#);
+        assert_ne!(canonical_json(br#"{"b":[2,1]}"#), canonical_json(br#"{"b":[1,2]}"#), "arrays keep their order");
+        assert_ne!(canonical_json(br#"{"a":"5"}"#), canonical_json(br#"{"a":5}"#));
+        assert_eq!(canonical_json(b"not json"), b"not json");
     }
 }

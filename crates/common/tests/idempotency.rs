@@ -24,6 +24,8 @@ const SCHEMA: Schema = Schema { name: "idemtest", role: "idemtest_svc" };
 #[serde(deny_unknown_fields)]
 struct Charge {
     amount: i32,
+    #[serde(default)]
+    note: Option<String>,
 }
 
 /// Charges once per request, or replays; `x-user` scopes the key, `x-delay-ms` keeps the
@@ -49,7 +51,7 @@ async fn charge(
         .bind(body.amount)
         .execute(&mut *tx)
         .await?;
-    let response = json!({"id": id, "amount": body.amount});
+    let response = json!({"id": id, "amount": body.amount, "note": body.note});
     if let Some(key) = &key {
         key.finish(&mut tx, &user, StatusCode::CREATED, &response).await?;
     }
@@ -87,6 +89,13 @@ impl App {
         req.send().await.unwrap()
     }
 
+    /// A charge with the body exactly as given (the client's own key order and spacing).
+    async fn charge_raw(&self, key: &str, body: &'static str) -> reqwest::Response {
+        let url = self.server.url("/charges");
+        let req = self.server.client.post(url).header("x-user", "jane").header("idempotency-key", key);
+        req.header("content-type", "application/json").body(body).send().await.unwrap()
+    }
+
     async fn effects(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM effects").fetch_one(&self.db).await.unwrap()
     }
@@ -104,6 +113,21 @@ async fn the_same_key_and_body_replays_the_first_response() {
     assert_eq!(again.status(), 201);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(again.json::<Value>().await.unwrap(), first);
+    assert_eq!(app.effects().await, 1);
+}
+
+#[tokio::test]
+async fn the_same_json_value_in_another_key_order_or_spacing_replays() {
+    let app = App::spawn().await;
+    let first = app.charge_raw("k1", r#"{"amount":5,"note":"gift"}"#).await;
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = app.charge_raw("k1", "{\n  \"note\" : \"gift\",\n  \"amount\" : 5\n}").await;
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    let other = app.charge_raw("k1", r#"{"note":"gift","amount":6}"#).await;
+    assert_eq!(other.status(), 422, "another value is another request");
     assert_eq!(app.effects().await, 1);
 }
 

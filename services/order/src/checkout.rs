@@ -58,7 +58,10 @@ pub async fn place(
     }
     // Where each product first appears in the request, for refusals that name a line.
     let requested: Option<Vec<Uuid>> = request.lines.as_ref().map(|l| l.iter().map(|l| l.product_id).collect());
-    let checkout = start(state, user_id, request.lines, key).await?;
+    let checkout = match start(state, user_id, request.lines, key).await? {
+        Started::Checkout(checkout) => checkout,
+        Started::Finished(response) => return Ok(response),
+    };
     let line_of = |k: usize| {
         let product = checkout.items.get(k).map(|line| line.product_id);
         requested.as_ref().zip(product).and_then(|(ids, p)| ids.iter().position(|id| *id == p)).unwrap_or(k)
@@ -130,6 +133,14 @@ pub async fn place(
     Ok((StatusCode::CREATED, Json(order)).into_response())
 }
 
+/// What [`start`] found.
+enum Started {
+    /// The checkout to carry out.
+    Checkout(Checkout),
+    /// A request with the same key finished the order meanwhile: its answer.
+    Finished(Response),
+}
+
 /// The checkout record: the unfinished one of an earlier attempt with this key, or a new
 /// one, committed before the reservation is asked for.
 async fn start(
@@ -137,7 +148,7 @@ async fn start(
     user_id: Uuid,
     lines: Option<Vec<Line>>,
     key: Option<&Idempotency>,
-) -> Result<Checkout, ApiError> {
+) -> Result<Started, ApiError> {
     if let Some(key) = key
         && let Some(earlier) = repository::find_checkout(&state.db, user_id, key.as_str()).await?
     {
@@ -147,7 +158,7 @@ async fn start(
         if !repository::claim_checkout(&state.db, earlier.order_id, state.checkout_lease).await? {
             return Err(Idempotency::in_progress());
         }
-        return Ok(earlier);
+        return Ok(Started::Checkout(earlier));
     }
     let (items, from_cart) = match lines {
         Some(lines) => (merge_lines(lines), false),
@@ -166,5 +177,18 @@ async fn start(
         // A concurrent request with the same key recorded its checkout first.
         return Err(Idempotency::in_progress());
     }
-    Ok(checkout)
+    if let Some(key) = key {
+        // A request with this key may have finished its order (and deleted its record)
+        // after this one found no stored answer and before it looked for a record: the
+        // new record is then a second order in the making. Inserting it waited for that
+        // commit, so the answer is visible now; undo the record and answer the same.
+        let stored = key.stored(&mut *state.db.acquire().await?, &user_id.to_string()).await;
+        if !matches!(stored, Ok(None)) {
+            repository::take_checkout(&state.db, checkout.order_id).await?;
+            if let Some(response) = stored? {
+                return Ok(Started::Finished(response));
+            }
+        }
+    }
+    Ok(Started::Checkout(checkout))
 }
