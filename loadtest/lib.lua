@@ -70,7 +70,9 @@ end
 
 -- Product pages are drawn by popularity: the product of rank k (a fixed shuffle of the
 -- catalogue, the same in every thread) is asked for in proportion to 1/k (Zipf, s = 1),
--- as a store's traffic is; LOADTEST_DRAW=uniform draws every product alike instead.
+-- as a store's traffic is; LOADTEST_DRAW=uniform draws every product alike instead, and
+-- LOADTEST_DRAW=walk goes through the whole catalogue in order (each thread from its own
+-- share of it): the warm-up that brings a cache to its steady state.
 local zipf_cdf
 local draw = os.getenv("LOADTEST_DRAW") or "zipf"
 
@@ -104,7 +106,14 @@ local function zipf_pick()
   return products[low]
 end
 
+local walked
+
 function lib.product_page()
+  if draw == "walk" then
+    local threads = tonumber(os.getenv("LOADTEST_THREADS") or "2")
+    walked = (walked or math.floor(#products * (thread_id or 0) / threads)) % #products + 1
+    return wrk.format("GET", "/api/products/" .. products[walked])
+  end
   if draw == "uniform" then
     return wrk.format("GET", "/api/products/" .. lib.pick(products))
   end
