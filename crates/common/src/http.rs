@@ -445,32 +445,38 @@ async fn health() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
-/// Readiness: 200 when every dependency answers, 503 naming what is down otherwise, and
-/// 503 `draining` once the process is shutting down.
+/// Readiness (API.md): 200 while the service can serve, `ready` with every dependency up
+/// and `degraded` with the cache or the broker down (requests still work, events wait in
+/// the outbox: an outage of what every replica shares must not take them all out of
+/// rotation at once); 503 `unavailable` with a database down, and `draining` once the
+/// process is shutting down. The body names each dependency `up` or `down`.
 async fn ready(State(ops): State<Ops>) -> Response {
     if ops.draining.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "draining"}))).into_response();
     }
     let mut checks = serde_json::Map::new();
-    let mut all_up = true;
+    let (mut databases_up, mut shared_up) = (true, true);
     for (name, pool) in &ops.databases {
         let probe = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool);
         let up = matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(_)));
-        all_up &= up;
+        databases_up &= up;
         checks.insert(format!("database:{name}"), json!(if up { "up" } else { "down" }));
     }
     if ops.cache.is_redis() {
         let up = ops.cache.ping().await;
-        all_up &= up;
+        shared_up &= up;
         checks.insert("redis".into(), json!(if up { "up" } else { "down" }));
     }
     if let Events::Kafka(kafka) = &ops.events {
         let up = kafka.ping(PROBE_TIMEOUT).await;
-        all_up &= up;
+        shared_up &= up;
         checks.insert("kafka".into(), json!(if up { "up" } else { "down" }));
     }
-    let (status, word) =
-        if all_up { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "unavailable") };
+    let (status, word) = match (databases_up, shared_up) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        (true, false) => (StatusCode::OK, "degraded"),
+        (true, true) => (StatusCode::OK, "ready"),
+    };
     (status, axum::Json(json!({"status": word, "checks": checks}))).into_response()
 }
 

@@ -59,6 +59,24 @@ impl TestDb {
     pub fn url(&self) -> &str {
         self.url.expose_secret()
     }
+
+    /// A database outage and its end, as the services see them: with `false`, new
+    /// connections are refused and the open ones closed; with `true`, connections work again.
+    pub async fn set_reachable(&self, reachable: bool) {
+        let mut conn = admin_options().connect().await.expect("the test PostgreSQL is reachable");
+        let name = &self.name;
+        conn.execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {reachable}").as_str())
+            .await
+            .expect("ALTER DATABASE");
+        if !reachable {
+            conn.execute(
+                format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'").as_str(),
+            )
+            .await
+            .expect("closing the database's connections");
+        }
+        conn.close().await.ok();
+    }
 }
 
 impl Drop for TestDb {

@@ -224,12 +224,16 @@ async fn inflict(chaos: &Chaos, fault: Fault) {
             // a restarted one would have lost what it had acknowledged, which a Kafka
             // cluster does not. (The events tests restart it, empty.)
             platform.broker.lock().await.freeze(true);
-            tokio::time::sleep(OUTAGE).await;
+            tokio::time::sleep(OUTAGE / 2).await;
+            every_service_stays_ready(platform, "the broker down").await;
+            tokio::time::sleep(OUTAGE / 2).await;
             platform.broker.lock().await.freeze(false);
         }
         Fault::Redis => {
             chaos.redis.lock().await.stop();
-            tokio::time::sleep(OUTAGE).await;
+            tokio::time::sleep(OUTAGE / 2).await;
+            every_service_stays_ready(platform, "Redis down").await;
+            tokio::time::sleep(OUTAGE / 2).await;
             chaos.redis.lock().await.resume().await;
         }
         Fault::SlowProduct => {
@@ -238,6 +242,20 @@ async fn inflict(chaos: &Chaos, fault: Fault) {
             tokio::time::sleep(OUTAGE).await;
             platform.product_link.set_delay(Duration::ZERO);
         }
+    }
+}
+
+/// Through an outage of what every replica shares, each service says `/ready` 200
+/// `degraded` (API.md): it still serves, and must not be taken out of rotation.
+/// The four are asked at once: a probe of a hung broker takes its timeout.
+async fn every_service_stays_ready(platform: &Platform, during: &str) {
+    let asked = support::SERVICES.map(|service| async move {
+        let res = platform.client.get(platform.url(service, "/ready")).send().await.expect("/ready answers");
+        (service, res.status(), res.json::<Value>().await.unwrap())
+    });
+    for (service, status, body) in futures::future::join_all(asked).await {
+        assert_eq!(status, 200, "{service}: /ready with {during}: {body}");
+        assert_eq!(body["status"], "degraded", "{service}: /ready with {during}: {body}");
     }
 }
 

@@ -39,6 +39,10 @@ impl TestApp {
         Self { server, _db: db, vars }
     }
 
+    pub fn database(&self) -> &TestDb {
+        &self._db
+    }
+
     /// A second replica: same database, same Redis prefix, same secret, its own port.
     pub async fn replica(&self) -> TestServer {
         start(&self.vars).await

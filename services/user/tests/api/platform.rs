@@ -1,9 +1,9 @@
 //! What every service answers the same way: probes, metrics, request ids, unknown
-//! routes, the OpenAPI document, and a cache outage.
+//! routes, the OpenAPI document, a cache outage and a database outage.
 
 use serde_json::json;
 
-use common::testing::TestRedis;
+use common::testing::{TestRedis, eventually};
 
 use crate::helpers::{TestApp, expected, problem};
 
@@ -20,6 +20,21 @@ async fn health_and_ready_answer() {
         res.json::<serde_json::Value>().await.unwrap(),
         json!({"status": "ready", "checks": {"database:user": "up", "redis": "up"}})
     );
+}
+
+#[tokio::test]
+async fn a_database_outage_makes_the_service_unready_until_it_ends() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.get("/ready", None).await.status(), 200);
+    app.database().set_reachable(false).await;
+    let res = app.get("/ready", None).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(
+        res.json::<serde_json::Value>().await.unwrap(),
+        json!({"status": "unavailable", "checks": {"database:user": "down", "redis": "up"}})
+    );
+    app.database().set_reachable(true).await;
+    eventually("/ready answers 200 again", || async { app.get("/ready", None).await.status() == 200 }).await;
 }
 
 #[tokio::test]
@@ -133,11 +148,13 @@ async fn a_cache_outage_slows_requests_down_but_never_fails_them() {
 
     redis.stop();
 
+    // Degraded, not unready: every replica shares the cache, so an outage of it must not
+    // take them all out of rotation.
     let res = app.get("/ready", None).await;
-    assert_eq!(res.status(), 503);
+    assert_eq!(res.status(), 200);
     assert_eq!(
         res.json::<serde_json::Value>().await.unwrap(),
-        json!({"status": "unavailable", "checks": {"database:user": "up", "redis": "down"}})
+        json!({"status": "degraded", "checks": {"database:user": "up", "redis": "down"}})
     );
     // Reads, writes and logins go on without the cache and the shared limiter.
     assert_eq!(app.get("/api/users/me", Some(&jane.access)).await.status(), 200);
