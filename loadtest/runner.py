@@ -35,9 +35,9 @@ SCENARIOS = {
     "product-by-id": {"script": "product-by-id.lua", "ceiling": "json", "target": 0.60},
     "product-by-id-uniform": {
         "script": "product-by-id.lua", "ceiling": "json", "target": 0.45, "env": {"LOADTEST_DRAW": "uniform"},
-        # Steady state: the warm-up walks the whole catalogue once (at least), as a store's
-        # caches hold it after hours of traffic, instead of measuring the first reads.
-        "warmup": {"env": {"LOADTEST_DRAW": "walk"}, "seconds": 15},
+        # Steady state: the warm-up walks the whole catalogue, as a store's caches hold it
+        # after hours of traffic, instead of measuring the first reads.
+        "warmup": {"env": {"LOADTEST_DRAW": "walk"}, "seconds": 15, "until_cached": True},
     },
     "browse": {"script": "browse.lua", "ceiling": "json", "target": 0.40},
     "checkout": {"script": "checkout.lua", "ceiling": "tx", "target": 0.10},
@@ -420,9 +420,7 @@ def run_all(args, out, scenarios, base, ceiling_base, database, processes, memor
         step += 1
         script, env_run = SCENARIOS[name]["script"], SCENARIOS[name].get("env", {})
         if args.warmup:
-            warmup = SCENARIOS[name].get("warmup", {})
-            wrk(name + " (warm-up)", script, base, args, {**env_run, **warmup.get("env", {})},
-                max(args.warmup, warmup.get("seconds", 0)), f"[{step}/{runs}]")
+            warm_up(name, base, args, f"[{step}/{runs}]")
         counting = name == "checkout" and database and statements_counted(database)
         if counting:
             idle = idle_database_work(database)
@@ -444,6 +442,25 @@ def run_all(args, out, scenarios, base, ceiling_base, database, processes, memor
         memory.update(services)
         results.update(product_runs)
     return results, memory, audit_result
+
+
+L2_MISSES = '{level="l2",outcome="miss"}'
+
+
+def warm_up(name: str, base: str, args, progress: str) -> None:
+    """A scenario's unmeasured warm-up. One that must end with the catalogue cached walks
+    it again (each walk starts over, quickly through what is cached) until a walk finds
+    almost nothing missing from Redis: how long the first one takes depends on the
+    database's own caches. Without the server's /metrics, one walk."""
+    script, env_run = SCENARIOS[name]["script"], SCENARIOS[name].get("env", {})
+    warmup = SCENARIOS[name].get("warmup", {})
+    env, seconds = {**env_run, **warmup.get("env", {})}, max(args.warmup, warmup.get("seconds", 0))
+    for _ in range(4 if warmup.get("until_cached") else 1):
+        before = cache_counters(base)
+        wrk(name + " (warm-up)", script, base, args, env, seconds, progress)
+        after = cache_counters(base)
+        if not after or after.get(L2_MISSES, 0) - before.get(L2_MISSES, 0) < args.products / 100:
+            return
 
 
 def cache_counters(base: str) -> dict[str, float]:
