@@ -16,7 +16,6 @@ use failsafe::backoff::{self, EqualJittered};
 use failsafe::failure_policy::{self, ConsecutiveFailures};
 use failsafe::futures::CircuitBreaker;
 use failsafe::{Config, StateMachine};
-use rand::Rng;
 use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -138,7 +137,7 @@ impl Upstream {
         idempotent: bool,
     ) -> Result<Answer, UpstreamError> {
         let attempts = if idempotent { 3 } else { 1 };
-        let mut delay = RETRY_BASE;
+        let mut backoff = crate::backoff::Backoff::new(RETRY_BASE, RETRY_MAX);
         let mut attempt = 1;
         let mut last = None;
         loop {
@@ -171,10 +170,7 @@ impl Upstream {
             }
             tracing::warn!(upstream = self.name, attempt, error = %err, "retrying an upstream call");
             last = Some(err);
-            // Full jitter: replicas retrying the same outage spread out instead of in step.
-            let pause = Duration::from_millis(rand::rng().random_range(0..=delay.as_millis() as u64));
-            tokio::time::sleep(pause).await;
-            delay = (delay * 2).min(RETRY_MAX);
+            backoff.wait().await;
             attempt += 1;
         }
     }

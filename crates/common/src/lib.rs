@@ -29,6 +29,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod auth;
+pub mod backoff;
 pub mod cache;
 pub mod client;
 pub mod conditional;

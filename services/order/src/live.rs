@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::backoff::Backoff;
 use futures::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -160,12 +161,12 @@ fn to_message(change: &StatusChanged) -> Arc<str> {
 
 /// Feeds the hub from the Redis channel for as long as the process runs.
 async fn subscribe(client: redis::Client, channel: Arc<str>, hub: Arc<Hub>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => match pubsub.subscribe(channel.as_ref()).await {
                 Ok(()) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     let mut messages = pubsub.on_message();
                     while let Some(message) = messages.next().await {
                         let Ok(payload) = message.get_payload::<String>() else { continue };
@@ -180,8 +181,7 @@ async fn subscribe(client: redis::Client, channel: Arc<str>, hub: Arc<Hub>) {
             },
             Err(err) => tracing::warn!(error = %err, "could not connect to Redis for order status changes"),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff.wait().await;
     }
 }
 

@@ -19,10 +19,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use common::ApiError;
 use common::auth::AuthUser;
+use common::backoff::Backoff;
 use common::extract::Json;
 use common::idempotency::{Begin, Idempotency};
 use common::money::Money;
-use rand::Rng;
 use uuid::Uuid;
 
 use crate::AppState;
@@ -43,6 +43,7 @@ pub struct Request {
 /// Provider calls per attempt while it is unavailable.
 const PROVIDER_ATTEMPTS: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Why a charge got no answer.
 enum NoAnswer {
@@ -164,7 +165,7 @@ pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idem
 /// unavailable or slow (safe: the payment id makes the charge idempotent).
 async fn charge(state: &AppState, payment_id: Uuid, amount: Money, token: &str) -> Result<Outcome, NoAnswer> {
     let mut timed_out = false;
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     for attempt in 1..=PROVIDER_ATTEMPTS {
         match tokio::time::timeout(state.provider_timeout, state.provider.charge(payment_id, amount, token)).await {
             Ok(Ok(outcome)) => return Ok(outcome),
@@ -174,10 +175,8 @@ async fn charge(state: &AppState, payment_id: Uuid, amount: Money, token: &str) 
         }
         metrics::counter!("provider_errors_total").increment(1);
         if attempt < PROVIDER_ATTEMPTS {
-            let pause = rand::rng().random_range(backoff / 2..=backoff);
             tracing::warn!(%payment_id, attempt, "the card provider did not answer; retrying");
-            tokio::time::sleep(pause).await;
-            backoff *= 2;
+            backoff.wait().await;
         }
     }
     Err(if timed_out { NoAnswer::Timeout } else { NoAnswer::Unavailable })

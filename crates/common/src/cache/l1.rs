@@ -299,12 +299,12 @@ pub(crate) async fn subscribe(
 ) {
     let Some(stale_max) = l1.stale_max else { return };
     let replica = uuid::Uuid::new_v4().simple().to_string();
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut sequence = 0u64;
     loop {
         match tokio::time::timeout(Duration::from_secs(2), subscribed(&client, &channel)).await {
             Ok(Ok(mut pubsub)) => {
-                backoff = Duration::from_millis(50);
+                backoff.reset();
                 // Heartbeats sent and not yet back, oldest first.
                 let mut sent: std::collections::VecDeque<(u64, Instant)> = std::collections::VecDeque::new();
                 let mut beat = tokio::time::interval(stale_max / 4);
@@ -343,8 +343,7 @@ pub(crate) async fn subscribe(
             Ok(Err(err)) => tracing::debug!(error = %err, "could not subscribe to cache invalidations"),
             Err(_) => tracing::debug!("subscribing to cache invalidations timed out"),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff.wait().await;
     }
 }
 

@@ -241,7 +241,7 @@ async fn handle_record(kafka: &Kafka, subscription: &Subscription, message: &Bor
         }
     };
     let traceparent = header(message, trace::TRACEPARENT.as_str()).map(str::to_owned);
-    let mut pause = Duration::from_millis(200);
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), MAX_RETRY_PAUSE);
     loop {
         match deliver(
             &subscription.db,
@@ -259,8 +259,7 @@ async fn handle_record(kafka: &Kafka, subscription: &Subscription, message: &Bor
                 // The database is away: the record cannot be applied, and moving on would
                 // lose it. Wait for the database instead.
                 tracing::warn!(error = format!("{err:#}"), "cannot apply events while the database is unavailable");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                backoff.wait().await;
             }
         }
     }
@@ -274,7 +273,7 @@ async fn dead_letter(kafka: &Kafka, message: &BorrowedMessage<'_>, reason: &str)
     let payload = message.payload().unwrap_or_default();
     let partition = message.partition().to_string();
     let offset = message.offset().to_string();
-    let mut pause = Duration::from_millis(200);
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), MAX_RETRY_PAUSE);
     loop {
         let mut headers = OwnedHeaders::new();
         if let Some(original) = message.headers() {
@@ -303,8 +302,7 @@ async fn dead_letter(kafka: &Kafka, message: &BorrowedMessage<'_>, reason: &str)
                     let _ = kafka.ensure_topics(std::slice::from_ref(&topic)).await;
                 }
                 tracing::warn!(error = format!("{err:#}"), "could not dead-letter a record yet; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                backoff.wait().await;
             }
         }
     }

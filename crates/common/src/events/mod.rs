@@ -117,6 +117,7 @@ pub enum Delivery {
 /// Attempts at a failing handler before its record goes to the dead letters.
 pub const MAX_ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Applies `event` once: the inbox row and the handler's effect commit together, so a
 /// second delivery of the same id finds the row and changes nothing.
@@ -170,7 +171,7 @@ pub async fn deliver(
         event_type = %event.event_type,
     );
     let work = async {
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = crate::backoff::Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         let mut attempt = 1;
         loop {
             match apply_once(db, handler, topic, event).await {
@@ -189,8 +190,7 @@ pub async fn deliver(
                 }
                 Err(err) => {
                     tracing::warn!(event_id = %event.id, topic, attempt, error = format!("{err:#}"), "event handler failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
+                    backoff.wait().await;
                     attempt += 1;
                 }
             }

@@ -127,23 +127,22 @@ impl Relay {
     /// while a round waits for an absent broker.
     pub async fn run(self) {
         let housekeeping = tokio::spawn(housekeeping(self.service, self.db.clone()));
-        let mut backoff = IDLE_POLL;
+        let mut backoff = crate::backoff::Backoff::new(IDLE_POLL, MAX_BACKOFF);
         loop {
             match self.publish_pending().await {
                 Ok(0) => {
-                    backoff = IDLE_POLL;
+                    backoff.reset();
                     tokio::time::sleep(IDLE_POLL).await;
                 }
-                Ok(_) => backoff = IDLE_POLL,
+                Ok(_) => backoff.reset(),
                 Err(err) => {
                     tracing::warn!(
                         service = self.service,
                         error = format!("{err:#}"),
-                        retry_in_ms = backoff.as_millis() as u64,
+                        retry_within_ms = backoff.ceiling().as_millis() as u64,
                         "outbox relay could not publish"
                     );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff.wait().await;
                 }
             }
             if housekeeping.is_finished() {
