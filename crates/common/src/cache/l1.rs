@@ -155,7 +155,15 @@ impl L1 {
     /// Whether entries may be served: always without Redis; with it, while a heartbeat
     /// confirmed the channel less than `CACHE_STALE_MAX` ago.
     pub(crate) fn is_live(&self) -> bool {
-        self.nanos_since_origin(Instant::now()) < self.confirmed_until.load(Ordering::Acquire)
+        self.serving_now().is_some()
+    }
+
+    /// The level's clock (seconds since its origin) while entries may be served, `None`
+    /// while not: what [`L1::find`] needs, from one reading of the time.
+    pub(crate) fn serving_now(&self) -> Option<u32> {
+        let now = self.nanos_since_origin(Instant::now());
+        (now < self.confirmed_until.load(Ordering::Acquire))
+            .then(|| u32::try_from(now / 1_000_000_000).unwrap_or(u32::MAX))
     }
 
     /// A heartbeat sent at `sent` came back: everything published before it is applied.
@@ -180,24 +188,21 @@ impl L1 {
 
     /// The entry under `key`, when this level may serve and holds one of that type.
     pub(crate) fn get<V: Any + Send + Sync>(&self, key: &str) -> Option<Arc<V>> {
-        let live = self.is_live();
-        let found = live.then(|| self.find::<V>(key)).flatten();
+        let now = self.serving_now();
+        let found = now.and_then(|now| self.find::<V>(key, now));
+        let live = now.is_some();
         self.count(u64::from(found.is_some()), u64::from(live && found.is_none()), u64::from(!live));
         found
     }
 
-    /// The entry under `key`, neither checked for liveness nor counted: for a caller
-    /// looking up many keys at once, which does both once.
-    pub(crate) fn find<V: Any + Send + Sync>(&self, key: &str) -> Option<Arc<V>> {
+    /// The entry under `key` at `now` (from [`L1::serving_now`]), not counted: for a
+    /// caller looking up many keys at once, which checks liveness and counts once.
+    pub(crate) fn find<V: Any + Send + Sync>(&self, key: &str, now: u32) -> Option<Arc<V>> {
         let slot = self.entries.get(key)?;
-        if slot.until <= self.secs_since_origin() {
+        if slot.until <= now {
             return None;
         }
         slot.value.downcast::<V>().ok()
-    }
-
-    fn secs_since_origin(&self) -> u32 {
-        u32::try_from(self.origin.elapsed().as_secs()).unwrap_or(u32::MAX)
     }
 
     /// Counts lookups in bulk: one shared counter increment per kind, not per key.
@@ -230,12 +235,10 @@ impl L1 {
     /// Keeps `value` under `key` (for at most a minute), unless an invalidation or a
     /// flush came after `ticket` was taken.
     pub(crate) fn fill<V: Any + Send + Sync>(&self, key: &str, value: Arc<V>, ticket: Ticket) {
-        if !self.is_live() || !self.ticket_holds(ticket) {
-            return;
-        }
+        let Some(now) = self.serving_now().filter(|_| self.ticket_holds(ticket)) else { return };
         let size = (&*value as &dyn Any).downcast_ref::<Cached>().map_or(1024, |c| c.json.len());
         let weight = u32::try_from(key.len() + size + ENTRY_OVERHEAD).unwrap_or(u32::MAX);
-        let until = self.secs_since_origin().saturating_add(MAX_TTL.as_secs() as u32);
+        let until = now.saturating_add(MAX_TTL.as_secs() as u32);
         self.entries.insert(key.into(), Slot { value, until, weight });
         // An invalidation that bumped the slot after the check above may have run its
         // removal before this insert: look again, and take the entry back if so.
@@ -460,7 +463,7 @@ mod tests {
         l1.fill("k", cached("1"), l1.ticket("k"));
         assert!(l1.get::<Cached>("k").is_some());
         let mut slot = l1.entries.get("k").unwrap();
-        slot.until = l1.secs_since_origin();
+        slot.until = l1.serving_now().unwrap();
         l1.entries.insert("k".into(), slot);
         assert!(l1.get::<Cached>("k").is_none(), "an entry past its time is not served");
     }

@@ -578,9 +578,10 @@ impl Cache {
         let mut found: Vec<Option<Arc<Cached>>> = vec![None; keys.len()];
         let mut tickets = vec![None; keys.len()];
         if let Some(l1) = &self.l1 {
-            let live = l1.is_live();
+            let now = l1.serving_now();
+            let live = now.is_some();
             for (i, key) in keys.iter().enumerate() {
-                found[i] = live.then(|| l1.find::<Cached>(key)).flatten();
+                found[i] = now.and_then(|now| l1.find::<Cached>(key, now));
                 tickets[i] = found[i].is_none().then(|| l1.ticket(key));
             }
             let hits = found.iter().filter(|f| f.is_some()).count() as u64;
