@@ -297,23 +297,23 @@ def database_counts(database: str) -> tuple[int, int]:
     return int(calls), int(commits)
 
 
-def idle_database_work(database: str) -> dict:
+def idle_database_work(database: str) -> tuple[dict, tuple[int, int]]:
     """Statements and commits per second with no requests: the services' background work
-    (relays, job claims), measured over ten seconds once the counts have settled."""
+    (relays, job claims), measured over ten seconds once the counts have settled; and the
+    counts at its end, from which the next run is counted."""
     time.sleep(STATS_SETTLE_S)
     start = database_counts(database)
     time.sleep(10)
     end = database_counts(database)
-    return {"statements_per_s": (end[0] - start[0] - 1) / 10, "commits_per_s": (end[1] - start[1] - 1) / 10,
-            "_at": end}
+    return {"statements_per_s": (end[0] - start[0] - 1) / 10, "commits_per_s": (end[1] - start[1] - 1) / 10}, end
 
 
-def database_work_per_order(database: str, idle: dict, result: dict) -> dict:
+def database_work_per_order(database: str, idle: dict, before: tuple[int, int], result: dict) -> dict:
     """Statements and commits per order over the measured run, background work included;
     the idle work of the wait for the counts to settle is taken off."""
     time.sleep(STATS_SETTLE_S)
     calls, commits = database_counts(database)
-    before_calls, before_commits = idle.pop("_at")
+    before_calls, before_commits = before
     orders = max(result.get("orders", 0), 1)
     settle_calls, settle_commits = idle["statements_per_s"] * STATS_SETTLE_S, idle["commits_per_s"] * STATS_SETTLE_S
     return {
@@ -423,12 +423,12 @@ def run_all(args, out, scenarios, base, ceiling_base, database, processes, memor
             warm_up(name, base, args, f"[{step}/{runs}]")
         counting = name == "checkout" and database and statements_counted(database)
         if counting:
-            idle = idle_database_work(database)
+            idle, idle_end = idle_database_work(database)
         before = cache_counters(base), redis_commands()
         results[name] = wrk(name, script, base, args, env_run, args.duration, f"[{step}/{runs}]", pid("shop"))
         results[name]["cache"] = cache_use(before, (cache_counters(base), redis_commands()), results[name])
         if counting:
-            results[name]["database_work"] = database_work_per_order(database, idle, results[name])
+            results[name]["database_work"] = database_work_per_order(database, idle, idle_end, results[name])
         if name == "checkout" and database:
             say("auditing the invariants after the checkout scenario")
             audit_result = audit(database)
