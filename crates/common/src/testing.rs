@@ -148,18 +148,21 @@ impl Drop for TestServer {
 }
 
 /// A free TCP port on the loopback interface, for a process a test starts. The port is
-/// free only until someone binds it, so each is claimed (a file under the temporary
-/// directory) and never handed to another test process of the same run; claims older
-/// than an hour are an earlier run's.
+/// free only until someone binds it, so it is taken from below the kernel's ephemeral
+/// range (which `bind(0)` and outgoing connections draw from, so no in-process server of
+/// another test can be handed it meanwhile), and claimed (a file under the temporary
+/// directory) so that no other test process of the same run is handed it either; claims
+/// older than an hour are an earlier run's.
 pub fn free_port() -> u16 {
     let claims = std::env::temp_dir().join("shop-test-ports");
     let _ = std::fs::create_dir_all(&claims);
+    let (low, high) = unassigned_ports();
     loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let claim = claims.join(port.to_string());
+        let candidate = low + (Uuid::new_v4().as_u128() % u128::from(high - low)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_err() {
+            continue;
+        }
+        let claim = claims.join(candidate.to_string());
         let stale = std::fs::metadata(&claim)
             .and_then(|m| m.modified())
             .is_ok_and(|at| at.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(3600)));
@@ -167,12 +170,22 @@ pub fn free_port() -> u16 {
             let _ = std::fs::remove_file(&claim);
         }
         match std::fs::OpenOptions::new().write(true).create_new(true).open(&claim) {
-            Ok(_) => return port,
+            Ok(_) => return candidate,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             // No claims possible (a read-only temporary directory): the port as it is.
-            Err(_) => return port,
+            Err(_) => return candidate,
         }
     }
+}
+
+/// Ports the kernel never hands out by itself: from 10000 up to its ephemeral range
+/// (`ip_local_port_range`, 32768 by default).
+fn unassigned_ports() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    (10000, ephemeral_low.max(11000))
 }
 
 /// Whether process `pid` holds the socket listening on TCP `port` (Linux's `/proc`): a

@@ -3,7 +3,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::testing::{TestDb, redis_prefix};
+use common::testing::{TestDb, free_port, redis_prefix};
 use serde_json::json;
 
 fn shop(db: &TestDb, port: u16) -> Command {
@@ -17,10 +17,6 @@ fn shop(db: &TestDb, port: u16) -> Command {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null());
     cmd
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 async fn wait_until_up(child: &mut Child, port: u16) {
