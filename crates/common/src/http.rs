@@ -37,6 +37,7 @@ use crate::config::CommonConfig;
 use crate::error::{ApiError, ErrorCode};
 use crate::events::{Events, kafka};
 use crate::extract::{BODY_LIMIT, TrustForwardedFor};
+use crate::finish::finish;
 use crate::ratelimit::Limiter;
 use crate::request_id::{self, RequestId};
 use crate::{db, telemetry, trace};
@@ -302,15 +303,8 @@ struct Shell {
 /// Everything every request goes through, in one layer (each layer of its own cost a
 /// boxed future and a service clone per request, which showed in the profile of a cached
 /// read): its id, client address, span and trace context are settled; it runs to
-/// completion in a task of its own; a bare error becomes a problem; it is logged and
-/// counted.
-///
-/// Running to completion: hyper drops a request's future when its connection closes;
-/// dropped half way, a handler abandons a transaction or a pool checkout at an arbitrary
-/// await, and under load such cancellations were seen to strand sqlx pool permits until
-/// every acquire timed out. A request, once started, finishes; only its answer is lost.
-/// The tasks are tracked, so that shutdown waits for them all. A panic ends the task,
-/// and the request is answered 500.
+/// completion even if its client leaves ([`finish`]), tracked, so that shutdown waits for
+/// it; a bare error becomes a problem; a panic is answered 500; it is logged and counted.
 async fn around_request(State(shell): State<Shell>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id::of(&request);
@@ -323,10 +317,10 @@ async fn around_request(State(shell): State<Shell>, mut request: Request, next: 
     let traceparent = request.headers().get(&trace::TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let work = request_id::scope(id.clone(), async move { problem_for_bare_errors(next.run(request).await) });
     let work = trace::instrument(span.clone(), traceparent.as_deref(), work);
-    let mut response = match shell.requests.spawn(work).await {
+    let mut response = match finish(&shell.requests, work).await {
         Ok(response) => response,
-        Err(err) => {
-            let failed = async { ApiError::internal(anyhow::anyhow!("request task failed: {err}")).into_response() };
+        Err(_panic) => {
+            let failed = async { ApiError::internal(anyhow::anyhow!("the request panicked")).into_response() };
             request_id::scope(id.clone(), failed).instrument(span.clone()).await
         }
     };

@@ -6,6 +6,7 @@
 //!   with that shape;
 //! - [`request_id`]: `X-Request-Id`, echoed or generated, in every log line and error body;
 //! - [`http`]: the operational endpoints, the middleware stack and graceful serving;
+//! - [`finish`]: requests run to completion once started;
 //! - [`idempotency`]: `Idempotency-Key` replay, recorded with the effect it replays;
 //! - [`telemetry`]: logs and the Prometheus recorder;
 //! - [`db`]: pools, one schema and role per service, migrations;
@@ -38,6 +39,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod finish;
 pub mod http;
 pub mod idempotency;
 pub mod money;
