@@ -35,7 +35,7 @@ use crate::auth::Authenticator;
 use crate::cache::{Cache, L1Options, connect_redis};
 use crate::config::CommonConfig;
 use crate::error::{ApiError, ErrorCode};
-use crate::events::{Events, kafka};
+use crate::events::{self, Events, kafka};
 use crate::extract::{BODY_LIMIT, TrustForwardedFor};
 use crate::finish::finish;
 use crate::ratelimit::Limiter;
@@ -315,7 +315,9 @@ async fn around_request(State(shell): State<Shell>, mut request: Request, next: 
     let method = method_label(request.method());
     let span = make_span(method, route.as_ref().map_or("", MatchedPath::as_str), &id);
     let traceparent = request.headers().get(&trace::TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let work = request_id::scope(id.clone(), async move { problem_for_bare_errors(next.run(request).await) });
+    // Relays are woken for what the request emitted once it is done (and committed).
+    let work = events::waking(async move { problem_for_bare_errors(next.run(request).await) });
+    let work = request_id::scope(id.clone(), work);
     let work = trace::instrument(span.clone(), traceparent.as_deref(), work);
     let mut response = match finish(&shell.requests, work).await {
         Ok(response) => response,

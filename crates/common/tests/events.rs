@@ -30,10 +30,15 @@ async fn schema() -> (TestDb, PgPool) {
     (db, pool)
 }
 
-/// Writes an effect row per event; fails every time on `test.poison`.
+/// Writes an effect row per event; fails every time on `test.poison`; does not want
+/// `test.ignored`.
 struct RecordEffect;
 
 impl EventHandler for RecordEffect {
+    fn wants(&self, event_type: &str) -> bool {
+        event_type != "test.ignored"
+    }
+
     fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a Envelope) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             anyhow::ensure!(event.event_type != "test.poison", "this event can never be applied");
@@ -409,4 +414,44 @@ async fn metrics_show_the_backlog_publish_errors_and_consumer_lag() {
     }
     relay.abort();
     assert!(lag_seen, "consumer lag is reported per topic and partition");
+}
+
+#[tokio::test]
+async fn events_a_consumer_does_not_want_cost_no_transaction_and_leave_no_inbox_row() {
+    let (_db, pool) = schema().await;
+    let inbox = || async { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM inbox").fetch_one(&pool).await.unwrap() };
+    let ignored = emit_committed(&pool, "test.ignored", Uuid::now_v7(), 1).await;
+    let wanted = emit_committed(&pool, "test.happened", Uuid::now_v7(), 2).await;
+    let apply = |event| events::apply_once(&pool, &RecordEffect, TOPIC, event);
+    assert_eq!(apply(&ignored).await.unwrap(), events::Delivery::Ignored);
+    assert_eq!(apply(&ignored).await.unwrap(), events::Delivery::Ignored, "again: still nothing to record");
+    assert_eq!(inbox().await, 0);
+    assert_eq!(apply(&wanted).await.unwrap(), events::Delivery::Applied);
+    assert_eq!(apply(&wanted).await.unwrap(), events::Delivery::Duplicate);
+    assert_eq!(inbox().await, 1);
+    assert_eq!(effects(&pool).await, [(wanted.id, 2)]);
+}
+
+#[tokio::test]
+async fn work_that_emits_wakes_the_relay_once_it_is_done_instead_of_waiting_for_its_poll() {
+    let (_db, pool) = schema().await;
+    let events = Events::connect(None).unwrap();
+    subscribe(&events, &pool, "test").await;
+    // A relay that, unwoken, would not look again for an hour.
+    let relay = Relay::new("test", pool.clone(), events).with_idle_poll(Duration::from_secs(3600));
+    let relay = tokio::spawn(relay.run());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Committed inside `waking` (as every request and every event's handling is): the
+    // relay publishes it when the work is done.
+    let event = events::waking(emit_committed(&pool, "test.happened", Uuid::now_v7(), 1)).await;
+    assert_eq!(wait_for_effects(&pool, 1).await, [(event.id, 1)]);
+
+    // Committed outside it (nothing wakes the relay): it waits for the relay's next look.
+    emit_committed(&pool, "test.happened", Uuid::now_v7(), 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(effects(&pool).await.len(), 1, "the relay slept on: it was not woken");
+    events::wake(TOPIC);
+    wait_for_effects(&pool, 2).await;
+    relay.abort();
 }

@@ -29,6 +29,10 @@ pub struct PaymentEvents {
 }
 
 impl EventHandler for PaymentEvents {
+    fn wants(&self, event_type: &str) -> bool {
+        event_type == "payment.succeeded"
+    }
+
     fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a Envelope) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             if event.event_type != "payment.succeeded" {

@@ -22,6 +22,10 @@ fn closes(event_type: &str) -> bool {
 }
 
 impl EventHandler for OrderEvents {
+    fn wants(&self, event_type: &str) -> bool {
+        closes(event_type)
+    }
+
     fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a Envelope) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             if closes(&event.event_type) {

@@ -18,10 +18,14 @@ pub async fn run(state: AppState) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(err) = reconcile(&state).await {
-            tracing::warn!(error = %err, "could not settle stale payment attempts; will retry");
-        }
-        carry_out_pending_refunds(&state).await;
+        // The relay is woken for what a round emitted once the round is over.
+        common::events::waking(async {
+            if let Err(err) = reconcile(&state).await {
+                tracing::warn!(error = %err, "could not settle stale payment attempts; will retry");
+            }
+            carry_out_pending_refunds(&state).await;
+        })
+        .await;
     }
 }
 

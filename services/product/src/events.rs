@@ -27,6 +27,10 @@ fn reservation_event(event_type: &str) -> Option<ReservationEvent> {
 }
 
 impl EventHandler for OrderEvents {
+    fn wants(&self, event_type: &str) -> bool {
+        reservation_event(event_type).is_some()
+    }
+
     fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a Envelope) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             if let Some(what) = reservation_event(&event.event_type) {

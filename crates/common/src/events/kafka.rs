@@ -253,7 +253,7 @@ async fn handle_record(kafka: &Kafka, subscription: &Subscription, message: &Bor
         )
         .await
         {
-            Ok(Delivery::Applied | Delivery::Duplicate) => return,
+            Ok(Delivery::Applied | Delivery::Duplicate | Delivery::Ignored) => return,
             Ok(Delivery::DeadLettered(reason)) => return dead_letter(kafka, message, &reason).await,
             Err(err) => {
                 // The database is away: the record cannot be applied, and moving on would

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-pub use relay::Relay;
+pub use relay::{Relay, wake};
 
 use crate::db::is_transient;
 use crate::trace;
@@ -50,8 +50,30 @@ pub fn dead_letter_topic(topic: &str) -> String {
     format!("{topic}.dlq")
 }
 
+tokio::task_local! {
+    /// The topics emitted to by the work [`waking`] runs.
+    static EMITTED: std::cell::RefCell<Vec<String>>;
+}
+
+/// Runs `work` (a request, an event's handling), then wakes the relays of every topic it
+/// emitted to: its transactions are over by then, so the relays find the rows committed.
+pub async fn waking<F: Future>(work: F) -> F::Output {
+    let (output, emitted) = EMITTED
+        .scope(std::cell::RefCell::default(), async {
+            let output = work.await;
+            (output, EMITTED.with(std::cell::RefCell::take))
+        })
+        .await;
+    for topic in emitted {
+        wake(&topic);
+    }
+    output
+}
+
 /// Writes an event into the outbox of the connection's schema. Call it with the
 /// transaction that makes the change: the event is published if and only if it commits.
+/// Inside [`waking`], the relay is woken once the work is done; elsewhere (a background
+/// job) it finds the event on its next look.
 pub async fn emit(
     conn: &mut PgConnection,
     topic: &str,
@@ -79,12 +101,25 @@ pub async fn emit(
     .bind(trace::outgoing())
     .execute(conn)
     .await?;
+    let _outside_waking = EMITTED.try_with(|emitted| {
+        let mut emitted = emitted.borrow_mut();
+        if !emitted.iter().any(|t| t == topic) {
+            emitted.push(topic.to_owned());
+        }
+    });
     Ok(envelope)
 }
 
 /// What a service does with an event it consumes. The effect must be written through
 /// `tx`: it commits together with the inbox entry that makes redeliveries no-ops.
 pub trait EventHandler: Send + Sync + 'static {
+    /// Whether the handler does anything with events of `event_type`. Those it does not
+    /// want are acknowledged without a transaction or an inbox row (a topic carries every
+    /// event of its service; most consumers act on a few).
+    fn wants(&self, _event_type: &str) -> bool {
+        true
+    }
+
     fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a Envelope) -> BoxFuture<'a, anyhow::Result<()>>;
 
     /// Runs once the effect has committed (say, to invalidate a cache, which must not
@@ -110,6 +145,8 @@ pub enum Delivery {
     Applied,
     /// Its id was already in the inbox: a redelivery, nothing done.
     Duplicate,
+    /// The handler does not want events of its type: nothing done, nothing recorded.
+    Ignored,
     /// The handler kept failing; the reason goes with the record to the dead letters.
     DeadLettered(String),
 }
@@ -120,8 +157,21 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Applies `event` once: the inbox row and the handler's effect commit together, so a
-/// second delivery of the same id finds the row and changes nothing.
+/// second delivery of the same id finds the row and changes nothing. An event the handler
+/// does not want costs nothing.
 pub async fn apply_once(
+    db: &PgPool,
+    handler: &dyn EventHandler,
+    topic: &str,
+    event: &Envelope,
+) -> anyhow::Result<Delivery> {
+    if !handler.wants(&event.event_type) {
+        return Ok(Delivery::Ignored);
+    }
+    waking(apply_wanted(db, handler, topic, event)).await
+}
+
+async fn apply_wanted(
     db: &PgPool,
     handler: &dyn EventHandler,
     topic: &str,
@@ -176,7 +226,11 @@ pub async fn deliver(
         loop {
             match apply_once(db, handler, topic, event).await {
                 Ok(delivery) => {
-                    let outcome = if delivery == Delivery::Applied { "applied" } else { "duplicate" };
+                    let outcome = match delivery {
+                        Delivery::Applied => "applied",
+                        Delivery::Ignored => "ignored",
+                        _ => "duplicate",
+                    };
                     metrics::counter!("events_consumed_total", "topic" => topic.to_owned(), "outcome" => outcome)
                         .increment(1);
                     return Ok(delivery);

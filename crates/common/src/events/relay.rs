@@ -6,18 +6,26 @@
 //! at most the oldest unpublished row of each aggregate: a later event of an aggregate
 //! waits until every earlier one is published, whichever replica holds it, which keeps
 //! one order's events in order on the topic.
+//!
+//! A relay sleeps until the work that wrote to its outbox in this process is done
+//! ([`wake`], called by [`super::waking`]), or until [`IDLE_POLL`] has passed, which
+//! catches what other replicas of the service wrote: idle, it costs a few statements a
+//! second instead of a poll every few milliseconds.
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::Events;
 use crate::trace;
 
 const BATCH_SIZE: i64 = 256;
-/// How long an idle relay waits before looking again.
-const IDLE_POLL: Duration = Duration::from_millis(50);
+/// How long an idle relay waits, unless woken, before looking again.
+pub const IDLE_POLL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 const CLEANUP_EVERY: Duration = Duration::from_secs(60);
@@ -34,6 +42,18 @@ pub struct OutboxRow {
     pub traceparent: String,
 }
 
+/// The relays of this process, by the topic they publish to, for [`wake`].
+static RELAYS: LazyLock<Mutex<HashMap<String, Vec<Weak<Notify>>>>> = LazyLock::new(Mutex::default);
+
+/// Wakes the relays of this process that publish to `topic`: something was committed to
+/// their outbox. A relay busy publishing looks again as soon as it is done.
+pub fn wake(topic: &str) {
+    let relays = RELAYS.lock().unwrap_or_else(|e| e.into_inner());
+    for relay in relays.get(topic).into_iter().flatten().filter_map(Weak::upgrade) {
+        relay.notify_one();
+    }
+}
+
 /// The relay of one service's outbox.
 pub struct Relay {
     service: &'static str,
@@ -42,11 +62,26 @@ pub struct Relay {
     /// Set after a failed round: the broker may have come back empty, so the topics of
     /// the next batch are created before publishing to them.
     recreate_topics: std::sync::atomic::AtomicBool,
+    woken: Arc<Notify>,
+    idle_poll: Duration,
 }
 
 impl Relay {
     pub fn new(service: &'static str, db: PgPool, events: Events) -> Self {
-        Self { service, db, events, recreate_topics: std::sync::atomic::AtomicBool::new(true) }
+        let woken = Arc::new(Notify::new());
+        let mut relays = RELAYS.lock().unwrap_or_else(|e| e.into_inner());
+        let registered = relays.entry(super::topic_of(service)).or_default();
+        registered.retain(|relay| relay.strong_count() > 0);
+        registered.push(Arc::downgrade(&woken));
+        let recreate_topics = std::sync::atomic::AtomicBool::new(true);
+        Self { service, db, events, recreate_topics, woken, idle_poll: IDLE_POLL }
+    }
+
+    /// With another pause between looks when nobody wakes it (tests).
+    #[must_use]
+    pub fn with_idle_poll(mut self, idle_poll: Duration) -> Self {
+        self.idle_poll = idle_poll;
+        self
     }
 
     /// Publishes one batch and returns how many rows it published. An error means some
@@ -127,12 +162,12 @@ impl Relay {
     /// while a round waits for an absent broker.
     pub async fn run(self) {
         let housekeeping = tokio::spawn(housekeeping(self.service, self.db.clone()));
-        let mut backoff = crate::backoff::Backoff::new(IDLE_POLL, MAX_BACKOFF);
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(50), MAX_BACKOFF);
         loop {
             match self.publish_pending().await {
                 Ok(0) => {
                     backoff.reset();
-                    tokio::time::sleep(IDLE_POLL).await;
+                    let _ = tokio::time::timeout(self.idle_poll, self.woken.notified()).await;
                 }
                 Ok(_) => backoff.reset(),
                 Err(err) => {

@@ -135,8 +135,9 @@ async fn a_paid_order_ships_and_is_delivered_and_illegal_moves_change_nothing() 
     assert_eq!(status(&app, id).await, "pending_payment");
     assert_eq!(app.events().await.len(), 1, "a refused move writes no event");
 
-    // A failed payment leaves it payable; a successful one pays it, once.
-    assert_eq!(deliver(&app, &payment_event("payment.failed", id)).await, Delivery::Applied);
+    // A failed payment leaves it payable (the consumer does not even record it); a
+    // successful one pays it, once.
+    assert_eq!(deliver(&app, &payment_event("payment.failed", id)).await, Delivery::Ignored);
     assert_eq!(status(&app, id).await, "pending_payment");
     let paid = payment_event("payment.succeeded", id);
     assert_eq!(deliver(&app, &paid).await, Delivery::Applied);

@@ -387,7 +387,8 @@ pub async fn busy(db: &mut PgConnection) -> Vec<String> {
     counts.into_iter().filter(|(_, n)| *n > 0).map(|(what, n)| format!("{n} {what}")).collect()
 }
 
-/// Each published event some consumer has not applied: its id, its topic, and a
+/// Each published event some consumer acts on and has not applied (consumers keep no
+/// record of the events they ignore): its id, its topic, and a
 /// description (type, aggregate, when it was written and published, and which groups are
 /// missing it): what a run that never becomes quiet is waiting for.
 pub async fn stragglers(db: &PgPool) -> Vec<(Uuid, String, String)> {
@@ -398,10 +399,13 @@ pub async fn stragglers(db: &PgPool) -> Vec<(Uuid, String, String)> {
                UNION ALL SELECT id, topic, event_type, aggregate_id, created_at, published_at FROM payments.outbox) e,
          LATERAL (SELECT string_agg(g, ', ') AS missing FROM (
                SELECT 'catalog' AS g WHERE e.topic = 'order.events'
+                   AND e.event_type IN ('order.paid', 'order.cancelled', 'order.expired')
                    AND NOT EXISTS (SELECT 1 FROM catalog.inbox i WHERE i.event_id = e.id)
                UNION ALL SELECT 'payments' WHERE e.topic = 'order.events'
+                   AND e.event_type IN ('order.cancelled', 'order.expired')
                    AND NOT EXISTS (SELECT 1 FROM payments.inbox i WHERE i.event_id = e.id)
                UNION ALL SELECT 'ordering' WHERE e.topic = 'payment.events'
+                   AND e.event_type = 'payment.succeeded'
                    AND NOT EXISTS (SELECT 1 FROM ordering.inbox i WHERE i.event_id = e.id)) m) g
          WHERE e.published_at IS NOT NULL AND missing IS NOT NULL
          ORDER BY e.created_at",
