@@ -197,6 +197,9 @@ pub struct CommonConfig {
     pub cache_stale_max: Duration,
     /// The in-process cache's bound (`L1_CACHE_BYTES`, default 64 MiB; 0 turns it off).
     pub l1_cache_bytes: u64,
+    /// The browser origins that may call the API (`CORS_ALLOWED_ORIGINS`, comma-separated,
+    /// none by default): `https://shop.example`, `http://localhost:8000`.
+    pub cors_allowed_origins: Vec<axum::http::HeaderValue>,
 }
 
 /// librdkafka's bounds for `batch.num.messages`.
@@ -271,8 +274,35 @@ impl CommonConfig {
             trace_sampler: crate::telemetry::TraceSampler::from_env(env)?,
             cache_stale_max: env.duration("CACHE_STALE_MAX", Duration::from_secs(1))?,
             l1_cache_bytes: env.bytes("L1_CACHE_BYTES", 64 << 20)?,
+            cors_allowed_origins: origins(env.raw("CORS_ALLOWED_ORIGINS").unwrap_or_default())?,
         })
     }
+}
+
+/// `CORS_ALLOWED_ORIGINS`: origins as browsers send them (a scheme, a host and maybe a
+/// port; no path), separated by commas.
+fn origins(list: &str) -> Result<Vec<axum::http::HeaderValue>, ConfigError> {
+    let invalid = |origin: &str| {
+        ConfigError::new(
+            "CORS_ALLOWED_ORIGINS",
+            format!("{origin:?} is not an origin (scheme://host[:port], no path), as in https://shop.example"),
+        )
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|origin| !origin.is_empty())
+        .map(|origin| {
+            let host = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+            match host {
+                Some(host)
+                    if !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c)) =>
+                {
+                    axum::http::HeaderValue::from_str(origin).map_err(|_| invalid(origin))
+                }
+                _ => Err(invalid(origin)),
+            }
+        })
+        .collect()
 }
 
 impl CommonConfig {
@@ -422,6 +452,17 @@ mod tests {
         let err = config(&[("DATABASE_URL", "mysql://root:hunter2@db")]).unwrap_err();
         assert_eq!(err.name, "DATABASE_URL");
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn cors_origins_are_a_list_of_origins() {
+        assert!(config(&[]).unwrap().cors_allowed_origins.is_empty());
+        let listed = config(&[("CORS_ALLOWED_ORIGINS", " https://shop.example, http://localhost:8000 ,")]).unwrap();
+        assert_eq!(listed.cors_allowed_origins, ["https://shop.example", "http://localhost:8000"]);
+        for bad in ["shop.example", "https://shop.example/", "https://shop.example/app", "ftp://x", "https://", "*"] {
+            let err = config(&[("CORS_ALLOWED_ORIGINS", bad)]).unwrap_err();
+            assert_eq!(err.name, "CORS_ALLOWED_ORIGINS", "{bad}");
+        }
     }
 
     #[test]

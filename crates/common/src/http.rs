@@ -182,6 +182,8 @@ pub struct Shared {
     /// Kafka, or the in-process bus.
     pub events: Events,
     pub trust_forwarded_for: bool,
+    /// Browser origins granted cross-origin calls.
+    pub cors_allowed_origins: Vec<HeaderValue>,
     /// Set once the process is shutting down; `/ready` then answers 503.
     pub draining: Draining,
     /// Every request's task, so that shutdown waits for those whose client left too.
@@ -228,6 +230,7 @@ impl Shared {
                 },
             )?,
             trust_forwarded_for: config.trust_forwarded_for,
+            cors_allowed_origins: config.cors_allowed_origins.clone(),
             draining: Draining::default(),
             requests: TaskTracker::new(),
         })
@@ -266,6 +269,7 @@ pub fn app(services: Vec<Service>, shared: Shared) -> Router {
         });
         databases.push((service.name, service.db));
     }
+    let cors = crate::browsers::cors(&shared.cors_allowed_origins);
     let ops = Ops { databases, cache: shared.cache, events: shared.events, draining: shared.draining };
     let mut doc = ApiDoc::openapi();
     if let Some(services) = openapi {
@@ -289,6 +293,8 @@ pub fn app(services: Vec<Service>, shared: Shared) -> Router {
             around_request,
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(crate::browsers::compression())
+        .layer(cors)
 }
 
 /// What [`around_request`] needs: where request tasks are tracked, whether to believe

@@ -6,6 +6,7 @@
 //!   with that shape;
 //! - [`request_id`]: `X-Request-Id`, echoed or generated, in every log line and error body;
 //! - [`http`]: the operational endpoints, the middleware stack and graceful serving;
+//! - [`browsers`]: CORS and response compression;
 //! - [`finish`]: requests run to completion once started;
 //! - [`idempotency`]: `Idempotency-Key` replay, recorded with the effect it replays;
 //! - [`telemetry`]: logs and the Prometheus recorder;
@@ -31,6 +32,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod auth;
 pub mod backoff;
+pub mod browsers;
 pub mod cache;
 pub mod client;
 pub mod conditional;

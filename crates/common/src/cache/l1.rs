@@ -56,8 +56,10 @@ impl Cached {
     }
 }
 
-/// A strong entity tag over `parts`: the same bytes give the same tag on every replica
-/// (a fixed-key hash), so a client's tag from one replica is good on another.
+/// A weak entity tag over `parts`: the same bytes give the same tag on every replica (a
+/// fixed-key hash), so a client's tag from one replica is good on another. Weak, because
+/// the gzip and brotli encodings of an answer carry the same tag (RFC 9110 8.8.1: they are
+/// the same content, not the same bytes); `If-None-Match` compares weakly anyway.
 pub fn etag_of(parts: &[&[u8]]) -> HeaderValue {
     // SipHash with fixed keys: the same tag in every process of one build.
     let mut hasher = std::hash::DefaultHasher::new();
@@ -65,7 +67,7 @@ pub fn etag_of(parts: &[&[u8]]) -> HeaderValue {
         hasher.write(part);
         hasher.write_u8(0xff);
     }
-    let tag = format!("\"{:016x}\"", hasher.finish());
+    let tag = format!("W/\"{:016x}\"", hasher.finish());
     HeaderValue::from_str(&tag).expect("hex digits in quotes are a valid header value")
 }
 
@@ -473,6 +475,6 @@ mod tests {
         assert_eq!(etag_of(&[b"ab"]), etag_of(&[b"ab"]));
         assert_ne!(etag_of(&[b"ab"]), etag_of(&[b"ac"]));
         assert_ne!(etag_of(&[b"a", b"b"]), etag_of(&[b"ab"]));
-        assert!(etag_of(&[b"x"]).to_str().unwrap().starts_with('"'));
+        assert!(etag_of(&[b"x"]).to_str().unwrap().starts_with("W/\""));
     }
 }
