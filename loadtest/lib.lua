@@ -124,6 +124,10 @@ end
 local sorts = { "newest", "price_asc", "price_desc" }
 
 -- Listing pages, filters and full-text searches, in the proportions of a real store.
+-- LOADTEST_ACCEPT_ENCODING=gzip asks for compressed pages, as a browser does (their cursors
+-- are then not followed: the body is not read).
+local accept_encoding = os.getenv("LOADTEST_ACCEPT_ENCODING")
+
 function lib.listing()
   local r = math.random()
   local path
@@ -142,7 +146,7 @@ function lib.listing()
   listing_seq = listing_seq + 1
   local id = listing_seq % 4096
   listings[id] = path:gsub("&cursor=.*$", "")
-  return wrk.format("GET", path, { ["X-Request-Id"] = "l" .. id })
+  return wrk.format("GET", path, { ["X-Request-Id"] = "l" .. id, ["Accept-Encoding"] = accept_encoding })
 end
 
 -- The cursor is the page's last field: only the body's tail is searched, with a plain

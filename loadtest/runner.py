@@ -40,6 +40,8 @@ SCENARIOS = {
         "warmup": {"env": {"LOADTEST_DRAW": "walk"}, "seconds": 15, "until_cached": True},
     },
     "browse": {"script": "browse.lua", "ceiling": "json", "target": 0.40},
+    # What compression costs: the same pages, asked for gzip-encoded as browsers do.
+    "browse-gzip": {"script": "browse.lua", "ceiling": "json", "target": None, "env": {"LOADTEST_ACCEPT_ENCODING": "gzip"}},
     "checkout": {"script": "checkout.lua", "ceiling": "tx", "target": 0.10},
     "mixed": {"script": "mixed.lua", "ceiling": "json", "target": None},
 }
