@@ -2,10 +2,13 @@
 //!
 //! - `shop` creates the database if it is missing, migrates every schema and serves
 //!   every service's routes on `PORT` (default 8080);
+//! - the storefront (`storefront/`) is served at `/`;
 //! - `shop migrate` only creates the database and migrates.
 //!
 //! With no `REDIS_URL` the cache, revocations, rate limits and WebSocket fan-out live
 //! in-process; with no `KAFKA_BROKERS` events go to the other services in-process.
+
+mod storefront;
 
 use common::config::{Command, CommonConfig, ConfigError, Env};
 use common::http::Shared;
@@ -64,8 +67,11 @@ async fn main() -> anyhow::Result<()> {
             if config.common.redis_url.is_none() {
                 tracing::info!("REDIS_URL is not set: cache, revocations and rate limits are in-process");
             }
+            let mut user = user::start(&config.user, &shared).await?;
+            // The storefront rides on the first router: it has no state of its own.
+            user.router = user.router.merge(storefront::router());
             let services = vec![
-                user::start(&config.user, &shared).await?,
+                user,
                 product::start(&config.product, &shared).await?,
                 order::start(&config.order, &shared).await?,
                 payment::start(&config.payment, &shared).await?,
