@@ -6,6 +6,7 @@
 //! - [`Path`]: a path segment that does not parse names no resource → 404.
 //! - [`Query`]: a malformed query string → 400.
 //! - [`ClientAddr`]: the client's IP address, for rate limits.
+//! - [`integer`], [`optional_integer`]: integer fields that also take `36.0`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -104,6 +105,47 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })?;
     deserializer.end().map_err(|err| syntax_error(&err))?;
     Ok(value)
+}
+
+/// For `#[serde(deserialize_with = "common::extract::integer")]`: a JSON integer, also
+/// when written with a zero fraction (`36.0`), which is the same number in JSON and an
+/// `integer` to JSON Schema, so generated clients may send it. `36.5` stays refused.
+pub fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    use serde::de::{Error, Unexpected, Visitor};
+
+    struct Integer;
+    impl Visitor<'_> for Integer {
+        type Value = i64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an integer")
+        }
+
+        fn visit_i64<E: Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+
+        fn visit_u64<E: Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+        }
+
+        fn visit_f64<E: Error>(self, v: f64) -> Result<i64, E> {
+            // Below 2^53 every integral float is exact.
+            if v.fract() == 0.0 && v.abs() < 9.0e15 {
+                Ok(v as i64)
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+    }
+    deserializer.deserialize_any(Integer)
+}
+
+/// [`integer`] for an optional field (`#[serde(default, deserialize_with = …)]`).
+pub fn optional_integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    #[derive(serde::Deserialize)]
+    struct Integer(#[serde(deserialize_with = "integer")] i64);
+    Ok(<Option<Integer> as serde::Deserialize>::deserialize(deserializer)?.map(|Integer(v)| v))
 }
 
 fn contains_escaped_nul(bytes: &[u8]) -> bool {
@@ -253,6 +295,25 @@ mod tests {
         let err = parse::<Order>(body.as_bytes()).unwrap_err();
         let problem = serde_json::to_value(err.problem()).unwrap();
         (err.code(), problem["errors"].clone())
+    }
+
+    #[test]
+    fn integers_may_be_written_with_a_zero_fraction() {
+        #[derive(Debug, Deserialize)]
+        struct Counted {
+            #[serde(deserialize_with = "integer")]
+            n: i64,
+            #[serde(default, deserialize_with = "optional_integer")]
+            m: Option<i64>,
+        }
+        let read = |body: &str| parse::<Counted>(body.as_bytes()).map(|c| (c.n, c.m));
+        assert_eq!(read(r#"{"n": 36}"#).unwrap(), (36, None));
+        assert_eq!(read(r#"{"n": 36.0, "m": -2.0}"#).unwrap(), (36, Some(-2)));
+        assert_eq!(read(r#"{"n": 1e2, "m": null}"#).unwrap(), (100, None));
+        for bad in [r#"{"n": 36.5}"#, r#"{"n": "36"}"#, r#"{"n": 1e300}"#, r#"{"n": 1, "m": 0.5}"#] {
+            let err = read(bad).unwrap_err();
+            assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        }
     }
 
     #[test]

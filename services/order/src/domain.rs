@@ -138,22 +138,64 @@ pub fn merge_lines(lines: impl IntoIterator<Item = Line>) -> Vec<Line> {
 }
 
 /// Where an order goes. Parsed from the request, so every stored address is valid.
+///
+/// The schema says what [`ShippingAddress::parse`] accepts: no control characters
+/// (`char::is_control`: U+0000–U+001F, U+007F–U+009F), where `parse` refuses them only
+/// between the first and last visible characters; and, in a required field, a character
+/// that is not white space.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShippingAddress {
-    #[schema(example = "Ada Lovelace")]
+    /// 1–100 characters, not blank.
+    #[schema(
+        example = "Ada Lovelace",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
-    #[schema(example = "12 St James's Square")]
+    /// 1–200 characters, not blank.
+    #[schema(
+        example = "12 St James's Square",
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub line1: String,
+    /// At most 200 characters; a blank one is dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub line2: Option<String>,
-    #[schema(example = "London")]
+    /// 1–100 characters, not blank.
+    #[schema(
+        example = "London",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub city: String,
-    #[schema(example = "SW1Y 4JH")]
+    /// 1–20 characters, not blank.
+    #[schema(
+        example = "SW1Y 4JH",
+        min_length = 1,
+        max_length = 20,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub postal_code: String,
-    /// ISO 3166-1 alpha-2.
-    #[schema(example = "GB")]
+    /// ISO 3166-1 alpha-2; the schema lists `COUNTRIES` (`country_schema`).
+    #[schema(schema_with = country_schema)]
     pub country: String,
+}
+
+/// `country`: an enum of [`COUNTRIES`], so that the document lists exactly the codes
+/// `parse` takes (`schema_with` replaces the field's doc comment, hence the description).
+fn country_schema() -> utoipa::openapi::ObjectBuilder {
+    use utoipa::openapi::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(COUNTRIES.split(' ')))
+        .description(Some("ISO 3166-1 alpha-2, upper case (lower case is taken too, and stored upper case)."))
+        .examples([serde_json::json!("GB")])
 }
 
 /// ISO 3166-1 alpha-2, every officially assigned code.

@@ -96,6 +96,8 @@ async fn get_cart(State(state): State<AppState>, user: AuthUser) -> Result<Json<
 #[serde(deny_unknown_fields)]
 pub struct CartQuantity {
     /// 1 to 100; replaces the quantity in the cart.
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(deserialize_with = "common::extract::integer")]
     quantity: i64,
 }
 
@@ -173,7 +175,9 @@ async fn clear_cart(State(state): State<AppState>, user: AuthUser) -> Result<Sta
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrder {
-    /// What to order; when absent, the cart (whose ordered lines are then removed).
+    /// What to order, 1 to 50 lines (lines of the same product are added up); when absent,
+    /// the cart (whose ordered lines are then removed).
+    #[schema(min_items = 1, max_items = 50)]
     items: Option<Vec<OrderItem>>,
     shipping_address: ShippingAddress,
 }
@@ -183,6 +187,8 @@ pub struct PlaceOrder {
 pub struct OrderItem {
     product_id: Uuid,
     /// 1 to 100.
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(deserialize_with = "common::extract::integer")]
     quantity: i64,
 }
 
@@ -220,7 +226,7 @@ impl PlaceOrder {
 #[utoipa::path(
     post, path = "/api/orders", tag = "orders",
     request_body = PlaceOrder,
-    params(("Idempotency-Key" = Option<String>, Header, description = "1–255 characters; a retry with the same key and body replays the first answer")),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]{1,255}$", description = "1–255 visible ASCII characters; a retry with the same key and body replays the first answer")),
     security(("bearer" = [])),
     responses(
         (status = 201, description = "Placed: `pending_payment`, stock reserved at the prices shown; emits `order.created`", body = Order),
@@ -246,10 +252,13 @@ async fn place_order(
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// 1–100, default 20.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (an order id, base64url without padding).
+    #[param(min_length = 22, max_length = 22, pattern = "^[A-Za-z0-9_-]{21}[AQgw]$")]
     cursor: Option<String>,
     /// Admins: only this user's orders. Customers may only name themselves.
+    #[param(value_type = Option<Uuid>)]
     user_id: Option<String>,
 }
 
@@ -397,6 +406,7 @@ async fn deliver_order(
 #[into_params(parameter_in = Query)]
 pub struct LiveParams {
     /// For clients that can't set headers on a WebSocket (browsers): the access token.
+    #[param(pattern = r"^[^\u0000]*$")]
     access_token: Option<String>,
 }
 

@@ -8,7 +8,7 @@ use common::auth::{AdminUser, AuthUser};
 use common::error::Problem;
 use common::extract::{Json, Path, Query};
 use common::idempotency::Idempotent;
-use common::money::{CURRENCY, Money};
+use common::money::{CURRENCY, Money, PositiveMoney};
 use common::page::{self, IdCursor};
 use common::{ApiError, FieldErrors};
 use serde::{Deserialize, Serialize};
@@ -34,9 +34,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CreatePayment {
     order_id: Uuid,
-    /// Must equal the order's total.
+    /// Must equal the order's total (which is never zero).
+    #[schema(value_type = PositiveMoney)]
     amount: Money,
-    #[schema(example = "USD")]
+    /// `USD`, the only currency sold in.
+    #[schema(example = "USD", pattern = "^USD$")]
     currency: String,
     method: PaymentMethod,
 }
@@ -46,13 +48,15 @@ pub struct CreatePayment {
 pub struct PaymentMethod {
     /// `card`.
     #[serde(rename = "type")]
-    #[schema(example = "card")]
+    #[schema(example = "card", pattern = "^card$")]
     kind: String,
     /// A card token. Test tokens: `tok_visa` (succeeds), `tok_chargeDeclined`
     /// (`card_declined`), `tok_insufficientFunds` (`insufficient_funds`), `tok_providerDown`
     /// (provider unavailable: 502, nothing charged), `tok_providerTimeout` (the provider
     /// charges but answers too late: 504, then the payment is settled in the background).
-    #[schema(example = "tok_visa")]
+    /// 1–255 visible ASCII characters (the limit counts bytes); one the provider does not
+    /// know is `422`.
+    #[schema(example = "tok_visa", min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]{1,255}$")]
     token: String,
 }
 
@@ -77,7 +81,7 @@ impl CreatePayment {
 #[utoipa::path(
     post, path = "/api/payments", tag = "payments",
     request_body = CreatePayment,
-    params(("Idempotency-Key" = String, Header, description = "Required; 1–255 characters. A retry with the same key and body replays the first answer")),
+    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]{1,255}$", description = "Required; 1–255 visible ASCII characters. A retry with the same key and body replays the first answer")),
     security(("bearer" = [])),
     responses(
         (status = 201, description = "Charged (`succeeded`) or declined (`failed`, with `failure_code`; the order stays payable); emits `payment.succeeded` or `payment.failed`", body = Payment),
@@ -107,10 +111,13 @@ async fn create_payment(
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only this order's payments.
+    #[param(value_type = Option<Uuid>)]
     order_id: Option<String>,
     /// 1–100, default 20.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (a payment id, base64url without padding).
+    #[param(min_length = 22, max_length = 22, pattern = "^[A-Za-z0-9_-]{21}[AQgw]$")]
     cursor: Option<String>,
 }
 
@@ -174,7 +181,8 @@ async fn get_payment(
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRefund {
-    /// Default: everything not refunded yet.
+    /// More than 0 and at most what is left to refund. Default: everything not refunded yet.
+    #[schema(value_type = Option<PositiveMoney>)]
     amount: Option<Money>,
 }
 

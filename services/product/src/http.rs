@@ -9,7 +9,7 @@ use common::cache::etag_of;
 use common::conditional;
 use common::error::Problem;
 use common::extract::{Json, Path, Query};
-use common::money::Money;
+use common::money::{Money, PositiveMoney};
 use common::{ApiError, FieldErrors};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -37,24 +37,37 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Listing parameters, as the query string carries them; parsed into a [`Listing`].
+///
+/// Every field is a string to Rust, so that [`ListParams::parse`] words each error; the
+/// `param` attributes say what it accepts (no parameter may hold NUL, `%00`).
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// Full-text search over name and description.
+    /// Full-text search over name and description; at most 500 characters once trimmed.
+    #[param(max_length = 500, pattern = r"^[^\u0000]*$")]
     q: Option<String>,
+    #[param(value_type = Option<Uuid>)]
     category_id: Option<String>,
-    /// Decimal amount, inclusive.
+    /// Decimal amount with at most 2 places, inclusive (above `max_price`, nothing matches).
+    #[param(pattern = r"^(0|[1-9][0-9]{0,9})(\.[0-9]{1,2})?$", example = "10.00")]
     min_price: Option<String>,
-    /// Decimal amount, inclusive.
+    /// Decimal amount with at most 2 places, inclusive.
+    #[param(pattern = r"^(0|[1-9][0-9]{0,9})(\.[0-9]{1,2})?$", example = "99.99")]
     max_price: Option<String>,
     /// `true`: only products with stock left.
+    #[param(value_type = Option<bool>)]
     in_stock: Option<String>,
-    /// `relevance` (default with `q`), `newest` (default otherwise), `price_asc`, `price_desc`.
+    /// `relevance` (the default with `q`; without `q` nothing is more relevant than anything
+    /// else, and it means `newest`), `newest` (the default without `q`), `price_asc`,
+    /// `price_desc`.
+    #[param(pattern = "^(relevance|newest|price_asc|price_desc)$")]
     sort: Option<String>,
     /// 1–100, default 20.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page, with the same `sort`.
+    #[param(pattern = "^[A-Za-z0-9_-]+$")]
     cursor: Option<String>,
 }
 
@@ -75,11 +88,6 @@ impl ListParams {
         };
         let min_price = price("min_price", self.min_price)?;
         let max_price = price("max_price", self.max_price)?;
-        if let (Some(min), Some(max)) = (min_price, max_price)
-            && min > max
-        {
-            return Err(bad("min_price must not exceed max_price"));
-        }
         let in_stock = match self.in_stock.as_deref() {
             None | Some("false") => false,
             Some("true") => true,
@@ -89,7 +97,7 @@ impl ListParams {
             None if q.is_some() => Sort::Relevance,
             None => Sort::Newest,
             Some("relevance") if q.is_some() => Sort::Relevance,
-            Some("relevance") => return Err(bad("sort=relevance needs a search query q")),
+            Some("relevance") => Sort::Newest,
             Some("newest") => Sort::Newest,
             Some("price_asc") => Sort::PriceAsc,
             Some("price_desc") => Sort::PriceDesc,
@@ -155,18 +163,38 @@ async fn get_product(
     Ok(conditional::respond(&headers, product.json.clone(), &product.etag))
 }
 
+// What `ProductName`, `Description`, `Sku`, `Price`, `Stock` and `parse_currency` accept
+// (domain.rs). No string may hold NUL (`\u0000`), which the JSON extractor refuses; "not
+// blank" is a character that is neither NUL nor white space (`\s`, and U+0085, which Rust
+// trims and ECMA-262's `\s` leaves out).
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProduct {
-    #[schema(example = "Oak desk")]
+    /// 1–200 characters, not blank.
+    #[schema(
+        example = "Oak desk",
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$"
+    )]
     name: String,
+    /// At most 5000 characters; empty when absent.
+    #[schema(max_length = 5000, pattern = r"^[^\u0000]*$")]
     description: Option<String>,
+    /// More than 0.
+    #[schema(value_type = PositiveMoney)]
     price: Money,
-    #[schema(example = "USD")]
+    /// `USD`, the only currency sold in (the default).
+    #[schema(example = "USD", pattern = "^USD$")]
     currency: Option<String>,
+    /// 0 to 1000000000.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "common::extract::integer")]
     stock: i64,
     category_id: Uuid,
-    /// Generated when absent.
+    /// 1–64 characters of letters, digits, `_`, `.` and `-`; unique. Generated when absent.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     sku: Option<String>,
 }
 
@@ -215,15 +243,29 @@ async fn create_product(
     Ok((StatusCode::CREATED, Json(product)))
 }
 
+/// Any fields of [`CreateProduct`], with the same rules; those left out stay as they are.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProduct {
+    /// 1–200 characters, not blank.
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$")]
     name: Option<String>,
+    /// At most 5000 characters.
+    #[schema(max_length = 5000, pattern = r"^[^\u0000]*$")]
     description: Option<String>,
+    /// More than 0.
+    #[schema(value_type = Option<PositiveMoney>)]
     price: Option<Money>,
+    /// `USD`, the only currency sold in.
+    #[schema(pattern = "^USD$")]
     currency: Option<String>,
+    /// 0 to 1000000000.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(default, deserialize_with = "common::extract::optional_integer")]
     stock: Option<i64>,
     category_id: Option<Uuid>,
+    /// 1–64 characters of letters, digits, `_`, `.` and `-`; unique.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     sku: Option<String>,
 }
 
@@ -296,7 +338,26 @@ async fn delete_product(
 #[serde(deny_unknown_fields)]
 pub struct StockDelta {
     /// Units to add (or, negative, to take away); not zero.
+    #[schema(schema_with = delta_schema)]
+    #[serde(deserialize_with = "common::extract::integer")]
     delta: i64,
+}
+
+/// `delta`: from -1000000000 to 1000000000 but not zero, which takes two ranges to say
+/// (`schema_with` replaces the field's doc comment, hence the description here).
+fn delta_schema() -> utoipa::openapi::OneOfBuilder {
+    use utoipa::openapi::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+    let range = |min: i64, max: i64| {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(min))
+            .maximum(Some(max))
+    };
+    OneOfBuilder::new()
+        .item(range(1, MAX_STOCK))
+        .item(range(-MAX_STOCK, -1))
+        .description(Some("Units to add (or, negative, to take away): not zero, at most 1000000000 either way."))
 }
 
 /// Add or remove stock (admins); never below zero.
@@ -360,8 +421,15 @@ async fn list_categories(State(state): State<AppState>, headers: HeaderMap) -> R
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCategory {
-    #[schema(example = "Furniture")]
+    /// 1–100 characters, not blank; unique among its siblings.
+    #[schema(
+        example = "Furniture",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$"
+    )]
     name: String,
+    /// An existing category.
     parent_id: Option<Uuid>,
 }
 
@@ -393,6 +461,8 @@ async fn create_category(
 pub struct ReserveRequest {
     /// The order the stock is held for; a retry with the same id reserves nothing more.
     order_id: Uuid,
+    /// At least one line; lines of the same product are added up.
+    #[schema(min_items = 1)]
     items: Vec<ReserveItem>,
 }
 
@@ -400,6 +470,9 @@ pub struct ReserveRequest {
 #[serde(deny_unknown_fields)]
 pub struct ReserveItem {
     product_id: Uuid,
+    /// 1 to 10000.
+    #[schema(minimum = 1, maximum = 10_000)]
+    #[serde(deserialize_with = "common::extract::integer")]
     quantity: i64,
 }
 

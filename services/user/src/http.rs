@@ -34,40 +34,50 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_user))
 }
 
+// The schemas below say what `Username`, `Email` and `Password` accept (domain.rs), so that
+// every request the document allows passes them. Strings never hold NUL (`\u0000`: the
+// JSON extractor refuses it), hence `[^\u0000]` where nothing narrower applies.
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// 3–50 characters of letters, digits, `_`, `.` and `-`; unique whatever its case.
-    #[schema(example = "jane_doe")]
+    #[schema(example = "jane_doe", min_length = 3, max_length = 50, pattern = r"^[A-Za-z0-9_.-]{3,50}$")]
     username: String,
-    /// Unique, compared case-insensitively.
-    #[schema(example = "jane@example.com")]
+    /// At most 254 characters; unique, compared case-insensitively.
+    #[schema(example = "jane@example.com", format = Email, max_length = 254)]
     email: String,
     /// 8–128 characters.
-    #[schema(value_type = String, format = Password, example = "correct horse battery")]
+    #[schema(
+        value_type = String, format = Password, example = "correct horse battery",
+        min_length = 8, max_length = 128, pattern = r"^[^\u0000]{8,128}$"
+    )]
     password: SecretString,
 }
 
+/// Any strings: an unknown email or a wrong password is `401 invalid_credentials`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    #[schema(example = "jane@example.com")]
+    #[schema(example = "jane@example.com", pattern = r"^[^\u0000]*$")]
     email: String,
-    #[schema(value_type = String, format = Password)]
+    #[schema(value_type = String, format = Password, pattern = r"^[^\u0000]*$")]
     password: SecretString,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
-    #[schema(value_type = String)]
+    /// As issued; an unknown one is `401`.
+    #[schema(value_type = String, pattern = r"^[^\u0000]*$")]
     refresh_token: SecretString,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogoutRequest {
-    #[schema(value_type = String)]
+    /// As issued.
+    #[schema(value_type = String, pattern = r"^[^\u0000]*$")]
     refresh_token: SecretString,
 }
 
@@ -75,11 +85,20 @@ pub struct LogoutRequest {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProfileRequest {
+    /// 3–50 characters of letters, digits, `_`, `.` and `-`; unique whatever its case.
+    #[schema(min_length = 3, max_length = 50, pattern = r"^[A-Za-z0-9_.-]{3,50}$")]
     username: Option<String>,
+    /// At most 254 characters; unique, compared case-insensitively.
+    #[schema(format = Email, max_length = 254)]
     email: Option<String>,
-    #[schema(value_type = Option<String>, format = Password)]
+    /// 8–128 characters.
+    #[schema(
+        value_type = Option<String>, format = Password,
+        min_length = 8, max_length = 128, pattern = r"^[^\u0000]{8,128}$"
+    )]
     password: Option<SecretString>,
-    #[schema(value_type = String, format = Password)]
+    /// A wrong one is `401 invalid_credentials`.
+    #[schema(value_type = String, format = Password, pattern = r"^[^\u0000]*$")]
     current_password: SecretString,
 }
 
