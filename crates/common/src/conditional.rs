@@ -1,10 +1,14 @@
 //! HTTP caching of catalogue reads (API.md): an `ETag` on every answer, `304 Not
-//! Modified` when `If-None-Match` names the current tag, and `Cache-Control` that lets a
-//! CDN or the gateway keep anonymous answers for a few seconds.
+//! Modified` when `If-None-Match` names the current tag, `Cache-Control` that lets a
+//! CDN or the gateway keep anonymous answers for a few seconds, and the entry's kept
+//! compressed copy for a client that accepts one.
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+
+use crate::browsers::{COMPRESS_ABOVE, Encoding};
+use crate::cache::Cached;
 
 /// How long a shared cache may keep an anonymous catalogue answer.
 pub const PUBLIC_MAX_AGE: &str = "public, max-age=5";
@@ -21,24 +25,39 @@ pub fn matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
     list.split(',').map(str::trim).any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == ours)
 }
 
-/// The answer to a catalogue read of `json` tagged `etag`, for a request with `headers`.
-pub fn respond(headers: &HeaderMap, json: Bytes, etag: &HeaderValue) -> Response {
+/// The answer to a catalogue read of `cached`, for a request with `headers`. A body large
+/// enough to be compressed goes out in the coding the client prefers, from the entry's
+/// kept copy, with `Vary: Accept-Encoding` (on the `304` too, as RFC 9110 15.4.5 asks).
+pub fn respond(headers: &HeaderMap, cached: &Cached) -> Response {
     let anonymous = !headers.contains_key(header::AUTHORIZATION);
     let cache_control = HeaderValue::from_static(if anonymous { PUBLIC_MAX_AGE } else { PRIVATE });
-    let not_modified = headers.get_all(header::IF_NONE_MATCH).iter().any(|value| matches(value, etag));
+    let not_modified = headers.get_all(header::IF_NONE_MATCH).iter().any(|value| matches(value, &cached.etag));
+    let compressible = cached.json.len() >= usize::from(COMPRESS_ABOVE);
     let mut response = if not_modified {
         (StatusCode::NOT_MODIFIED, Body::empty()).into_response()
     } else {
-        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response()
+        let encoding = compressible.then(|| Encoding::preferred(headers)).flatten();
+        let body = encoding.map_or_else(|| cached.json.clone(), |encoding| cached.encoded(encoding));
+        let mut response =
+            ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
+        if let Some(encoding) = encoding {
+            response.headers_mut().insert(header::CONTENT_ENCODING, encoding.header_value());
+        }
+        response
     };
     let response_headers = response.headers_mut();
-    response_headers.insert(header::ETAG, etag.clone());
+    response_headers.insert(header::ETAG, cached.etag.clone());
     response_headers.insert(header::CACHE_CONTROL, cache_control);
+    if compressible {
+        response_headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
     response
 }
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Bytes;
+
     use super::*;
 
     #[test]
@@ -54,17 +73,50 @@ mod tests {
 
     #[test]
     fn a_matching_tag_is_answered_304_without_a_body() {
-        let etag = HeaderValue::from_static("\"abc\"");
+        let entry = Cached::tagged(Bytes::from_static(b"{}"), HeaderValue::from_static("\"abc\""));
+        let etag = entry.etag.clone();
         let mut headers = HeaderMap::new();
-        let fresh = respond(&headers, Bytes::from_static(b"{}"), &etag);
+        let fresh = respond(&headers, &entry);
         assert_eq!(fresh.status(), StatusCode::OK);
         assert_eq!(fresh.headers()[header::CACHE_CONTROL], PUBLIC_MAX_AGE);
         headers.insert(header::IF_NONE_MATCH, etag.clone());
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
-        let cached = respond(&headers, Bytes::from_static(b"{}"), &etag);
+        let cached = respond(&headers, &entry);
         assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
         assert_eq!(cached.headers()[header::ETAG], etag);
         assert_eq!(cached.headers()[header::CACHE_CONTROL], PRIVATE);
         assert!(cached.headers().get(header::CONTENT_TYPE).is_none());
+    }
+
+    #[test]
+    fn a_large_answer_goes_out_in_the_preferred_coding_from_one_kept_copy() {
+        let json = Bytes::from(format!("[{}]", vec!["{\"name\":\"Oak desk\"}"; 100].join(",")));
+        let entry = Cached::new(json.clone());
+        let mut headers = HeaderMap::new();
+        let plain = respond(&headers, &entry);
+        assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
+        assert_eq!(plain.headers()[header::VARY], "accept-encoding");
+        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip, deflate"));
+        let gzip = respond(&headers, &entry);
+        assert_eq!(gzip.headers()[header::CONTENT_ENCODING], "gzip");
+        assert_eq!(gzip.headers()[header::VARY], "accept-encoding");
+        let mut decoded = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&entry.encoded(Encoding::Gzip)[..]), &mut decoded)
+            .unwrap();
+        assert_eq!(decoded, json);
+        assert!(entry.encoded(Encoding::Gzip).as_ptr() == entry.clone().encoded(Encoding::Gzip).as_ptr(), "kept");
+        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip;q=0.5, br"));
+        let brotli = respond(&headers, &entry);
+        assert_eq!(brotli.headers()[header::CONTENT_ENCODING], "br");
+        let mut decoded = Vec::new();
+        std::io::Read::read_to_end(
+            &mut brotli::Decompressor::new(&entry.encoded(Encoding::Brotli)[..], 4096),
+            &mut decoded,
+        )
+        .unwrap();
+        assert_eq!(decoded, json);
+        // A small answer is sent as it is, whatever the client accepts.
+        let small = respond(&headers, &Cached::new(Bytes::from_static(b"{}")));
+        assert!(small.headers().get(header::CONTENT_ENCODING).is_none() && small.headers().get(header::VARY).is_none());
     }
 }

@@ -83,14 +83,19 @@ impl<'de> Deserialize<'de> for Money {
 // Neither allows leading zeros or a third decimal place ("1.500"), which `parse` would take:
 // the document describes what clients should send, and everything it allows parses.
 
+/// A money string's schema: `pattern`, and what it allows in words.
+fn amount_schema(pattern: &str, allows: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .pattern(Some(pattern))
+        .description(Some(format!("A decimal amount with at most 2 places, as a string, {allows}")))
+        .examples([serde_json::json!("19.99")])
+        .into()
+}
+
 impl utoipa::PartialSchema for Money {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::Type::String)
-            .pattern(Some(r"^(0|[1-9][0-9]{0,9})(\.[0-9]{1,2})?$"))
-            .description(Some("A decimal amount with at most 2 places, as a string, at most 9999999999.99"))
-            .examples([serde_json::json!("19.99")])
-            .into()
+        amount_schema(r"^(0|[1-9][0-9]{0,9})(\.[0-9]{1,2})?$", "at most 9999999999.99")
     }
 }
 
@@ -103,12 +108,7 @@ pub enum PositiveMoney {}
 
 impl utoipa::PartialSchema for PositiveMoney {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::Type::String)
-            .pattern(Some(r"^([1-9][0-9]{0,9}(\.[0-9]{1,2})?|0\.(0[1-9]|[1-9][0-9]?))$"))
-            .description(Some("A decimal amount with at most 2 places, as a string, from 0.01 to 9999999999.99"))
-            .examples([serde_json::json!("19.99")])
-            .into()
+        amount_schema(r"^([1-9][0-9]{0,9}(\.[0-9]{1,2})?|0\.(0[1-9]|[1-9][0-9]?))$", "from 0.01 to 9999999999.99")
     }
 }
 

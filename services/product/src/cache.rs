@@ -228,7 +228,7 @@ fn assemble(products: &[Arc<Cached>], next_cursor: Option<&str>) -> PageJson {
     let mut parts: Vec<&[u8]> = live.iter().map(|p| p.etag.as_bytes()).collect();
     parts.push(cursor.as_bytes());
     let etag = etag_of(&parts);
-    Cached { json: Bytes::from(json), etag }
+    Cached::tagged(Bytes::from(json), etag)
 }
 
 fn hex(bytes: &[u8]) -> String {

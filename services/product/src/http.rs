@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use common::auth::{AdminUser, ServiceCaller};
-use common::cache::etag_of;
+use common::cache::Cached;
 use common::conditional;
 use common::error::Problem;
 use common::extract::{Json, Path, Query};
@@ -135,7 +135,7 @@ async fn list_products(
 ) -> Result<Response, ApiError> {
     let listing = params.parse()?;
     let page = state.catalog.page(&listing).await?;
-    Ok(conditional::respond(&headers, page.json, &page.etag))
+    Ok(conditional::respond(&headers, &page))
 }
 
 /// One product.
@@ -160,7 +160,7 @@ async fn get_product(
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
     let product = state.catalog.product(id).await?.ok_or(Error::NotFound)?;
-    Ok(conditional::respond(&headers, product.json.clone(), &product.etag))
+    Ok(conditional::respond(&headers, &product))
 }
 
 // What `ProductName`, `Description`, `Sku`, `Price`, `Stock` and `parse_currency` accept
@@ -414,8 +414,7 @@ pub struct Categories {
 async fn list_categories(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let categories = Categories { items: repository::categories(&state.db).await? };
     let json = serde_json::to_vec(&categories).map_err(ApiError::internal)?;
-    let etag = etag_of(&[&json]);
-    Ok(conditional::respond(&headers, json.into(), &etag))
+    Ok(conditional::respond(&headers, &Cached::new(json.into())))
 }
 
 #[derive(Deserialize, ToSchema)]

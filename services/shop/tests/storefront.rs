@@ -137,6 +137,14 @@ impl Browser {
         .await;
     }
 
+    /// Fills the fields of the form `form` (by name) and submits it.
+    async fn submit(&self, form: &str, fields: &[(&str, &str)]) {
+        for (name, value) in fields {
+            self.fill(&format!("{form} [name={name}]"), value).await;
+        }
+        self.click(&format!("{form} button")).await;
+    }
+
     /// Waits until the text of `css` contains `want`.
     async fn wait_for_text(&self, css: &str, want: &str) {
         eventually(&format!("{css} to say {want:?}"), || async {
@@ -206,39 +214,42 @@ async fn a_customer_buys_through_the_storefront_from_another_origin() {
     browser.open(&format!("{site}/?api={api}#/login")).await;
 
     // The admin adds a category and a product from the admin page.
-    browser.fill("#login [name=email]", "admin@shop.local").await;
-    browser.fill("#login [name=password]", "admin-password-dev-only").await;
-    browser.click("#login button").await;
+    browser.submit("#login", &[("email", "admin@shop.local"), ("password", "admin-password-dev-only")]).await;
     browser.click("#nav-admin").await;
-    browser.fill("#add-category [name=name]", "Desks").await;
-    browser.click("#add-category button").await;
+    browser.submit("#add-category", &[("name", "Desks")]).await;
     browser.wait_for_text("#add-product [name=category_id]", "Desks").await;
-    browser.fill("#add-product [name=name]", "Standing desk").await;
-    browser.fill("#add-product [name=description]", "Oak top, electric").await;
-    browser.fill("#add-product [name=price]", "249.00").await;
-    browser.fill("#add-product [name=stock]", "5").await;
-    browser.click("#add-product button").await;
+    browser
+        .submit(
+            "#add-product",
+            &[("name", "Standing desk"), ("description", "Oak top, electric"), ("price", "249.00"), ("stock", "5")],
+        )
+        .await;
     browser.wait_for_text("#notice", "Added Standing desk").await;
     browser.click("#nav-logout").await;
 
     // A new customer signs up, fills the cart and checks out.
     browser.click("#nav-signup").await;
-    browser.fill("#signup [name=username]", "ada").await;
-    browser.fill("#signup [name=email]", "ada@example.com").await;
-    browser.fill("#signup [name=password]", "correct horse battery").await;
-    browser.click("#signup button").await;
+    browser
+        .submit("#signup", &[("username", "ada"), ("email", "ada@example.com"), ("password", "correct horse battery")])
+        .await;
     browser.wait_for_text("#view", "Standing desk").await;
     browser.wait_for_text("#view", "249.00 USD").await;
     browser.click("article.card button").await;
     browser.wait_for_text("#notice", "is in your cart").await;
     browser.click("#nav-cart").await;
     browser.wait_for_text("#cart-total", "249.00").await;
-    browser.fill("#checkout [name=name]", "Ada Lovelace").await;
-    browser.fill("#checkout [name=line1]", "12 St James's Square").await;
-    browser.fill("#checkout [name=city]", "London").await;
-    browser.fill("#checkout [name=postal_code]", "SW1Y 4JH").await;
-    browser.fill("#checkout [name=country]", "GB").await;
-    browser.click("#checkout button").await;
+    browser
+        .submit(
+            "#checkout",
+            &[
+                ("name", "Ada Lovelace"),
+                ("line1", "12 St James's Square"),
+                ("city", "London"),
+                ("postal_code", "SW1Y 4JH"),
+                ("country", "GB"),
+            ],
+        )
+        .await;
     browser.wait_for_text("#order-status", "pending_payment").await;
 
     // Paying with the test card that succeeds: the status turns paid over the WebSocket,
@@ -259,9 +270,7 @@ async fn a_customer_buys_through_the_storefront_from_another_origin() {
     // The admin ships it.
     browser.click("#nav-logout").await;
     browser.click("#nav-login").await;
-    browser.fill("#login [name=email]", "admin@shop.local").await;
-    browser.fill("#login [name=password]", "admin-password-dev-only").await;
-    browser.click("#login button").await;
+    browser.submit("#login", &[("email", "admin@shop.local"), ("password", "admin-password-dev-only")]).await;
     browser.click("#nav-admin").await;
     browser.click("#view table button").await;
     browser.wait_for_text("#view table", "shipped").await;

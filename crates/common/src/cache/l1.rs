@@ -20,13 +20,15 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::HeaderValue;
 use futures::StreamExt;
 use metrics::Counter;
+
+use crate::browsers::{COMPRESS_ABOVE, Encoding};
 
 /// Invalidation counters, by a hash of the key: enough that unrelated keys rarely share
 /// one (sharing only costs a fill).
@@ -37,22 +39,52 @@ const SLOTS: usize = 4096;
 const MAX_TTL: Duration = Duration::from_secs(60);
 
 /// An encoded response as both levels serve it: the JSON body and its entity tag, made
-/// once when the entry is filled, so a hit and a `304` cost no encoding.
+/// once when the entry is filled, so a hit and a `304` cost no encoding; and its gzip and
+/// brotli copies, each made the first time a client asks for it and kept with the entry
+/// (shared by its clones), so a hit costs no compression either.
 #[derive(Debug, Clone)]
 pub struct Cached {
     pub json: Bytes,
     pub etag: HeaderValue,
+    compressed: Arc<Compressed>,
+}
+
+#[derive(Debug, Default)]
+struct Compressed {
+    gzip: OnceLock<Bytes>,
+    brotli: OnceLock<Bytes>,
 }
 
 impl Cached {
     pub fn new(json: Bytes) -> Self {
         let etag = etag_of(&[&json]);
-        Self { json, etag }
+        Self::tagged(json, etag)
+    }
+
+    /// `json` under a tag made otherwise (a page's, of its products' tags).
+    pub fn tagged(json: Bytes, etag: HeaderValue) -> Self {
+        Self { json, etag, compressed: Arc::default() }
     }
 
     /// `null`: the loader found nothing (cached too, briefly).
     pub fn is_null(&self) -> bool {
         self.json.as_ref() == b"null"
+    }
+
+    /// The body in `encoding`: compressed on the first call, kept for the next.
+    pub fn encoded(&self, encoding: Encoding) -> Bytes {
+        let slot = match encoding {
+            Encoding::Gzip => &self.compressed.gzip,
+            Encoding::Brotli => &self.compressed.brotli,
+        };
+        slot.get_or_init(|| encoding.compress(&self.json)).clone()
+    }
+
+    /// What the entry's bodies take: the JSON, and for one large enough to be sent
+    /// compressed room for its copies (JSON shrinks to a fifth or less in either coding).
+    fn footprint(&self) -> usize {
+        let len = self.json.len();
+        if len >= usize::from(COMPRESS_ABOVE) { len + len / 2 } else { len }
     }
 }
 
@@ -238,7 +270,7 @@ impl L1 {
     /// flush came after `ticket` was taken.
     pub(crate) fn fill<V: Any + Send + Sync>(&self, key: &str, value: Arc<V>, ticket: Ticket) {
         let Some(now) = self.serving_now().filter(|_| self.ticket_holds(ticket)) else { return };
-        let size = (&*value as &dyn Any).downcast_ref::<Cached>().map_or(1024, |c| c.json.len());
+        let size = (&*value as &dyn Any).downcast_ref::<Cached>().map_or(1024, Cached::footprint);
         let weight = u32::try_from(key.len() + size + ENTRY_OVERHEAD).unwrap_or(u32::MAX);
         let until = now.saturating_add(MAX_TTL.as_secs() as u32);
         self.entries.insert(key.into(), Slot { value, until, weight });
