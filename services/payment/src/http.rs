@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use common::auth::{AdminUser, AuthUser};
 use common::error::Problem;
 use common::extract::{Json, Path, Query};
-use common::idempotency::Idempotent;
+use common::idempotency::{Begin, Idempotent};
 use common::money::{CURRENCY, Money, PositiveMoney};
 use common::page::{self, IdCursor};
 use common::{ApiError, FieldErrors};
@@ -187,30 +187,50 @@ pub struct CreateRefund {
 }
 
 /// Refund a payment in part or in full (admins); never more than was captured. Emits
-/// `payment.refunded`.
+/// `payment.refunded`. Idempotent: the same `Idempotency-Key` (per admin) with the same
+/// body makes no second refund and answers the first one as it stands now, with
+/// `Idempotent-Replayed: true`; with another body it is `422 idempotency_key_reused`.
 #[utoipa::path(
     post, path = "/api/payments/{id}/refunds", tag = "payments",
-    params(("id" = Uuid, Path)),
+    params(
+        ("id" = Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]{1,255}$", description = "Optional; 1–255 visible ASCII characters. A retry with the same key and body makes no second refund"),
+    ),
     request_body = CreateRefund,
     security(("bearer" = [])),
     responses(
         (status = 201, description = "Refunded (`pending` if the provider has yet to carry it out)", body = Refund),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such payment", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`invalid_state_transition`: a failed payment, or one refunded in full", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "An amount of zero or more than is left", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_state_transition`: a failed payment, or one refunded in full; `request_in_progress`: a request with this key is still running", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An amount of zero or more than is left, or `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[tracing::instrument(skip_all, fields(%id))]
 async fn refund_payment(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    AdminUser(admin): AdminUser,
     Path(id): Path<Uuid>,
-    Json(req): Json<CreateRefund>,
+    request: Idempotent<CreateRefund>,
 ) -> Result<Response, ApiError> {
     repository::find_payment(&state.db, id).await?.ok_or(Error::NotFound)?;
+    let scope = admin.id.to_string();
     let mut tx = state.db.begin().await?;
-    let refund = repository::refund(&mut tx, id, req.amount, "admin").await?;
+    // The key's record is kept in the refund's own transaction: it exists exactly when the
+    // refund does. A replay answers that refund as it stands now (carried out since, or not).
+    if let Some(key) = &request.key
+        && let Begin::Replay(stored) = key.begin(&mut tx, &scope).await?
+    {
+        let (parts, body) = stored.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX).await.map_err(ApiError::internal)?;
+        let first: Refund = serde_json::from_slice(&body).map_err(ApiError::internal)?;
+        let refund = repository::find_refund(&state.db, first.id).await?.unwrap_or(first);
+        return Ok((parts, Json(refund)).into_response());
+    }
+    let refund = repository::refund(&mut tx, id, request.body.amount, "admin").await?;
+    if let Some(key) = &request.key {
+        key.finish(&mut tx, &scope, StatusCode::CREATED, &refund).await?;
+    }
     tx.commit().await?;
     crate::jobs::carry_out_refunds(&state, &[refund.id]).await;
     let refund = repository::find_refund(&state.db, refund.id).await?.unwrap_or(refund);

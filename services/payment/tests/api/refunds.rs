@@ -143,3 +143,43 @@ async fn closed(app: &TestApp, order: Uuid) -> bool {
         .await
         .unwrap()
 }
+
+#[tokio::test]
+async fn a_refund_retried_with_its_idempotency_key_is_made_once() {
+    let app = TestApp::spawn().await;
+    let (_alice, order, payment) = paid(&app, "10.00").await;
+    let path = format!("/api/payments/{}/refunds", payment["id"].as_str().unwrap());
+    let refund = |body: Value, key: &'static str| {
+        let request = app.server.client.post(app.server.url(&path)).bearer_auth(&app.admin).json(&body);
+        async move { request.header("idempotency-key", key).send().await.unwrap() }
+    };
+    let first = refund(json!({"amount": "2.50"}), "refund-1").await;
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+    // The same request again, its body's keys in another order and spaced otherwise.
+    let again = app
+        .server
+        .client
+        .post(app.server.url(&path))
+        .bearer_auth(&app.admin)
+        .header("idempotency-key", "refund-1")
+        .header("content-type", "application/json")
+        .body("{ \"amount\" : \"2.50\" }")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!((again["id"].clone(), again["status"].clone()), (first["id"].clone(), first["status"].clone()));
+    let reused = refund(json!({"amount": "3.00"}), "refund-1").await;
+    assert_eq!(reused.status(), 422);
+    assert_eq!(problem(reused).await["code"], "idempotency_key_reused");
+    assert_eq!(app.provider_books(order).await, ("10.00".into(), "2.50".into()), "refunded once");
+    let refunded = app.events().await.into_iter().filter(|(k, _)| k == "payment.refunded").count();
+    assert_eq!(refunded, 1);
+    // Another key is another refund.
+    assert_eq!(refund(json!({"amount": "2.50"}), "refund-2").await.status(), 201);
+    assert_eq!(app.provider_books(order).await, ("10.00".into(), "5.00".into()));
+}
