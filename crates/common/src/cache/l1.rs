@@ -39,14 +39,16 @@ const SLOTS: usize = 4096;
 const MAX_TTL: Duration = Duration::from_secs(60);
 
 /// An encoded response as both levels serve it: the JSON body and its entity tag, made
-/// once when the entry is filled, so a hit and a `304` cost no encoding; and its gzip and
-/// brotli copies, each made the first time a client asks for it and kept with the entry
-/// (shared by its clones), so a hit costs no compression either.
+/// once when the entry is filled, so a hit and a `304` cost no encoding; and, for a body
+/// large enough to be sent compressed, its gzip and brotli copies, each made the first
+/// time a client asks for it and kept with the entry (shared by its clones), so a hit
+/// costs no compression either. A smaller body (a product) carries no room for copies:
+/// the level holds a hundred thousand of them.
 #[derive(Debug, Clone)]
 pub struct Cached {
     pub json: Bytes,
     pub etag: HeaderValue,
-    compressed: Arc<Compressed>,
+    compressed: Option<Arc<Compressed>>,
 }
 
 #[derive(Debug, Default)]
@@ -63,7 +65,8 @@ impl Cached {
 
     /// `json` under a tag made otherwise (a page's, of its products' tags).
     pub fn tagged(json: Bytes, etag: HeaderValue) -> Self {
-        Self { json, etag, compressed: Arc::default() }
+        let compressed = (json.len() >= usize::from(COMPRESS_ABOVE)).then(Arc::default);
+        Self { json, etag, compressed }
     }
 
     /// `null`: the loader found nothing (cached too, briefly).
@@ -71,20 +74,27 @@ impl Cached {
         self.json.as_ref() == b"null"
     }
 
-    /// The body in `encoding`: compressed on the first call, kept for the next.
-    pub fn encoded(&self, encoding: Encoding) -> Bytes {
+    /// Whether the body is large enough to be sent compressed ([`COMPRESS_ABOVE`]).
+    pub fn is_compressible(&self) -> bool {
+        self.compressed.is_some()
+    }
+
+    /// The body in `encoding`, compressed on the first call and kept for the next; `None`
+    /// for a body too small to be sent compressed.
+    pub fn encoded(&self, encoding: Encoding) -> Option<Bytes> {
+        let copies = self.compressed.as_deref()?;
         let slot = match encoding {
-            Encoding::Gzip => &self.compressed.gzip,
-            Encoding::Brotli => &self.compressed.brotli,
+            Encoding::Gzip => &copies.gzip,
+            Encoding::Brotli => &copies.brotli,
         };
-        slot.get_or_init(|| encoding.compress(&self.json)).clone()
+        Some(slot.get_or_init(|| encoding.compress(&self.json)).clone())
     }
 
     /// What the entry's bodies take: the JSON, and for one large enough to be sent
     /// compressed room for its copies (JSON shrinks to a fifth or less in either coding).
     fn footprint(&self) -> usize {
         let len = self.json.len();
-        if len >= usize::from(COMPRESS_ABOVE) { len + len / 2 } else { len }
+        if self.is_compressible() { len + len / 2 } else { len }
     }
 }
 
