@@ -18,6 +18,6 @@ SELECT what, n FROM (
       WHERE e.topic = 'order.events' AND e.event_type IN ('order.cancelled', 'order.expired')
         AND NOT EXISTS (SELECT 1 FROM payments.inbox i WHERE i.event_id = e.id))
   UNION ALL SELECT 'payment events the order service has not applied', (SELECT count(*) FROM payments.outbox e
-      WHERE e.topic = 'payment.events' AND e.event_type = 'payment.succeeded'
+      WHERE e.topic = 'payment.events' AND e.event_type IN ('payment.succeeded', 'payment.refunded')
         AND NOT EXISTS (SELECT 1 FROM ordering.inbox i WHERE i.event_id = e.id))
 ) busy WHERE n > 0

@@ -4,7 +4,7 @@
 
 WITH books AS (
   -- What the provider charged and gave back for each order.
-  SELECT o.id, o.status, o.total, coalesce(c.charged, 0) AS charged, coalesce(r.refunded, 0) AS refunded
+  SELECT o.id, o.status, o.total, o.refunded_total, coalesce(c.charged, 0) AS charged, coalesce(r.refunded, 0) AS refunded
   FROM ordering.orders o
   LEFT JOIN (SELECT p.order_id, sum(pc.amount) AS charged FROM payments.provider_charges pc
              JOIN payments.payments p ON p.id = pc.payment_id WHERE pc.outcome = 'succeeded' GROUP BY p.order_id) c
@@ -17,19 +17,34 @@ WITH books AS (
 SELECT 'order ' || o.id || ' is ' || o.status || ' but its reservation is ' || coalesce(r.status, 'missing')
 FROM ordering.orders o LEFT JOIN catalog.reservations r ON r.order_id = o.id
 WHERE NOT (   (o.status = 'pending_payment' AND r.status = 'reserved')
-           OR (o.status IN ('paid', 'shipped', 'delivered') AND r.status = 'committed')
+           OR (o.status IN ('paid', 'shipped', 'delivered', 'refunded') AND r.status = 'committed')
            OR (o.status = 'cancelled' AND r.status = 'released'))
 UNION ALL
 SELECT 'reservation ' || r.order_id || ' is ' || r.status || ' without an order'
 FROM catalog.reservations r
 WHERE r.status <> 'released' AND NOT EXISTS (SELECT 1 FROM ordering.orders o WHERE o.id = r.order_id)
 UNION ALL
--- 2. Every paid, shipped or delivered order has exactly one succeeded payment equal to its total.
-SELECT 'paid order ' || o.id || ' has ' || count(p.id) || ' succeeded payments of its total'
+-- 2. Every paid, shipped, delivered or refunded order has exactly one captured payment
+--    equal to its total; its refunds never exceed that amount, and equal it for refunded;
+--    the order's refunded_total is the sum of its payment's refunds.
+SELECT o.status || ' order ' || o.id || ' has ' || count(p.id) || ' captured payments of its total'
 FROM ordering.orders o
-LEFT JOIN payments.payments p ON p.order_id = o.id AND p.status IN ('succeeded', 'partially_refunded')
+LEFT JOIN payments.payments p ON p.order_id = o.id AND p.status IN ('succeeded', 'partially_refunded', 'refunded')
      AND p.amount = o.total
-WHERE o.status IN ('paid', 'shipped', 'delivered') GROUP BY o.id HAVING count(p.id) <> 1
+WHERE o.status IN ('paid', 'shipped', 'delivered', 'refunded') GROUP BY o.id HAVING count(p.id) <> 1
+UNION ALL
+SELECT 'payment ' || p.id || ' refunded ' || p.refunded || ' of ' || p.amount
+FROM payments.payments p WHERE p.refunded > p.amount
+UNION ALL
+SELECT 'refunded order ' || o.id || ' of ' || o.total || ' was refunded ' || p.refunded
+FROM ordering.orders o JOIN payments.payments p ON p.order_id = o.id AND p.status <> 'failed'
+WHERE o.status = 'refunded' AND p.refunded <> o.total
+UNION ALL
+SELECT 'order ' || o.id || ' shows ' || o.refunded_total || ' refunded, its payments refunded ' || coalesce(sum(rf.amount), 0)
+FROM ordering.orders o
+LEFT JOIN payments.payments p ON p.order_id = o.id
+LEFT JOIN payments.refunds rf ON rf.payment_id = p.id
+GROUP BY o.id, o.refunded_total HAVING o.refunded_total <> coalesce(sum(rf.amount), 0)
 UNION ALL
 -- 3. Every cancelled order was never charged, or was refunded in full (what the provider
 --    charged minus what it gave back is zero).
@@ -40,10 +55,12 @@ SELECT 'order ' || p.order_id || ' was charged ' || count(*) || ' times'
 FROM payments.provider_charges pc JOIN payments.payments p ON p.id = pc.payment_id
 WHERE pc.outcome = 'succeeded' GROUP BY p.order_id HAVING count(*) > 1
 UNION ALL
--- The provider's books agree: a paid order kept exactly its total; no charge exists that
--- the payment service has no record of; no failed payment was charged.
-SELECT 'paid order ' || id || ' of ' || total || ': the provider kept ' || (charged - refunded)
-FROM books WHERE status IN ('paid', 'shipped', 'delivered') AND charged - refunded <> total
+-- The provider's books agree: a paid order kept exactly its total less what was refunded
+-- of it; no charge exists that the payment service has no record of; no failed payment
+-- was charged.
+SELECT status || ' order ' || id || ' of ' || total || ' (' || refunded_total || ' refunded): the provider kept '
+       || (charged - refunded)
+FROM books WHERE status IN ('paid', 'shipped', 'delivered', 'refunded') AND charged - refunded <> total - refunded_total
 UNION ALL
 SELECT 'the provider charged ' || pc.payment_id || ', which the payment service does not know'
 FROM payments.provider_charges pc
@@ -67,5 +84,5 @@ WHERE e.topic = 'order.events' AND e.event_type IN ('order.cancelled', 'order.ex
 UNION ALL
 SELECT 'the order service never applied ' || e.event_type || ' ' || e.id
 FROM payments.outbox e
-WHERE e.topic = 'payment.events' AND e.event_type = 'payment.succeeded'
+WHERE e.topic = 'payment.events' AND e.event_type IN ('payment.succeeded', 'payment.refunded')
   AND NOT EXISTS (SELECT 1 FROM ordering.inbox i WHERE i.event_id = e.id)

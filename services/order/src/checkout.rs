@@ -24,7 +24,7 @@ use chrono::{SubsecRound, Utc};
 use common::ApiError;
 use common::extract::Json;
 use common::idempotency::{Begin, Idempotency};
-use common::money::CURRENCY;
+use common::money::{CURRENCY, Money};
 use uuid::Uuid;
 
 use crate::AppState;
@@ -118,6 +118,7 @@ pub async fn place(
         shipping_address: request.shipping_address,
         created_at: now,
         updated_at: now,
+        refunded_total: Money::ZERO,
         expires_at: Some(expires_at),
     };
     repository::insert_order(&mut tx, &order).await?;

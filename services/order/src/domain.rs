@@ -17,6 +17,8 @@ pub enum OrderStatus {
     Shipped,
     Delivered,
     Cancelled,
+    /// Shipped or delivered, then refunded in full.
+    Refunded,
 }
 
 /// What can happen to an order.
@@ -30,6 +32,9 @@ pub enum Action {
     Cancel,
     /// The payment window passed.
     Expire,
+    /// An admin refunded the payment of a shipped or delivered order in full (a paid
+    /// order refunded in full is cancelled instead).
+    Refund,
 }
 
 impl Action {
@@ -41,6 +46,7 @@ impl Action {
             Action::Deliver => "order.delivered",
             Action::Cancel => "order.cancelled",
             Action::Expire => "order.expired",
+            Action::Refund => "order.refunded",
         }
     }
 }
@@ -60,6 +66,7 @@ fn action_word(action: Action) -> &'static str {
         Action::Deliver => "delivered",
         Action::Cancel => "cancelled",
         Action::Expire => "expired",
+        Action::Refund => "refunded",
     }
 }
 
@@ -73,6 +80,7 @@ impl OrderStatus {
             (Shipped, Deliver) => Ok(Delivered),
             (PendingPayment | Paid, Cancel) => Ok(Cancelled),
             (PendingPayment, Expire) => Ok(Cancelled),
+            (Shipped | Delivered, Refund) => Ok(Refunded),
             (from, action) => Err(IllegalTransition { from, action }),
         }
     }
@@ -84,6 +92,7 @@ impl OrderStatus {
             OrderStatus::Shipped => "shipped",
             OrderStatus::Delivered => "delivered",
             OrderStatus::Cancelled => "cancelled",
+            OrderStatus::Refunded => "refunded",
         }
     }
 
@@ -94,6 +103,7 @@ impl OrderStatus {
             "shipped" => OrderStatus::Shipped,
             "delivered" => OrderStatus::Delivered,
             "cancelled" => OrderStatus::Cancelled,
+            "refunded" => OrderStatus::Refunded,
             _ => return None,
         })
     }
@@ -310,6 +320,8 @@ pub struct Order {
     pub shipping_address: ShippingAddress,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// What its payment has refunded so far.
+    pub refunded_total: Money,
     /// While the order awaits payment: when it expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
@@ -350,7 +362,7 @@ mod tests {
     #[test]
     fn the_status_machine_allows_exactly_the_moves_of_the_contract() {
         use {Action::*, OrderStatus::*};
-        let all = [PendingPayment, Paid, Shipped, Delivered, Cancelled];
+        let all = [PendingPayment, Paid, Shipped, Delivered, Cancelled, Refunded];
         let allowed = [
             (PendingPayment, Pay, Paid),
             (PendingPayment, Cancel, Cancelled),
@@ -358,9 +370,11 @@ mod tests {
             (Paid, Ship, Shipped),
             (Paid, Cancel, Cancelled),
             (Shipped, Deliver, Delivered),
+            (Shipped, Refund, Refunded),
+            (Delivered, Refund, Refunded),
         ];
         for from in all {
-            for action in [Pay, Ship, Deliver, Cancel, Expire] {
+            for action in [Pay, Ship, Deliver, Cancel, Expire, Refund] {
                 let expected = allowed.iter().find(|(f, a, _)| *f == from && *a == action).map(|(_, _, to)| *to);
                 assert_eq!(from.transition(action).ok(), expected, "{from:?} + {action:?}");
             }
@@ -377,6 +391,7 @@ mod tests {
             OrderStatus::Shipped,
             OrderStatus::Delivered,
             OrderStatus::Cancelled,
+            OrderStatus::Refunded,
         ] {
             assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
             assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());

@@ -1,7 +1,10 @@
-//! What the order service does with the payment service's events: a successful payment
-//! pays the order (`order.paid`, on which the product service commits the reservation).
-//! A failed payment leaves the order payable; a refund changes nothing here (the order
-//! was cancelled first).
+//! What the order service does with the payment service's events:
+//! - a successful payment pays the order (`order.paid`, on which the product service
+//!   commits the reservation); a failed one leaves the order payable;
+//! - a refund is added to the order's `refunded_total`; refunded in full, a `paid` order
+//!   is cancelled (`order.cancelled`: its units go back in stock, and the payment service
+//!   finds nothing left to refund) and a `shipped` or `delivered` one becomes `refunded`.
+//!   A partial refund, or one of an order cancelled already, moves nothing.
 
 use common::events::{Envelope, EventHandler};
 use futures::future::BoxFuture;
@@ -9,7 +12,9 @@ use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{Action, OrderStatus, StatusChanged};
+use common::money::Money;
+
+use crate::domain::{Action, Order, OrderStatus, StatusChanged};
 use crate::live::Live;
 use crate::repository::{self, Cause};
 
@@ -21,6 +26,28 @@ pub const PAYMENT_TOPIC: &str = "payment.events";
 struct PaymentEvent {
     payment_id: Uuid,
     order_id: Uuid,
+    /// `payment.refunded`: everything the payment has refunded so far.
+    #[serde(default)]
+    refunded_total: Option<Money>,
+}
+
+/// What a `payment.*` event does to its order, if anything.
+fn action_for(event_type: &str, order: &Order, refunded_total: Option<Money>) -> Option<Action> {
+    match event_type {
+        "payment.succeeded" => Some(Action::Pay),
+        "payment.refunded" if refunded_total.is_some_and(|r| r.amount() >= order.total.amount()) => {
+            match order.status {
+                OrderStatus::Paid => Some(Action::Cancel),
+                OrderStatus::Shipped | OrderStatus::Delivered => Some(Action::Refund),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn moves_orders(event_type: &str) -> bool {
+    matches!(event_type, "payment.succeeded" | "payment.refunded")
 }
 
 pub struct PaymentEvents {
@@ -30,23 +57,29 @@ pub struct PaymentEvents {
 
 impl EventHandler for PaymentEvents {
     fn wants(&self, event_type: &str) -> bool {
-        event_type == "payment.succeeded"
+        moves_orders(event_type)
     }
 
     fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a Envelope) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            if event.event_type != "payment.succeeded" {
+            if !moves_orders(&event.event_type) {
                 return Ok(());
             }
             let payment: PaymentEvent = serde_json::from_value(event.data.clone())?;
-            let Some(order) = repository::find_order_in(tx, payment.order_id).await? else {
-                tracing::warn!(order_id = %payment.order_id, "a payment succeeded for an unknown order");
+            let order = match payment.refunded_total {
+                Some(refunded) => repository::record_refunded(tx, payment.order_id, refunded).await?,
+                None => repository::find_order_in(tx, payment.order_id).await?,
+            };
+            let Some(order) = order else {
+                tracing::warn!(order_id = %payment.order_id, event = event.event_type, "a payment event for an unknown order");
                 return Ok(());
             };
-            match order.status.transition(Action::Pay) {
+            let Some(action) = action_for(&event.event_type, &order, payment.refunded_total) else { return Ok(()) };
+            match order.status.transition(action) {
                 Ok(_) => {
-                    let cause = Cause { reason: None, payment_id: Some(payment.payment_id) };
-                    repository::move_order(tx, &order, Action::Pay, cause).await?;
+                    let reason = (action == Action::Cancel).then_some("refunded");
+                    let cause = Cause { reason, payment_id: Some(payment.payment_id) };
+                    repository::move_order(tx, &order, action, cause).await?;
                 }
                 // Paid already (the same payment again), or cancelled or expired first:
                 // the payment service refunds a payment for a cancelled order.
@@ -60,12 +93,16 @@ impl EventHandler for PaymentEvents {
 
     fn after_commit<'a>(&'a self, event: &'a Envelope) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            if event.event_type != "payment.succeeded" {
+            if !moves_orders(&event.event_type) {
                 return;
             }
             let Ok(payment) = serde_json::from_value::<PaymentEvent>(event.data.clone()) else { return };
+            let moved_to: &[OrderStatus] = match event.event_type.as_str() {
+                "payment.succeeded" => &[OrderStatus::Paid],
+                _ => &[OrderStatus::Cancelled, OrderStatus::Refunded],
+            };
             match repository::find_order(&self.db, payment.order_id).await {
-                Ok(Some(order)) if order.status == OrderStatus::Paid => {
+                Ok(Some(order)) if moved_to.contains(&order.status) => {
                     self.live.publish(order.user_id, StatusChanged::of(&order)).await;
                 }
                 Ok(_) => {}

@@ -279,6 +279,7 @@ struct OrderRow {
     shipping_address: Json<ShippingAddress>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    refunded_total: Money,
     expires_at: DateTime<Utc>,
 }
 
@@ -296,6 +297,7 @@ impl OrderRow {
             shipping_address: self.shipping_address.0,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            refunded_total: self.refunded_total,
             expires_at: (status == OrderStatus::PendingPayment).then_some(self.expires_at),
         })
     }
@@ -386,7 +388,8 @@ pub async fn find_order_in(conn: &mut PgConnection, id: Uuid) -> Result<Option<O
     let row = sqlx::query_as!(
         OrderRow,
         r#"SELECT id, user_id, status, total AS "total: Money", currency,
-                  shipping_address AS "shipping_address: Json<ShippingAddress>", created_at, updated_at, expires_at
+                  shipping_address AS "shipping_address: Json<ShippingAddress>", created_at, updated_at,
+                  refunded_total AS "refunded_total: Money", expires_at
            FROM ordering.orders WHERE id = $1"#,
         id
     )
@@ -415,7 +418,7 @@ pub async fn list_orders(
                 OrderRow,
                 r#"SELECT id, user_id, status, total AS "total: Money", currency,
                           shipping_address AS "shipping_address: Json<ShippingAddress>", created_at, updated_at,
-                          expires_at
+                          refunded_total AS "refunded_total: Money", expires_at
                    FROM ordering.orders WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"#,
                 user_id,
                 after,
@@ -429,7 +432,7 @@ pub async fn list_orders(
                 OrderRow,
                 r#"SELECT id, user_id, status, total AS "total: Money", currency,
                           shipping_address AS "shipping_address: Json<ShippingAddress>", created_at, updated_at,
-                          expires_at
+                          refunded_total AS "refunded_total: Money", expires_at
                    FROM ordering.orders WHERE id < $1 ORDER BY id DESC LIMIT $2"#,
                 after,
                 limit + 1
@@ -446,6 +449,25 @@ pub async fn list_orders(
             row.into_order(lines)
         })
         .collect()
+}
+
+/// Records what the order's payment has refunded so far (`refunded_total` of a
+/// `payment.refunded`; a late or repeated event never lowers it) and returns the order as
+/// it now is, locked for the move the refund may cause.
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql", %id))]
+pub async fn record_refunded(conn: &mut PgConnection, id: Uuid, refunded_total: Money) -> Result<Option<Order>, Error> {
+    let updated = sqlx::query_scalar!(
+        "UPDATE ordering.orders SET refunded_total = greatest(refunded_total, $2), updated_at = clock_timestamp()
+         WHERE id = $1 RETURNING id",
+        id,
+        refunded_total.amount()
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if updated.is_none() {
+        return Ok(None);
+    }
+    find_order_in(conn, id).await
 }
 
 /// Why a move happened, for its event.

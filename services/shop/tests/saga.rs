@@ -1,8 +1,8 @@
 //! The checkout saga end to end: the user, product, order and payment services as four
 //! processes (their own binaries) with a real Kafka-protocol broker, Redis and PostgreSQL.
 //! Many customers browse, fill carts, check out, and pay, fail to pay, cancel or let their
-//! orders expire, all at once, while the order and payment services are killed (`kill -9`)
-//! and restarted. Once everything is quiet, the four invariants of API.md are checked from
+//! orders expire, all at once, while an admin ships some and refunds others in full or
+//! in part, and the order and payment services are killed (`kill -9`) and restarted. Once everything is quiet, the four invariants of API.md are checked from
 //! the databases.
 
 #[allow(dead_code)] // each test uses its own part of the harness
@@ -21,7 +21,7 @@ use support::Platform;
 const CUSTOMERS: usize = 24;
 const ROUNDS: usize = 2;
 const PRODUCTS: usize = 5;
-const STOCK: i64 = 12;
+const STOCK: i64 = 30;
 
 /// What one customer does in one round.
 #[derive(Debug, Clone, Copy)]
@@ -32,12 +32,27 @@ enum Plan {
     LetExpire,
     PayThenCancel,
     PayWithSlowProvider,
+    /// An admin refunds the paid order in full: it is cancelled, its units back in stock.
+    PayThenRefund,
+    /// An admin refunds a cent of it: it stays paid.
+    PayThenRefundPart,
+    /// An admin ships it, then refunds it in full: it becomes `refunded`.
+    PayShipThenRefund,
 }
 
-const PLANS: [Plan; 6] =
-    [Plan::Pay, Plan::DeclineThenPay, Plan::Cancel, Plan::LetExpire, Plan::PayThenCancel, Plan::PayWithSlowProvider];
+const PLANS: [Plan; 9] = [
+    Plan::Pay,
+    Plan::DeclineThenPay,
+    Plan::Cancel,
+    Plan::LetExpire,
+    Plan::PayThenCancel,
+    Plan::PayWithSlowProvider,
+    Plan::PayThenRefund,
+    Plan::PayThenRefundPart,
+    Plan::PayShipThenRefund,
+];
 
-async fn customer(platform: Arc<Platform>, n: usize) {
+async fn customer(platform: Arc<Platform>, n: usize, admin: Arc<str>) {
     let p = platform.as_ref();
     let email = format!("customer{n}@example.com");
     let body = json!({"username": format!("customer{n}"), "email": email, "password": "correct horse"});
@@ -100,6 +115,21 @@ async fn customer(platform: Arc<Platform>, n: usize) {
             p.send("order", Method::POST, &format!("/api/orders/{id}/cancel"), Some(token), None, Some(&json!({})))
                 .await
         };
+        // Pays with a good card; the payment, if it was taken.
+        let paid = || async {
+            let (status, payment) = pay("tok_visa", format!("pay-{n}-{round}")).await;
+            assert!(status == 201 || status == 409, "pay: {status} {payment}");
+            (status == 201 && payment["status"] == "succeeded").then(|| payment["id"].as_str().unwrap().to_owned())
+        };
+        let refund = |payment: String, body: serde_json::Value| {
+            let (admin, key) = (admin.clone(), format!("refund-{n}-{round}"));
+            async move {
+                let path = format!("/api/payments/{payment}/refunds");
+                let (status, refund) =
+                    p.send("payment", Method::POST, &path, Some(&admin), Some(&key), Some(&body)).await;
+                assert_eq!(status, 201, "refund: {refund}");
+            }
+        };
         match PLANS[(n + round) % PLANS.len()] {
             Plan::Pay => {
                 let (status, body) = pay("tok_visa", format!("pay-{n}-{round}")).await;
@@ -126,6 +156,32 @@ async fn customer(platform: Arc<Platform>, n: usize) {
             Plan::PayWithSlowProvider => {
                 let (status, body) = pay("tok_providerTimeout", format!("slow-{n}-{round}")).await;
                 assert!(matches!(status.as_u16(), 201 | 409 | 504), "slow pay: {status} {body}");
+            }
+            Plan::PayThenRefund => {
+                if let Some(payment) = paid().await {
+                    refund(payment, json!({})).await;
+                }
+            }
+            Plan::PayThenRefundPart => {
+                if let Some(payment) = paid().await {
+                    refund(payment, json!({"amount": "0.01"})).await;
+                }
+            }
+            Plan::PayShipThenRefund => {
+                if let Some(payment) = paid().await {
+                    // The order is paid once the order service has applied payment.succeeded.
+                    let path = format!("/api/orders/{id}/ship");
+                    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                    loop {
+                        let (status, body) = p.send("order", Method::POST, &path, Some(&admin), None, None).await;
+                        if status == 200 {
+                            break;
+                        }
+                        assert!(status == 409 && std::time::Instant::now() < deadline, "ship: {status} {body}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    refund(payment, json!({})).await;
+                }
             }
         }
     }
@@ -159,7 +215,9 @@ async fn the_checkout_saga_keeps_every_invariant_across_restarts() {
     platform.catalogue(&admin, PRODUCTS, STOCK).await;
 
     let chaos = tokio::spawn(chaos(platform.clone()));
-    let customers: Vec<_> = (0..CUSTOMERS).map(|n| tokio::spawn(customer(platform.clone(), n))).collect();
+    let admin: Arc<str> = admin.into();
+    let customers: Vec<_> =
+        (0..CUSTOMERS).map(|n| tokio::spawn(customer(platform.clone(), n, admin.clone()))).collect();
     for customer in customers {
         customer.await.expect("a customer's journey");
     }
@@ -172,6 +230,7 @@ async fn the_checkout_saga_keeps_every_invariant_across_restarts() {
                           WHERE p.order_id = o.id AND p.status = 'refunded') THEN 'cancelled and refunded'
                      WHEN o.status = 'cancelled' AND EXISTS (SELECT 1 FROM ordering.outbox e
                           WHERE e.aggregate_id = o.id AND e.event_type = 'order.expired') THEN 'expired'
+                     WHEN o.status = 'paid' AND o.refunded_total > 0 THEN 'paid, partly refunded'
                      ELSE o.status END, count(*)
          FROM ordering.orders o GROUP BY 1 ORDER BY 1",
     )
@@ -186,7 +245,7 @@ async fn the_checkout_saga_keeps_every_invariant_across_restarts() {
     assert!(busy.is_empty(), "the platform never became quiet: {busy:?} (logs in {})", platform.logs.display());
     assert!(found.is_empty(), "invariant violations (logs in {}):\n{}", platform.logs.display(), found.join("\n"));
     let count = |outcome: &str| outcomes.iter().find(|(o, _)| o == outcome).map_or(0, |(_, n)| *n);
-    for outcome in ["paid", "cancelled", "cancelled and refunded", "expired"] {
+    for outcome in ["paid", "cancelled", "cancelled and refunded", "expired", "paid, partly refunded", "refunded"] {
         assert!(count(outcome) > 0, "the run drove no {outcome} order: {outcomes:?}");
     }
 }

@@ -258,3 +258,73 @@ async fn the_payment_service_reads_orders_with_a_service_token_only() {
     assert_eq!(app.get(&format!("/internal/orders/{id}"), &app.admin).await.status(), 401);
     assert_eq!(app.get(&format!("/internal/orders/{}", Uuid::now_v7()), &service).await.status(), 404);
 }
+
+/// A `payment.refunded` as the payment service publishes it: `refunded_total` is all the
+/// payment has refunded so far.
+fn refund_event(order_id: Uuid, amount: &str, refunded_total: &str) -> Envelope {
+    let mut event = payment_event("payment.refunded", order_id);
+    event.data["amount"] = json!(amount);
+    event.data["refunded_total"] = json!(refunded_total);
+    event
+}
+
+async fn order_of(app: &TestApp, id: Uuid) -> Value {
+    app.get(&format!("/api/orders/{id}"), &app.admin).await.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn refunds_move_orders_as_the_contract_says() {
+    let app = TestApp::spawn().await;
+    let alice = app.customer();
+    let product = app.product("5.00", 10).await;
+    let order = |quantity: i64| app.order(&alice.token, json!([{"product_id": product, "quantity": quantity}]));
+    let (partly, fully, shipped) = (id_of(&order(1).await), id_of(&order(2).await), id_of(&order(1).await));
+    for id in [partly, fully, shipped] {
+        deliver(&app, &payment_event("payment.succeeded", id)).await;
+    }
+    eventually("the reservations to be committed", || async {
+        for id in [partly, fully, shipped] {
+            if app.reservation(id).await.as_deref() != Some("committed") {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert_eq!(app.stock_of(product).await, 6);
+    assert_eq!(order_of(&app, partly).await["refunded_total"], "0.00", "nothing refunded yet");
+
+    // A partial refund leaves the status as it is, and is counted.
+    assert_eq!(deliver(&app, &refund_event(partly, "1.50", "1.50")).await, Delivery::Applied);
+    let seen = order_of(&app, partly).await;
+    assert_eq!((seen["status"].as_str(), seen["refunded_total"].as_str()), (Some("paid"), Some("1.50")));
+    // Delivered late, an earlier refund never lowers the total.
+    deliver(&app, &refund_event(partly, "0.50", "1.00")).await;
+    assert_eq!(order_of(&app, partly).await["refunded_total"], "1.50");
+
+    // Refunded in full, a paid order is cancelled and its units go back in stock.
+    deliver(&app, &refund_event(fully, "4.00", "4.00")).await;
+    deliver(&app, &refund_event(fully, "6.00", "10.00")).await;
+    let seen = order_of(&app, fully).await;
+    assert_eq!((seen["status"].as_str(), seen["refunded_total"].as_str()), (Some("cancelled"), Some("10.00")));
+    eventually("the refunded order's units to come back", || async { app.stock_of(product).await == 8 }).await;
+    let cancelled = app.events().await.into_iter().find(|(k, id, _)| k == "order.cancelled" && *id == fully).unwrap();
+    assert_eq!(cancelled.2["reason"], "refunded");
+    assert_eq!(cancelled.2["previous_status"], "paid");
+
+    // A shipped order refunded in full becomes `refunded`; its units stay sold.
+    assert_eq!(app.post(&format!("/api/orders/{shipped}/ship"), &json!({}), &app.admin).await.status(), 200);
+    let refunded = refund_event(shipped, "5.00", "5.00");
+    deliver(&app, &refunded).await;
+    let seen = order_of(&app, shipped).await;
+    assert_eq!((seen["status"].as_str(), seen["refunded_total"].as_str()), (Some("refunded"), Some("5.00")));
+    assert_eq!(deliver(&app, &refunded).await, Delivery::Duplicate);
+    for action in ["ship", "deliver", "cancel"] {
+        let res = app.post(&format!("/api/orders/{shipped}/{action}"), &json!({}), &app.admin).await;
+        assert_eq!(res.status(), 409, "{action} after a full refund");
+    }
+    let kinds: Vec<String> =
+        app.events().await.into_iter().filter(|(_, id, _)| *id == shipped).map(|(k, _, _)| k).collect();
+    assert_eq!(kinds, ["order.created", "order.paid", "order.shipped", "order.refunded"]);
+    assert_eq!(app.stock_of(product).await, 8, "a refunded shipment's units stay sold");
+}
