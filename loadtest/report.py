@@ -107,6 +107,15 @@ def markdown(report: dict) -> str:
         "whole catalogue first, so that it measures the caches' steady state)"
         + (", on the same machine as the server." if target == "shop" else "."),
         "",
+    ]
+    if s.get("raised_limits"):
+        lines += [
+            "Rate limits raised for the runs, by configuration: "
+            + ", ".join(f"`{name}`" for name in s["raised_limits"])
+            + " (the customers all come from one address and each orders far more often than a person would).",
+            "",
+        ]
+    lines += [
         "![throughput](throughput.png)",
         "",
         "![latency](latency.png)",

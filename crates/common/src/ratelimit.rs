@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
@@ -78,6 +79,26 @@ impl Decision {
             put(header::RETRY_AFTER, self.reset_secs.max(1));
         }
         headers
+    }
+
+    /// Of two limits a request spends from (per address, and per address and email), the
+    /// one the client must be told about: a refusal, or else the one with less left.
+    pub fn tighter(self, other: Self) -> Self {
+        match (self.allowed, other.allowed) {
+            (true, false) => other,
+            (false, true) => self,
+            (false, false) if other.reset_secs > self.reset_secs => other,
+            (true, true) if other.remaining < self.remaining => other,
+            _ => self,
+        }
+    }
+
+    /// `result` carrying this decision's headers, whichever way it went.
+    pub fn attach<T: IntoResponse>(&self, result: Result<T, ApiError>) -> Result<Response, ApiError> {
+        match result {
+            Ok(answer) => Ok((self.headers(), answer).into_response()),
+            Err(err) => Err(err.with_headers(self.headers())),
+        }
     }
 
     /// `Ok` when allowed, the 429 with its headers otherwise.
@@ -190,5 +211,16 @@ mod tests {
         assert!(refused.headers().contains_key(header::RETRY_AFTER));
         // Another key has its own budget.
         assert!(limiter.check("b").await.allowed);
+    }
+
+    #[test]
+    fn the_tighter_of_two_limits_is_the_refusal_or_the_one_with_less_left() {
+        let allowed = |remaining| Decision { allowed: true, limit: 10, remaining, reset_secs: 60 };
+        let refused = |reset_secs| Decision { allowed: false, limit: 10, remaining: 0, reset_secs };
+        assert_eq!(allowed(5).tighter(allowed(2)), allowed(2));
+        assert_eq!(allowed(2).tighter(allowed(5)), allowed(2));
+        assert_eq!(allowed(0).tighter(refused(9)), refused(9));
+        assert_eq!(refused(9).tighter(allowed(0)), refused(9));
+        assert_eq!(refused(3).tighter(refused(9)), refused(9));
     }
 }

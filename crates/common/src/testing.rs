@@ -355,6 +355,11 @@ pub fn base_vars(db: &TestDb) -> Vec<(String, String)> {
         ("BCRYPT_COST".into(), "4".into()),
         ("JWT_SECRET".into(), format!("test-secret-{}", Uuid::new_v4())),
         ("DB_MAX_CONNECTIONS".into(), "5".into()),
+        // Tests that count on a rate limit set it; the others may send as they like.
+        ("LOGIN_ADDRESS_RATE_LIMIT".into(), "100000".into()),
+        ("REGISTRATION_RATE_LIMIT".into(), "100000".into()),
+        ("CHECKOUT_RATE_LIMIT".into(), "100000".into()),
+        ("PAYMENT_RATE_LIMIT".into(), "100000".into()),
     ]
 }
 

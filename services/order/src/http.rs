@@ -223,6 +223,9 @@ impl PlaceOrder {
 }
 
 /// Place an order: reserve the stock, hold it for payment.
+///
+/// Limited to 30 a minute per customer (`CHECKOUT_RATE_LIMIT`); every answer carries the
+/// `RateLimit-*` headers.
 #[utoipa::path(
     post, path = "/api/orders", tag = "orders",
     request_body = PlaceOrder,
@@ -233,6 +236,7 @@ impl PlaceOrder {
         (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`insufficient_stock` (nothing reserved), or `request_in_progress` for a key still running", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid items or address, an empty cart, a product that can't be ordered, or `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`, with `Retry-After`", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`upstream_unavailable`: the product service can't be reached", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "`upstream_timeout`: the product service did not answer in time", body = Problem, content_type = "application/problem+json"),
     )
@@ -243,8 +247,9 @@ async fn place_order(
     user: AuthUser,
     request: Idempotent<PlaceOrder>,
 ) -> Result<Response, ApiError> {
-    let parsed = request.body.parse()?;
-    checkout::place(&state, user.id, parsed, request.key.as_ref()).await
+    let limit = state.checkout_limiter.check(user.id).await.enforce()?;
+    let parsed = request.body.parse().map_err(|err| err.with_headers(limit.headers()))?;
+    limit.attach(checkout::place(&state, user.id, parsed, request.key.as_ref()).await)
 }
 
 #[derive(Deserialize, IntoParams)]

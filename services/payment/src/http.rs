@@ -78,6 +78,9 @@ impl CreatePayment {
 }
 
 /// Pay an order.
+///
+/// Limited to 30 a minute per customer (`PAYMENT_RATE_LIMIT`); every answer carries the
+/// `RateLimit-*` headers.
 #[utoipa::path(
     post, path = "/api/payments", tag = "payments",
     request_body = CreatePayment,
@@ -90,6 +93,7 @@ impl CreatePayment {
         (status = 404, description = "No such order, or not yours", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`already_paid`, `invalid_state_transition` (the order is cancelled), `conflict` (another payment for the order is being processed) or `request_in_progress`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`amount_mismatch`, `idempotency_key_reused`, or invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`, with `Retry-After`", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "`upstream_unavailable`: the card provider is down; nothing was charged", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`upstream_unavailable`: the order service can't be reached", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "`upstream_timeout`: the provider did not answer in time; the payment is settled shortly (see `GET /api/payments?order_id=`)", body = Problem, content_type = "application/problem+json"),
@@ -102,8 +106,9 @@ async fn create_payment(
     request: Idempotent<CreatePayment>,
 ) -> Result<Response, ApiError> {
     let key = request.key.ok_or_else(|| ApiError::bad_request("the Idempotency-Key header is required"))?;
-    let parsed = request.body.parse()?;
-    charge::pay(&state, &user, parsed, &key).await
+    let limit = state.payment_limiter.check(user.id).await.enforce()?;
+    let parsed = request.body.parse().map_err(|err| err.with_headers(limit.headers()))?;
+    limit.attach(charge::pay(&state, &user, parsed, &key).await)
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -22,8 +22,13 @@ pub struct Config {
     pub admin_password: Password,
     pub bcrypt_cost: u32,
     pub refresh_token_ttl: Duration,
-    /// Login attempts allowed per minute per client address and email.
+    /// Login attempts allowed per minute per client address and email (`LOGIN_RATE_LIMIT`, 10).
     pub login_attempts_per_minute: NonZeroU32,
+    /// Login attempts per minute per client address, whatever the email
+    /// (`LOGIN_ADDRESS_RATE_LIMIT`, 100).
+    pub login_attempts_per_address_per_minute: NonZeroU32,
+    /// Registrations per minute per client address (`REGISTRATION_RATE_LIMIT`, 10).
+    pub registrations_per_minute: NonZeroU32,
 }
 
 impl Config {
@@ -73,6 +78,9 @@ impl Config {
             bcrypt_cost,
             refresh_token_ttl: env.duration("REFRESH_TOKEN_TTL", Duration::from_secs(30 * 24 * 3600))?,
             login_attempts_per_minute: env.or("LOGIN_RATE_LIMIT", NonZeroU32::new(10).expect("10 > 0"))?,
+            login_attempts_per_address_per_minute: env
+                .or("LOGIN_ADDRESS_RATE_LIMIT", NonZeroU32::new(100).expect("100 > 0"))?,
+            registrations_per_minute: env.or("REGISTRATION_RATE_LIMIT", NonZeroU32::new(10).expect("10 > 0"))?,
         })
     }
 }

@@ -293,3 +293,30 @@ async fn eight_concurrent_checkouts_with_one_key_give_one_order() {
     assert_eq!(app.order_count().await, 1);
     assert_eq!(app.stock_of(product).await, 99);
 }
+
+#[tokio::test]
+async fn checkouts_are_limited_per_customer() {
+    let app = TestApp::spawn_with(&[("CHECKOUT_RATE_LIMIT", "2")]).await;
+    let (alice, bob) = (app.customer(), app.customer());
+    let product = app.product("1.00", 100).await;
+    let items = json!([{"product_id": product, "quantity": 1}]);
+    for left in ["1", "0"] {
+        let res = app.place(&alice.token, Some(items.clone())).await;
+        assert_eq!(res.status(), 201);
+        assert_eq!(
+            (
+                res.headers()["ratelimit-limit"].to_str().unwrap(),
+                res.headers()["ratelimit-remaining"].to_str().unwrap()
+            ),
+            ("2", left)
+        );
+    }
+    let res = app.place(&alice.token, Some(items.clone())).await;
+    assert_eq!(res.status(), 429);
+    assert!(res.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert!(res.headers().contains_key("ratelimit-reset"));
+    assert_eq!(problem(res).await["code"], "rate_limited");
+    assert_eq!(app.order_count().await, 2, "the refused checkout reserved nothing");
+    // Each customer has a budget of their own.
+    assert_eq!(app.place(&bob.token, Some(items)).await.status(), 201);
+}

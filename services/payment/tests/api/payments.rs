@@ -258,3 +258,23 @@ async fn a_charge_whose_answer_never_came_is_settled_not_lost() {
     assert_eq!(res.json::<Value>().await.unwrap()["id"], list["items"][0]["id"]);
     assert_eq!(app.provider_books(order).await.0, "12.00", "charged once");
 }
+
+#[tokio::test]
+async fn payments_are_limited_per_customer() {
+    let app = TestApp::spawn_with(&[("PAYMENT_RATE_LIMIT", "2")]).await;
+    let (alice, bob) = (app.customer(), app.customer());
+    let (order, total) = app.order(&alice, "5.00", 1).await;
+    for (key, left) in [("l-1", "1"), ("l-2", "0")] {
+        let res = app.pay(&alice.token, key, &TestApp::body(order, &total, "tok_chargeDeclined")).await;
+        assert_eq!(res.status(), 201);
+        assert_eq!(res.headers()["ratelimit-remaining"], left);
+    }
+    let res = app.pay(&alice.token, "l-3", &TestApp::body(order, &total, "tok_visa")).await;
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(res.headers()["ratelimit-limit"], "2");
+    assert_eq!(problem(res).await["code"], "rate_limited");
+    assert_eq!(app.provider_books(order).await, ("0".into(), "0".into()), "nothing was charged");
+    let (other, total) = app.order(&bob, "5.00", 1).await;
+    assert_eq!(app.pay(&bob.token, "b-1", &TestApp::body(other, &total, "tok_visa")).await.status(), 201);
+}

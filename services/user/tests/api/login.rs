@@ -190,3 +190,42 @@ async fn many_parallel_logins_all_succeed_without_stalling_other_requests() {
     assert!(median * 2 < per_hash, "/health median {median:?} vs {per_hash:?} per login");
     assert!(health.len() == 40 && storm > Duration::from_millis(500), "the storm was long enough to overlap");
 }
+
+#[tokio::test]
+async fn one_address_trying_many_emails_runs_out_of_its_own_budget() {
+    let app = TestApp::spawn_with(&[("LOGIN_ADDRESS_RATE_LIMIT", "5")]).await;
+    for i in 0..5 {
+        let res = app.login(&format!("guess{i}@example.com"), "wrong password").await;
+        assert_eq!(res.status(), 401, "attempt {i}");
+        assert_eq!(res.headers()["ratelimit-limit"], "5", "the tighter budget is the one told");
+        assert_eq!(res.headers()["ratelimit-remaining"], (4 - i).to_string());
+    }
+    let res = app.login("guess99@example.com", "wrong password").await;
+    assert_eq!(res.status(), 429, "a sixth email from the same address");
+    assert!(res.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(res.headers()["ratelimit-remaining"], "0");
+    assert_eq!(problem(res).await["code"], "rate_limited");
+}
+
+#[tokio::test]
+async fn registration_is_limited_per_client_address_across_replicas() {
+    let app = TestApp::spawn_with(&[("REGISTRATION_RATE_LIMIT", "4")]).await;
+    let replica = app.replica().await;
+    for i in 0..4 {
+        let server = if i % 2 == 0 { &app.server } else { &replica };
+        let body =
+            json!({"username": format!("user{i}"), "email": format!("user{i}@example.com"), "password": PASSWORD});
+        let res = server.client.post(server.url("/api/auth/register")).json(&body).send().await.unwrap();
+        assert_eq!(res.status(), 201, "registration {i}");
+        assert_eq!(res.headers()["ratelimit-limit"], "4");
+        assert_eq!(res.headers()["ratelimit-remaining"], (3 - i).to_string());
+    }
+    // A fifth, whichever replica it reaches, is refused.
+    let res = app.register("another", "another@example.com").await;
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(problem(res).await["code"], "rate_limited");
+    let body = json!({"username": "late", "email": "late@example.com", "password": PASSWORD});
+    let res = replica.client.post(replica.url("/api/auth/register")).json(&body).send().await.unwrap();
+    assert_eq!(res.status(), 429, "the other replica spends from the same budget");
+}
