@@ -2,8 +2,8 @@
 //! `AuthUser` / `AdminUser` extractors, and password hashing off the async runtime.
 //!
 //! Every service validates access tokens itself (no call to the user service per
-//! request); revocations (logout) are kept in the shared cache so that a revoked token
-//! stops working on every replica of every service at once.
+//! request); a revoked session is refused through this process's copy of the durable
+//! record ([`crate::revocations`]), so it stays refused whatever happens to the cache.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +22,8 @@ use tokio::sync::Semaphore;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::cache::Cache;
 use crate::error::{ApiError, ErrorCode};
+use crate::revocations::Revocations;
 
 /// `iss` of every access token.
 pub const ISSUER: &str = "shop";
@@ -76,7 +76,7 @@ pub struct Authenticator {
     validation: Validation,
     internal_validation: Validation,
     access_ttl: Duration,
-    revocations: Cache,
+    revocations: Arc<Revocations>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -94,7 +94,7 @@ pub struct AccessToken {
 }
 
 impl Authenticator {
-    pub fn new(secret: &SecretString, access_ttl: Duration, revocations: Cache) -> Self {
+    pub fn new(secret: &SecretString, access_ttl: Duration, revocations: Arc<Revocations>) -> Self {
         let key = secret.expose_secret().as_bytes();
         // The algorithm is pinned: a token that names another one (`none`, RS256 with our
         // secret as a "public key") is refused before its signature is even looked at.
@@ -118,6 +118,11 @@ impl Authenticator {
 
     pub fn access_ttl(&self) -> Duration {
         self.access_ttl
+    }
+
+    /// The revoked sessions this process refuses.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
     }
 
     pub fn issue(&self, user_id: Uuid, role: Role, session_id: Uuid) -> Result<AccessToken, ApiError> {
@@ -149,7 +154,7 @@ impl Authenticator {
             };
             ApiError::unauthorized(why)
         })?;
-        if self.revocations.exists(&revocation_key(data.claims.jti)).await {
+        if self.revocations.is_revoked(data.claims.sid) {
             return Err(ApiError::unauthorized("the access token has been revoked"));
         }
         Ok(data.claims)
@@ -173,20 +178,6 @@ impl Authenticator {
             .map(|data| data.claims)
             .map_err(|_| ApiError::unauthorized("a valid service token is required"))
     }
-
-    /// Revokes one access token until it would have expired anyway. Fails (503) when
-    /// the revocation cannot be recorded, so logout never claims a success it did not have.
-    pub async fn revoke(&self, claims: &Claims) -> Result<(), ApiError> {
-        let left = (claims.exp - Utc::now().timestamp()).max(1) as u64;
-        self.revocations
-            .put_required(&revocation_key(claims.jti), Duration::from_secs(left))
-            .await
-            .map_err(ApiError::unavailable)
-    }
-}
-
-fn revocation_key(jti: Uuid) -> String {
-    format!("revoked-jti:{jti}")
 }
 
 /// The token of an `Authorization: Bearer <token>` header, if there is one.
@@ -326,7 +317,7 @@ mod tests {
     use super::*;
 
     fn authenticator(secret: &str) -> Authenticator {
-        Authenticator::new(&SecretString::from(secret.to_owned()), Duration::from_secs(60), Cache::local("t"))
+        Authenticator::new(&SecretString::from(secret.to_owned()), Duration::from_secs(60), Revocations::new(None, "t"))
     }
 
     #[tokio::test]
@@ -336,7 +327,12 @@ mod tests {
         let claims = auth.verify(&issued.token).await.unwrap();
         assert_eq!(claims.sub, issued.claims.sub);
         assert_eq!(claims.role, Role::Admin);
-        auth.revoke(&claims).await.unwrap();
+        auth.revocations()
+            .revoked(&[crate::revocations::Revoked {
+                session_id: claims.sid,
+                until: Utc::now() + chrono::Duration::minutes(1),
+            }])
+            .await;
         let err = auth.verify(&issued.token).await.unwrap_err();
         assert_eq!(err.code(), ErrorCode::Unauthorized);
     }

@@ -200,6 +200,9 @@ pub struct CommonConfig {
     /// The browser origins that may call the API (`CORS_ALLOWED_ORIGINS`, comma-separated,
     /// none by default): `https://shop.example`, `http://localhost:8000`.
     pub cors_allowed_origins: Vec<axum::http::HeaderValue>,
+    /// Where a service outside the user service's process reads the revoked sessions
+    /// (`USER_SERVICE_URL`, default `http://127.0.0.1:8081`; unused in `shop`).
+    pub user_service_url: String,
 }
 
 /// librdkafka's bounds for `batch.num.messages`.
@@ -275,8 +278,18 @@ impl CommonConfig {
             cache_stale_max: env.duration("CACHE_STALE_MAX", Duration::from_secs(1))?,
             l1_cache_bytes: env.bytes("L1_CACHE_BYTES", 64 << 20)?,
             cors_allowed_origins: origins(env.raw("CORS_ALLOWED_ORIGINS").unwrap_or_default())?,
+            user_service_url: service_url(env, "USER_SERVICE_URL", "http://127.0.0.1:8081")?,
         })
     }
+}
+
+/// A base URL of another service of ours.
+pub fn service_url(env: &Env, name: &'static str, default: &str) -> Result<String, ConfigError> {
+    let url = env.raw(name).unwrap_or(default).trim().trim_end_matches('/').to_owned();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(ConfigError::new(name, "must be an http:// or https:// URL"));
+    }
+    Ok(url)
 }
 
 /// `CORS_ALLOWED_ORIGINS`: origins as browsers send them (a scheme, a host and maybe a

@@ -34,6 +34,7 @@ use redis::aio::ConnectionManager;
 use crate::auth::Authenticator;
 use crate::browsers::{self, Encoding};
 use crate::cache::{Cache, L1Options, connect_redis};
+use crate::client::Upstream;
 use crate::config::CommonConfig;
 use crate::error::{ApiError, ErrorCode};
 use crate::events::{self, Events, kafka};
@@ -41,6 +42,7 @@ use crate::extract::{BODY_LIMIT, TrustForwardedFor};
 use crate::finish::finish;
 use crate::ratelimit::Limiter;
 use crate::request_id::{self, RequestId};
+use crate::revocations::{self, Revocations};
 use crate::{db, telemetry, trace};
 
 /// How long shutdown waits for requests whose client has gone, after the connections
@@ -49,6 +51,8 @@ const REQUESTS_GRACE: Duration = Duration::from_secs(15);
 
 /// How long a readiness check may take before its dependency counts as down.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A call to the user service for the revoked sessions.
+const REVOCATIONS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A service's handler state: its `Inner` behind an `Arc`, so cloning per request is
 /// cheap. Services name theirs `type AppState = common::http::AppState<Inner>`.
@@ -171,7 +175,7 @@ impl utoipa::Modify for SharedProblems {
     }
 }
 
-/// What every service of one process shares: the cache (and with it token revocations),
+/// What every service of one process shares: the cache, the revoked sessions,
 /// the Redis connection for rate limits, and the token authenticator. In `shop` the
 /// services must share these, or a logout in one would not be seen by another.
 #[derive(Clone)]
@@ -216,8 +220,9 @@ impl Shared {
         };
         let l1 = L1Options { max_bytes: config.l1_cache_bytes, stale_max: config.cache_stale_max };
         let cache = Cache::new(redis.clone(), &config.redis_prefix, l1);
+        let revocations = Revocations::new(redis.clone(), &config.redis_prefix);
         let redis = redis.map(|(conn, _)| conn);
-        let auth = Arc::new(Authenticator::new(&config.jwt_secret, config.access_token_ttl, cache.clone()));
+        let auth = Arc::new(Authenticator::new(&config.jwt_secret, config.access_token_ttl, revocations));
         Ok(Self {
             cache,
             redis,
@@ -538,6 +543,19 @@ pub async fn serve(
 /// for `SHUTDOWN_DELAY` while everything is still served, so that load balancers stop
 /// sending; then the listener closes and the requests in flight are finished.
 pub async fn run(config: &CommonConfig, services: Vec<Service>, shared: Shared) -> anyhow::Result<()> {
+    // Without the user service in this process, the revoked sessions come from it.
+    if !shared.auth.revocations().has_source()
+        && let Some(first) = services.first()
+    {
+        let user_service = Upstream::new(
+            "user-service",
+            &config.user_service_url,
+            first.name,
+            REVOCATIONS_TIMEOUT,
+            shared.auth.clone(),
+        );
+        shared.auth.revocations().serve_from(Arc::new(revocations::Remote(user_service))).await;
+    }
     let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], config.port))).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
     let (draining, requests) = (shared.draining.clone(), shared.requests.clone());

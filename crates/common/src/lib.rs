@@ -17,7 +17,8 @@
 //! - [`money`]: amounts as decimal strings;
 //! - [`page`]: `limit` and id cursors of lists;
 //! - [`ratelimit`]: limits shared across replicas through Redis;
-//! - [`auth`]: access tokens, their revocation, auth extractors, password hashing;
+//! - [`auth`]: access tokens, auth extractors, password hashing;
+//! - [`revocations`]: revoked sessions, refused by every process through a cache outage;
 //! - [`events`]: the transactional outbox, its relay, Kafka or in-process delivery, and
 //!   consumers that apply each event once;
 //! - [`trace`]: the W3C `traceparent` carried from requests into events;
@@ -48,6 +49,7 @@ pub mod money;
 pub mod page;
 pub mod ratelimit;
 pub mod request_id;
+pub mod revocations;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -9,7 +9,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use common::auth::Authenticator;
-use common::cache::Cache;
 use common::client::{Upstream, UpstreamError};
 use common::testing::free_port;
 use common::{ApiError, ErrorCode};
@@ -20,7 +19,11 @@ use tokio::net::TcpListener;
 
 fn auth() -> Arc<Authenticator> {
     let secret = SecretString::from("client-test-secret-client-test-secret".to_owned());
-    Arc::new(Authenticator::new(&secret, Duration::from_secs(60), Cache::local("client-test")))
+    Arc::new(Authenticator::new(
+        &secret,
+        Duration::from_secs(60),
+        common::revocations::Revocations::new(None, "client-test"),
+    ))
 }
 
 /// Fails with 503 until it has been called `fail_first` times, then answers 200.

@@ -19,6 +19,7 @@ pub mod live;
 pub mod products;
 pub mod repository;
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use common::config::{CommonConfig, ConfigError, Env};
 use common::db::{self, Schema};
 use common::events::Subscription;
 use common::http::{HasAuthenticator, Service, Shared};
+use common::ratelimit::Limiter;
 use secrecy::SecretString;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -57,6 +59,8 @@ pub struct Config {
     pub checkout_recovery_after: Duration,
     /// `WS_HEARTBEAT` (20s): how often WebSocket clients are pinged.
     pub ws_heartbeat: Duration,
+    /// `CHECKOUT_RATE_LIMIT` (30): checkouts a minute per customer.
+    pub checkouts_per_minute: NonZeroU32,
 }
 
 impl Config {
@@ -67,10 +71,7 @@ impl Config {
     /// The order service's variables on top of `common`; `product_default` is where the
     /// product service is unless `PRODUCT_SERVICE_URL` says (in `shop`: the same process).
     pub fn with_common(common: CommonConfig, env: &Env, product_default: &str) -> Result<Self, ConfigError> {
-        let product_service_url = env.raw("PRODUCT_SERVICE_URL").unwrap_or(product_default).trim().to_owned();
-        if !(product_service_url.starts_with("http://") || product_service_url.starts_with("https://")) {
-            return Err(ConfigError::new("PRODUCT_SERVICE_URL", "must be an http:// or https:// URL"));
-        }
+        let product_service_url = common::config::service_url(env, "PRODUCT_SERVICE_URL", product_default)?;
         let upstream_timeout = env.duration("UPSTREAM_TIMEOUT", Duration::from_secs(2))?;
         let checkout_recovery_after = env.duration("CHECKOUT_RECOVERY_AFTER", Duration::from_secs(60))?;
         // A checkout still waiting for its (retried) reservation must not be released
@@ -92,6 +93,7 @@ impl Config {
             upstream_timeout,
             checkout_recovery_after,
             ws_heartbeat: env.duration("WS_HEARTBEAT", Duration::from_secs(20))?,
+            checkouts_per_minute: env.or("CHECKOUT_RATE_LIMIT", NonZeroU32::new(30).expect("30 > 0"))?,
         })
     }
 }
@@ -112,6 +114,8 @@ pub struct Inner {
     /// longest a (retried) reservation can take.
     pub checkout_lease: Duration,
     pub ws_heartbeat: Duration,
+    /// Checkouts per customer.
+    pub checkout_limiter: Limiter,
 }
 
 impl HasAuthenticator for Inner {
@@ -143,6 +147,7 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
         payment_timeout: config.payment_timeout,
         checkout_lease: config.upstream_timeout * 4,
         ws_heartbeat: config.ws_heartbeat,
+        checkout_limiter: shared.limiter("checkout", config.checkouts_per_minute, Duration::from_secs(60)),
     });
     shared.events.ensure_topics(&[TOPIC.to_owned()]).await;
     shared.events.spawn_relay(SERVICE, db.clone());

@@ -20,6 +20,7 @@ pub mod orders;
 pub mod provider;
 pub mod repository;
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use common::config::{CommonConfig, ConfigError, Env};
 use common::db::{self, Schema};
 use common::events::Subscription;
 use common::http::{HasAuthenticator, Service, Shared};
+use common::ratelimit::Limiter;
 use secrecy::SecretString;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -53,6 +55,8 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// `PROVIDER_TIMEOUT` (5s): the longest one call to the card provider may take.
     pub provider_timeout: Duration,
+    /// `PAYMENT_RATE_LIMIT` (30): payments a minute per customer.
+    pub payments_per_minute: NonZeroU32,
 }
 
 impl Config {
@@ -63,15 +67,13 @@ impl Config {
     /// The payment service's variables on top of `common`; `order_default` is where the
     /// order service is unless `ORDER_SERVICE_URL` says (in `shop`: the same process).
     pub fn with_common(common: CommonConfig, env: &Env, order_default: &str) -> Result<Self, ConfigError> {
-        let order_service_url = env.raw("ORDER_SERVICE_URL").unwrap_or(order_default).trim().to_owned();
-        if !(order_service_url.starts_with("http://") || order_service_url.starts_with("https://")) {
-            return Err(ConfigError::new("ORDER_SERVICE_URL", "must be an http:// or https:// URL"));
-        }
+        let order_service_url = common::config::service_url(env, "ORDER_SERVICE_URL", order_default)?;
         Ok(Self {
             common,
             order_service_url,
             upstream_timeout: env.duration("UPSTREAM_TIMEOUT", Duration::from_secs(2))?,
             provider_timeout: env.duration("PROVIDER_TIMEOUT", Duration::from_secs(5))?,
+            payments_per_minute: env.or("PAYMENT_RATE_LIMIT", NonZeroU32::new(30).expect("30 > 0"))?,
         })
     }
 }
@@ -90,6 +92,8 @@ pub struct Inner {
     /// How long a request may work on a charge attempt before the reconciler or a retry
     /// may take it over: every provider call it makes, with their backoff.
     pub attempt_lease: Duration,
+    /// Payments per customer.
+    pub payment_limiter: Limiter,
 }
 
 impl HasAuthenticator for Inner {
@@ -116,6 +120,7 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
         provider: Arc::new(Simulated { db: db.clone() }),
         provider_timeout: config.provider_timeout,
         attempt_lease: config.provider_timeout * 4 + Duration::from_secs(1),
+        payment_limiter: shared.limiter("payment", config.payments_per_minute, Duration::from_secs(60)),
     });
     shared.events.ensure_topics(&[TOPIC.to_owned()]).await;
     shared.events.spawn_relay(SERVICE, db.clone());

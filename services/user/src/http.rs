@@ -7,10 +7,11 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use common::auth::{AdminUser, AuthUser};
+use common::auth::{AdminUser, AuthUser, ServiceCaller};
 use common::error::Problem;
 use common::events;
 use common::extract::{ClientAddr, Json, Path};
+use common::revocations::{Revoked, RevokedList};
 use common::{ApiError, FieldErrors};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(logout))
         .routes(routes!(me, update_me))
         .routes(routes!(get_user))
+        .routes(routes!(revocations))
 }
 
 // The schemas below say what `Username`, `Email` and `Password` accept (domain.rs), so that
@@ -158,6 +160,9 @@ fn tokens_for(state: &AppState, user: User, family_id: Uuid, refresh_token: Stri
 }
 
 /// Register a customer account. Emits `user.registered` (data: the `User`).
+///
+/// Limited to 10 a minute per client address (`REGISTRATION_RATE_LIMIT`); every answer
+/// carries the `RateLimit-*` headers.
 #[utoipa::path(
     post, path = "/api/auth/register", tag = "auth",
     request_body = RegisterRequest,
@@ -167,13 +172,20 @@ fn tokens_for(state: &AppState, user: User, family_id: Uuid, refresh_token: Stri
         (status = 409, description = "`email_taken` or `username_taken`", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`, with `Retry-After`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[tracing::instrument(skip_all)]
 async fn register(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     Json(req): Json<RegisterRequest>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
+    let limit = state.registration_limiter.check(addr).await.enforce()?;
+    limit.attach(register_user(&state, req).await)
+}
+
+async fn register_user(state: &AppState, req: RegisterRequest) -> Result<impl IntoResponse + use<>, ApiError> {
     let mut errors = FieldErrors::default();
     let username = errors.check("username", Username::parse(req.username));
     let email = errors.check("email", Email::parse(req.email));
@@ -193,8 +205,9 @@ async fn register(
 
 /// Log in with email and password.
 ///
-/// Limited to 10 attempts a minute per client address and email (`LOGIN_RATE_LIMIT`);
-/// every answer carries the `RateLimit-*` headers. An unknown email and a wrong password
+/// Limited to 10 attempts a minute per client address and email (`LOGIN_RATE_LIMIT`) and
+/// 100 per client address whatever the email (`LOGIN_ADDRESS_RATE_LIMIT`); every answer
+/// carries the `RateLimit-*` headers of the tighter of the two. An unknown email and a wrong password
 /// give the same `401 invalid_credentials` in about the same time.
 #[utoipa::path(
     post, path = "/api/auth/login", tag = "auth",
@@ -212,7 +225,11 @@ async fn login(
     ClientAddr(addr): ClientAddr,
     Json(req): Json<LoginRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let limit = state.login_limiter.check(format!("{addr}|{}", req.email.to_lowercase())).await.enforce()?;
+    let (per_email, per_address) = tokio::join!(
+        state.login_limiter.check(format!("{addr}|{}", req.email.to_lowercase())),
+        state.login_address_limiter.check(addr),
+    );
+    let limit = per_email.tighter(per_address).enforce()?;
     let found = repository::find_credentials(&state.db, &req.email).await?;
     let hash = found.as_ref().map(|(_, hash)| hash.as_str());
     let verified = state.passwords.verify(&req.password, hash).await?;
@@ -251,7 +268,9 @@ async fn refresh(State(state): State<AppState>, Json(req): Json<RefreshRequest>)
         RefreshVerdict::Rotate => {}
         RefreshVerdict::Reused => {
             repository::revoke_family(&mut *tx, stored.family_id, stored.user_id).await?;
+            let revoked = revoke_sessions(&state, &mut tx, vec![stored.family_id]).await?;
             tx.commit().await?;
+            state.auth.revocations().revoked(&revoked).await;
             tracing::warn!(user_id = %stored.user_id, "refresh token reused; session revoked");
             return Err(Error::RefreshToken("revoked").into());
         }
@@ -293,11 +312,43 @@ async fn logout(
 ) -> Result<StatusCode, ApiError> {
     use secrecy::ExposeSecret;
     let mut tx = state.db.begin().await?;
-    repository::revoke_family_of(&mut *tx, &tokens::digest(req.refresh_token.expose_secret()), user.id).await?;
+    let other =
+        repository::revoke_family_of(&mut *tx, &tokens::digest(req.refresh_token.expose_secret()), user.id).await?;
     repository::revoke_family(&mut *tx, user.claims.sid, user.id).await?;
+    let sessions = std::iter::once(user.claims.sid).chain(other.filter(|&family| family != user.claims.sid));
+    let revoked = revoke_sessions(&state, &mut tx, sessions.collect()).await?;
     tx.commit().await?;
-    state.auth.revoke(&user.claims).await?;
+    state.auth.revocations().revoked(&revoked).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Records in `tx` that the access tokens of `sessions` are refused until the last of them
+/// has expired; what to hand to [`common::revocations::Revocations::revoked`] once committed.
+async fn revoke_sessions(
+    state: &AppState,
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    sessions: Vec<Uuid>,
+) -> Result<Vec<Revoked>, ApiError> {
+    if sessions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let until = Utc::now() + state.auth.access_ttl() + chrono::Duration::seconds(1);
+    repository::revoke_sessions(&mut **tx, &sessions, until).await?;
+    Ok(sessions.into_iter().map(|session_id| Revoked { session_id, until }).collect())
+}
+
+/// The sessions every other service must refuse (services only).
+#[utoipa::path(
+    get, path = "/internal/revocations", tag = "internal",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every revoked session whose access tokens have not all expired yet", body = RevokedList),
+        (status = 401, description = "No valid service token (user tokens are refused)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all)]
+async fn revocations(State(state): State<AppState>, _caller: ServiceCaller) -> Result<Json<RevokedList>, ApiError> {
+    Ok(Json(RevokedList { items: repository::revoked_sessions(&state.db).await? }))
 }
 
 /// The caller's profile.
@@ -360,10 +411,13 @@ async fn update_me(
 
     let mut tx = state.db.begin().await?;
     let (updated, version) = repository::update_profile(&mut *tx, user.id, &changes, new_hash.as_deref()).await?;
+    let mut revoked = Vec::new();
     if new_hash.is_some() {
-        repository::revoke_other_families(&mut *tx, user.id, user.claims.sid).await?;
+        let others = repository::revoke_other_families(&mut *tx, user.id, user.claims.sid).await?;
+        revoked = revoke_sessions(&state, &mut tx, others).await?;
     }
     tx.commit().await?;
+    state.auth.revocations().revoked(&revoked).await;
     // Never over a later update's value, whichever of two concurrent updates lands last.
     let key = profile_key(user.id);
     state.cache.put_versioned(&key, version.timestamp_micros(), &updated, PROFILE_TTL).await;

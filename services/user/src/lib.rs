@@ -59,6 +59,10 @@ pub struct Inner {
     pub cache: Cache,
     /// Login attempts per client address and email.
     pub login_limiter: Limiter,
+    /// Login attempts per client address, whatever the email.
+    pub login_address_limiter: Limiter,
+    /// Registrations per client address.
+    pub registration_limiter: Limiter,
     /// Wrong `current_password` guesses on a profile update, per user.
     pub password_check_limiter: Limiter,
     pub refresh_token_ttl: Duration,
@@ -81,6 +85,12 @@ impl Inner {
             passwords: PasswordHasher::new(config.bcrypt_cost).await?,
             cache: shared.cache.clone(),
             login_limiter: shared.limiter("login", per_minute, minute),
+            login_address_limiter: shared.limiter(
+                "login-address",
+                config.login_attempts_per_address_per_minute,
+                minute,
+            ),
+            registration_limiter: shared.limiter("registration", config.registrations_per_minute, minute),
             password_check_limiter: shared.limiter("password-check", per_minute, minute),
             refresh_token_ttl: config.refresh_token_ttl,
         }))
@@ -98,10 +108,20 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
     let db = db::connect(&config.common.database_url, SCHEMA, config.common.db_max_connections).await?;
     let state = Inner::state(config, shared, db.clone()).await?;
     ensure_admin(&state, config).await?;
+    shared.auth.revocations().serve_from(Arc::new(RevocationRecord(db.clone()))).await;
     shared.events.ensure_topics(&[TOPIC.to_owned()]).await;
     shared.events.spawn_relay(SERVICE, db.clone());
     let (router, openapi) = http::routes().split_for_parts();
     Ok(Service { name: SERVICE, router: router.with_state(state), openapi, db })
+}
+
+/// The durable record of revoked sessions, read straight from this service's database.
+struct RevocationRecord(PgPool);
+
+impl common::revocations::Source for RevocationRecord {
+    fn load(&self) -> futures::future::BoxFuture<'_, anyhow::Result<Vec<common::revocations::Revoked>>> {
+        Box::pin(async move { Ok(repository::revoked_sessions(&self.0).await?) })
+    }
 }
 
 /// Creates the admin of `ADMIN_EMAIL` if no account has that email. An existing account

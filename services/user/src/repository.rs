@@ -153,31 +153,67 @@ pub async fn revoke_family(db: impl PgExecutor<'_>, family_id: Uuid, user_id: Uu
     Ok(())
 }
 
-/// Revokes the family the given token belongs to, if the token is the user's.
+/// Revokes the family the given token belongs to, if the token is the user's; returns
+/// that family (session), if there was one.
 #[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
-pub async fn revoke_family_of(db: impl PgExecutor<'_>, token_hash: &[u8], user_id: Uuid) -> Result<(), Error> {
-    sqlx::query!(
-        "UPDATE users.refresh_tokens SET revoked_at = now()
-         WHERE user_id = $2 AND revoked_at IS NULL
-           AND family_id = (SELECT family_id FROM users.refresh_tokens WHERE token_hash = $1 AND user_id = $2)",
+pub async fn revoke_family_of(
+    db: impl PgExecutor<'_>,
+    token_hash: &[u8],
+    user_id: Uuid,
+) -> Result<Option<Uuid>, Error> {
+    let family = sqlx::query_scalar!(
+        "WITH family AS (SELECT family_id FROM users.refresh_tokens WHERE token_hash = $1 AND user_id = $2),
+              revoked AS (UPDATE users.refresh_tokens SET revoked_at = now()
+                          WHERE user_id = $2 AND revoked_at IS NULL AND family_id = (SELECT family_id FROM family))
+         SELECT family_id FROM family",
         token_hash,
         user_id
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(family)
+}
+
+/// Ends every session of the user but `keep` (after a password change); returns them.
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
+pub async fn revoke_other_families(db: impl PgExecutor<'_>, user_id: Uuid, keep: Uuid) -> Result<Vec<Uuid>, Error> {
+    let families = sqlx::query_scalar!(
+        "UPDATE users.refresh_tokens SET revoked_at = now()
+         WHERE user_id = $1 AND family_id <> $2 AND revoked_at IS NULL
+         RETURNING family_id",
+        user_id,
+        keep
+    )
+    .fetch_all(db)
+    .await?;
+    let mut families = families;
+    families.sort_unstable();
+    families.dedup();
+    Ok(families)
+}
+
+/// Records sessions whose access tokens every service must refuse until `until`.
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
+pub async fn revoke_sessions(db: impl PgExecutor<'_>, sessions: &[Uuid], until: DateTime<Utc>) -> Result<(), Error> {
+    sqlx::query!(
+        "INSERT INTO users.revoked_sessions (session_id, until) SELECT unnest($1::uuid[]), $2
+         ON CONFLICT (session_id) DO UPDATE SET until = greatest(revoked_sessions.until, EXCLUDED.until)",
+        sessions,
+        until
     )
     .execute(db)
     .await?;
     Ok(())
 }
 
-/// Ends every session of the user but `keep` (after a password change).
+/// Every session revoked and not yet expired, after pruning the expired ones.
 #[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
-pub async fn revoke_other_families(db: impl PgExecutor<'_>, user_id: Uuid, keep: Uuid) -> Result<(), Error> {
-    sqlx::query!(
-        "UPDATE users.refresh_tokens SET revoked_at = now()
-         WHERE user_id = $1 AND family_id <> $2 AND revoked_at IS NULL",
-        user_id,
-        keep
+pub async fn revoked_sessions(db: &PgPool) -> Result<Vec<common::revocations::Revoked>, Error> {
+    Ok(sqlx::query_as!(
+        common::revocations::Revoked,
+        "WITH pruned AS (DELETE FROM users.revoked_sessions WHERE until <= now())
+         SELECT session_id, until FROM users.revoked_sessions WHERE until > now()"
     )
-    .execute(db)
-    .await?;
-    Ok(())
+    .fetch_all(db)
+    .await?)
 }

@@ -1,5 +1,6 @@
 //! `GET /api/orders/ws`: status changes pushed to the order's owner, on any replica.
 
+use common::revocations::Revoked;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -135,7 +136,8 @@ async fn a_socket_ends_when_its_token_is_revoked_and_a_user_holds_at_most_ten() 
     let user = uuid::Uuid::now_v7();
     let issued = app.shared.auth.issue(user, common::auth::Role::Customer, uuid::Uuid::now_v7()).unwrap();
     let mut socket = connect(app.server.addr, &issued.token, true).await.unwrap();
-    app.shared.auth.revoke(&issued.claims).await.unwrap();
+    let until = chrono::Utc::now() + chrono::Duration::minutes(1);
+    app.shared.auth.revocations().revoked(&[Revoked { session_id: issued.claims.sid, until }]).await;
     let mut reason = None;
     while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(2), socket.next()).await {
         if let Message::Close(frame) = frame {

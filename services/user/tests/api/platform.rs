@@ -159,9 +159,29 @@ async fn a_cache_outage_slows_requests_down_but_never_fails_them() {
     // Reads, writes and logins go on without the cache and the shared limiter.
     assert_eq!(app.get("/api/users/me", Some(&jane.access)).await.status(), 200);
     assert_eq!(app.customer("john").await.user["username"], "john");
-    // Logout cannot promise the access token is dead without the revocation store, so
-    // it says so instead of claiming a success it did not have.
+    // Revocations are kept in the database, not the cache: logout works, and its token is
+    // refused at once, through the outage and after the cache comes back empty.
     let res = app.post("/api/auth/logout", &json!({"refresh_token": jane.refresh}), Some(&jane.access)).await;
-    assert_eq!(res.status(), 503);
-    assert_eq!(problem(res).await["code"], "unavailable");
+    assert_eq!(res.status(), 204);
+    let res = app.get("/api/users/me", Some(&jane.access)).await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(problem(res).await["detail"], "the access token has been revoked");
+    redis.resume().await; // empty: the test server keeps nothing across a restart
+    let john = app.customer("johnny").await;
+    assert_eq!(app.get("/api/users/me", Some(&john.access)).await.status(), 200);
+    assert_eq!(app.get("/api/users/me", Some(&jane.access)).await.status(), 401);
+}
+
+#[tokio::test]
+async fn a_session_revoked_before_a_restart_stays_refused_by_the_new_process() {
+    let app = TestApp::spawn().await;
+    let jane = app.customer("jane").await;
+    let res = app.post("/api/auth/logout", &json!({"refresh_token": jane.refresh}), Some(&jane.access)).await;
+    assert_eq!(res.status(), 204);
+    // A process started after the logout never heard it announced: it loads the revoked
+    // sessions from the database before it serves.
+    let fresh = app.replica().await;
+    assert_eq!(fresh.get("/api/users/me", Some(&jane.access)).await.status(), 401);
+    let john = app.customer("john").await;
+    assert_eq!(fresh.get("/api/users/me", Some(&john.access)).await.status(), 200);
 }
