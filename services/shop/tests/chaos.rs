@@ -230,11 +230,31 @@ async fn inflict(chaos: &Chaos, fault: Fault) {
             platform.broker.lock().await.freeze(false);
         }
         Fault::Redis => {
+            // A session ended before the outage, and one ended during it: both stay refused
+            // by every service, through the outage and after Redis comes back empty.
+            let before = logged_out(platform, "revoked-before-redis").await;
+            assert_refused_everywhere(platform, &before, "before Redis stopped").await;
             chaos.redis.lock().await.stop();
-            tokio::time::sleep(OUTAGE / 2).await;
-            every_service_stays_ready(platform, "Redis down").await;
-            tokio::time::sleep(OUTAGE / 2).await;
-            chaos.redis.lock().await.resume().await;
+            let watch = async {
+                let deadline = tokio::time::Instant::now() + OUTAGE;
+                while tokio::time::Instant::now() < deadline {
+                    every_service_stays_ready(platform, "Redis down").await;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            };
+            let revoke = async {
+                let during = logged_out(platform, "revoked-during-redis").await;
+                assert_refused_everywhere(platform, &before, "with Redis down").await;
+                // Announced over Redis, which is down: the others reload the record meanwhile.
+                tokio::time::sleep(common::revocations::RELOAD_WHILE_DOWN * 2).await;
+                assert_refused_everywhere(platform, &during, "with Redis down").await;
+                during
+            };
+            let ((), during) = tokio::join!(watch, revoke);
+            chaos.redis.lock().await.resume().await; // empty: it keeps nothing across a restart
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_refused_everywhere(platform, &before, "after Redis came back empty").await;
+            assert_refused_everywhere(platform, &during, "after Redis came back empty").await;
         }
         Fault::SlowProduct => {
             // Beyond UPSTREAM_TIMEOUT below.
@@ -242,6 +262,43 @@ async fn inflict(chaos: &Chaos, fault: Fault) {
             tokio::time::sleep(OUTAGE).await;
             platform.product_link.set_delay(Duration::ZERO);
         }
+    }
+}
+
+/// A customer who registered, logged in and logged out: their access token.
+async fn logged_out(platform: &Platform, name: &str) -> String {
+    let email = format!("{name}@example.com");
+    let body = json!({"username": name, "email": email, "password": "correct horse"});
+    let (status, user) = platform.send("user", Method::POST, "/api/auth/register", None, None, Some(&body)).await;
+    assert_eq!(status, 201, "register: {user}");
+    let body = json!({"email": email, "password": "correct horse"});
+    let (status, tokens) = platform.send("user", Method::POST, "/api/auth/login", None, None, Some(&body)).await;
+    assert_eq!(status, 200, "login: {tokens}");
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let body = json!({"refresh_token": tokens["refresh_token"]});
+    let (status, out) = platform.send("user", Method::POST, "/api/auth/logout", Some(&access), None, Some(&body)).await;
+    assert_eq!(status, 204, "logout: {out}");
+    access
+}
+
+/// Every service answers a revoked token 401 (a valid customer token would get 200, or
+/// 403 from the admin-only product route).
+async fn assert_refused_everywhere(platform: &Platform, token: &str, when: &str) {
+    let asks = [
+        ("user", Method::GET, "/api/users/me"),
+        ("product", Method::POST, "/api/categories"),
+        ("order", Method::GET, "/api/cart"),
+        ("payment", Method::GET, "/api/payments"),
+    ];
+    for (service, method, path) in asks {
+        let body = json!({"name": "never made"});
+        let res =
+            platform.client.request(method, platform.url(service, path)).bearer_auth(token).json(&body).send().await;
+        let res = res.expect("the service answers");
+        let status = res.status();
+        let problem: Value = res.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 401, "{service} {path} {when}: a revoked token was accepted: {problem}");
+        assert_eq!(problem["detail"], "the access token has been revoked", "{service} {path} {when}");
     }
 }
 
