@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::auth::Authenticator;
-use common::client::Upstream;
+use common::client::{Breaker, Upstream};
 use common::config::{CommonConfig, ConfigError, Env};
 use common::db::{self, Schema};
 use common::events::Subscription;
@@ -86,6 +86,10 @@ pub struct Inner {
     pub orders: Orders,
     /// The card provider.
     pub provider: Arc<dyn Provider>,
+    /// In front of the provider's charges, with the policy of the breakers in front of the
+    /// other services: while the provider keeps failing, payments are answered `502` at
+    /// once, with nothing sent and nothing charged, instead of each waiting out its retries.
+    pub provider_breaker: Breaker,
     pub provider_timeout: Duration,
     /// How long a request may work on a charge attempt before the reconciler or a retry
     /// may take it over: every provider call it makes, with their backoff.
@@ -114,6 +118,7 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
         auth: shared.auth.clone(),
         orders: Orders::new(upstream),
         provider: Arc::new(Simulated { db: db.clone() }),
+        provider_breaker: common::client::breaker(),
         provider_timeout: config.provider_timeout,
         attempt_lease: config.provider_timeout * 4 + Duration::from_secs(1),
     });
