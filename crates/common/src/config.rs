@@ -200,10 +200,18 @@ pub struct CommonConfig {
     /// The browser origins that may call the API (`CORS_ALLOWED_ORIGINS`, comma-separated,
     /// none by default): `https://shop.example`, `http://localhost:8000`.
     pub cors_allowed_origins: Vec<axum::http::HeaderValue>,
+    /// The longest a request may run (`REQUEST_TIMEOUT`, default 30 s): past it the request
+    /// is ended (its future dropped, an open transaction rolled back) and answered
+    /// `503 unavailable`, whether its client is still waiting or has gone.
+    pub request_timeout: Duration,
 }
 
 /// librdkafka's bounds for `batch.num.messages`.
 const KAFKA_BATCH_RECORDS: std::ops::RangeInclusive<u32> = 1..=1_000_000;
+
+/// `REQUEST_TIMEOUT`'s default: above every bounded wait a request can make (three upstream
+/// tries, three provider calls with their backoff), well inside Kubernetes' grace period.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/shop";
 
@@ -275,6 +283,7 @@ impl CommonConfig {
             cache_stale_max: env.duration("CACHE_STALE_MAX", Duration::from_secs(1))?,
             l1_cache_bytes: env.bytes("L1_CACHE_BYTES", 64 << 20)?,
             cors_allowed_origins: origins(env.raw("CORS_ALLOWED_ORIGINS").unwrap_or_default())?,
+            request_timeout: env.duration("REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT)?,
         })
     }
 }
@@ -452,6 +461,13 @@ mod tests {
         let err = config(&[("DATABASE_URL", "mysql://root:hunter2@db")]).unwrap_err();
         assert_eq!(err.name, "DATABASE_URL");
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn the_request_deadline_is_configurable() {
+        assert_eq!(config(&[]).unwrap().request_timeout, Duration::from_secs(30));
+        assert_eq!(config(&[("REQUEST_TIMEOUT", "5s")]).unwrap().request_timeout, Duration::from_secs(5));
+        assert_eq!(config(&[("REQUEST_TIMEOUT", "0s")]).unwrap_err().name, "REQUEST_TIMEOUT");
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! If the provider does not answer in time, or the process dies between 2 and 4, the
 //! attempt stays `processing`: a retry with the same key, or the reconciler, asks the
 //! provider what happened and settles it. No database connection is held while the
-//! provider is called; the attempt is leased to the request working on it.
+//! provider is called; the attempt is leased to the request working on it. Steps 3 and 4
+//! run to their end even when the request's deadline ends the request (`common::finish`).
 
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ use failsafe::futures::CircuitBreaker as _;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::domain::{Outcome, PaymentStatus};
+use crate::domain::{Outcome, Payment, PaymentStatus};
 use crate::error::Error;
 use crate::orders::OrderStatus;
 use crate::provider::ProviderError;
@@ -112,6 +113,28 @@ pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idem
         }
     };
 
+    // From here on the provider may be called: the charge and its settlement run to their
+    // end even if the request is ended early (its deadline), as if the client had stayed;
+    // dropped half way, a charge that was made would wait for the reconciler, and one that
+    // was refused would be recorded as failed instead of forgotten.
+    let settling = charge_and_settle(state.clone(), attempt, resumed, request.token, key.clone(), scope);
+    match common::finish::finish(&state.requests, settling).await {
+        Ok(answer) => answer,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Steps 3 and 4 for an attempt this request holds: asks the provider (first what became
+/// of a resumed attempt), settles the attempt and stores the key's answer.
+async fn charge_and_settle(
+    state: AppState,
+    attempt: Payment,
+    resumed: bool,
+    token: String,
+    key: Idempotency,
+    scope: String,
+) -> Result<Response, ApiError> {
+    let state = &state;
     let outcome = if attempt.status == PaymentStatus::Processing {
         // A resumed attempt may have been charged by the try that started it: ask first.
         let known = if resumed {
@@ -125,7 +148,7 @@ pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idem
         };
         let outcome = match known {
             Some(outcome) => Ok(outcome),
-            None => charge(state, attempt.id, attempt.amount, &request.token).await,
+            None => charge(state, attempt.id, attempt.amount, &token).await,
         };
         match outcome {
             Ok(outcome) => Some(outcome),

@@ -28,6 +28,7 @@ use common::client::{Breaker, Upstream};
 use common::config::{CommonConfig, ConfigError, Env};
 use common::db::{self, Schema};
 use common::events::Subscription;
+use common::finish::TaskTracker;
 use common::http::{HasAuthenticator, Service, Shared};
 use secrecy::SecretString;
 use sqlx::PgPool;
@@ -94,6 +95,9 @@ pub struct Inner {
     /// How long a request may work on a charge attempt before the reconciler or a retry
     /// may take it over: every provider call it makes, with their backoff.
     pub attempt_lease: Duration,
+    /// The process's request tasks: a charge under way is finished in one of them if its
+    /// request is ended early (`REQUEST_TIMEOUT`), so shutdown still waits for it.
+    pub requests: TaskTracker,
 }
 
 impl HasAuthenticator for Inner {
@@ -121,6 +125,7 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
         provider_breaker: common::client::breaker(),
         provider_timeout: config.provider_timeout,
         attempt_lease: config.provider_timeout * 4 + Duration::from_secs(1),
+        requests: shared.requests.clone(),
     });
     shared.events.ensure_topics(&[TOPIC.to_owned()]).await;
     shared.events.spawn_relay(SERVICE, db.clone());

@@ -314,3 +314,24 @@ async fn a_charge_whose_answer_never_came_is_settled_not_lost() {
     assert_eq!(res.json::<Value>().await.unwrap()["id"], list["items"][0]["id"]);
     assert_eq!(app.provider_books(order).await.0, "12.00", "charged once");
 }
+
+#[tokio::test]
+async fn a_charge_under_way_at_the_request_deadline_is_finished_not_cut_off() {
+    // Each provider call waits out PROVIDER_TIMEOUT (300 ms) three times: longer than the
+    // deadline.
+    let app = TestApp::spawn_with(&[("REQUEST_TIMEOUT", "600ms")]).await;
+    let alice = app.customer();
+    let (order, total) = app.order(&alice, "5.00", 1).await;
+    let body = TestApp::body(order, &total, "tok_providerTimeout");
+    let res = app.pay(&alice.token, "deadline", &body).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(problem(res).await["code"], "unavailable");
+    assert!(!app.shared.requests.is_empty(), "the charge goes on in a task of its own");
+    eventually("the charge to finish", || async { app.shared.requests.is_empty() }).await;
+    // It went as it would have with the client waiting: charged, then settled.
+    eventually("the order to be paid", || async { app.order_status(order).await == "paid" }).await;
+    let res = app.pay(&alice.token, "deadline", &body).await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.json::<Value>().await.unwrap()["status"], "succeeded");
+    assert_eq!(app.provider_books(order).await.0, "5.00", "charged once");
+}
