@@ -204,6 +204,10 @@ pub struct CommonConfig {
     /// is ended (its future dropped, an open transaction rolled back) and answered
     /// `503 unavailable`, whether its client is still waiting or has gone.
     pub request_timeout: Duration,
+    /// How long a consumer remembers an event it applied (`INBOX_RETENTION`, default 14
+    /// days): longer than the broker keeps records (Kafka's default is 7 days), so that no
+    /// record it could still redeliver finds its inbox row gone.
+    pub inbox_retention: Duration,
 }
 
 /// librdkafka's bounds for `batch.num.messages`.
@@ -212,6 +216,10 @@ const KAFKA_BATCH_RECORDS: std::ops::RangeInclusive<u32> = 1..=1_000_000;
 /// `REQUEST_TIMEOUT`'s default: above every bounded wait a request can make (three upstream
 /// tries, three provider calls with their backoff), well inside Kubernetes' grace period.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `INBOX_RETENTION`'s default: twice Kafka's default retention (`log.retention.hours` =
+/// 168, 7 days).
+pub const DEFAULT_INBOX_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/shop";
 
@@ -284,6 +292,7 @@ impl CommonConfig {
             l1_cache_bytes: env.bytes("L1_CACHE_BYTES", 64 << 20)?,
             cors_allowed_origins: origins(env.raw("CORS_ALLOWED_ORIGINS").unwrap_or_default())?,
             request_timeout: env.duration("REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT)?,
+            inbox_retention: env.duration("INBOX_RETENTION", DEFAULT_INBOX_RETENTION)?,
         })
     }
 }
@@ -468,6 +477,13 @@ mod tests {
         assert_eq!(config(&[]).unwrap().request_timeout, Duration::from_secs(30));
         assert_eq!(config(&[("REQUEST_TIMEOUT", "5s")]).unwrap().request_timeout, Duration::from_secs(5));
         assert_eq!(config(&[("REQUEST_TIMEOUT", "0s")]).unwrap_err().name, "REQUEST_TIMEOUT");
+    }
+
+    #[test]
+    fn inbox_retention_is_configurable() {
+        assert_eq!(config(&[]).unwrap().inbox_retention, Duration::from_secs(14 * 86_400));
+        assert_eq!(config(&[("INBOX_RETENTION", "30d")]).unwrap().inbox_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(config(&[("INBOX_RETENTION", "forever")]).unwrap_err().name, "INBOX_RETENTION");
     }
 
     #[test]

@@ -455,3 +455,46 @@ async fn work_that_emits_wakes_the_relay_once_it_is_done_instead_of_waiting_for_
     wait_for_effects(&pool, 2).await;
     relay.abort();
 }
+
+#[tokio::test]
+async fn inbox_rows_older_than_the_retention_are_pruned_in_batches_and_recent_ones_stay() {
+    let (_db, pool) = schema().await;
+    let retention = Duration::from_secs(14 * 24 * 3600);
+    // More old rows than one batch deletes, some recent ones, and one applied just now.
+    sqlx::query(
+        "INSERT INTO inbox (event_id, topic, event_type, applied_at)
+         SELECT gen_random_uuid(), 'test.events', 'test.happened', now() - interval '15 days' - n * interval '1 minute'
+         FROM generate_series(1, 2500) n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let recent: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO inbox (event_id, topic, event_type, applied_at)
+         SELECT gen_random_uuid(), 'test.events', 'test.happened', now() - interval '13 days 23 hours'
+         FROM generate_series(1, 3) RETURNING event_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let now = Envelope {
+        id: Uuid::now_v7(),
+        event_type: "test.happened".into(),
+        occurred_at: chrono::Utc::now(),
+        aggregate_id: Uuid::now_v7(),
+        data: serde_json::json!({"n": 1}),
+    };
+    assert_eq!(events::apply_once(&pool, &RecordEffect, TOPIC, &now).await.unwrap(), events::Delivery::Applied);
+
+    assert_eq!(events::prune_inbox(&pool, retention).await.unwrap(), 2500);
+    let mut kept: Vec<Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM inbox ORDER BY applied_at").fetch_all(&pool).await.unwrap();
+    assert_eq!(kept.pop(), Some(now.id));
+    let mut expected = recent.clone();
+    expected.sort_unstable();
+    kept.sort_unstable();
+    assert_eq!(kept, expected, "the recent rows stay");
+    // What is kept still makes a redelivery a no-op; pruning again finds nothing.
+    assert_eq!(events::apply_once(&pool, &RecordEffect, TOPIC, &now).await.unwrap(), events::Delivery::Duplicate);
+    assert_eq!(events::prune_inbox(&pool, retention).await.unwrap(), 0);
+}

@@ -138,6 +138,7 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
             handler: Arc::new(events::OrderEvents { state: state.clone() }),
         })
         .await;
+    common::events::spawn_inbox_pruning(SERVICE, db.clone(), config.common.inbox_retention);
     tokio::spawn(jobs::run(state.clone()));
     let (router, openapi) = http::routes().split_for_parts();
     Ok(Service { name: SERVICE, router: router.with_state(state), openapi, db })
