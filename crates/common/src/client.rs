@@ -25,14 +25,25 @@ use crate::auth::Authenticator;
 use crate::error::{ApiError, ErrorCode};
 use crate::{request_id, trace};
 
-/// Consecutive failures that open an upstream's breaker.
-const FAILURES_TO_OPEN: u32 = 5;
+/// Consecutive failures that open a breaker.
+pub const FAILURES_TO_OPEN: u32 = 5;
 /// How long an open breaker waits before a trial call (jittered, growing while it fails).
 const OPEN_FOR: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(30));
 const RETRY_BASE: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_millis(800);
 
-type Breaker = StateMachine<ConsecutiveFailures<EqualJittered>, ()>;
+/// A circuit breaker with the platform's one policy: open after [`FAILURES_TO_OPEN`]
+/// failures in a row, then let a trial call through after a jittered pause that grows
+/// while trials fail. Cloning it shares its state.
+pub type Breaker = StateMachine<ConsecutiveFailures<EqualJittered>, ()>;
+
+/// A fresh breaker, closed: the one in front of each upstream service here, and the one
+/// in front of the card provider (payment service).
+pub fn breaker() -> Breaker {
+    let policy =
+        failure_policy::consecutive_failures(FAILURES_TO_OPEN, backoff::equal_jittered(OPEN_FOR.0, OPEN_FOR.1));
+    Config::new().failure_policy(policy).build()
+}
 
 /// How a call to an upstream went wrong (a 4xx answer is not an error: it is the
 /// upstream's answer, and the caller decides what it means).
@@ -114,15 +125,13 @@ impl Upstream {
         timeout: Duration,
         auth: Arc<Authenticator>,
     ) -> Self {
-        let policy =
-            failure_policy::consecutive_failures(FAILURES_TO_OPEN, backoff::equal_jittered(OPEN_FOR.0, OPEN_FOR.1));
         Self {
             name,
             base_url: base_url.trim_end_matches('/').into(),
             caller,
             http: reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(30)).build().unwrap_or_default(),
             timeout,
-            breaker: Config::new().failure_policy(policy).build(),
+            breaker: breaker(),
             auth,
         }
     }

@@ -203,10 +203,26 @@ pub struct CommonConfig {
     /// Where a service outside the user service's process reads the revoked sessions
     /// (`USER_SERVICE_URL`, default `http://127.0.0.1:8081`; unused in `shop`).
     pub user_service_url: String,
+    /// The longest a request may run (`REQUEST_TIMEOUT`, default 30 s): past it the request
+    /// is ended (its future dropped, an open transaction rolled back) and answered
+    /// `503 unavailable`, whether its client is still waiting or has gone.
+    pub request_timeout: Duration,
+    /// How long a consumer remembers an event it applied (`INBOX_RETENTION`, default 14
+    /// days): longer than the broker keeps records (Kafka's default is 7 days), so that no
+    /// record it could still redeliver finds its inbox row gone.
+    pub inbox_retention: Duration,
 }
 
 /// librdkafka's bounds for `batch.num.messages`.
 const KAFKA_BATCH_RECORDS: std::ops::RangeInclusive<u32> = 1..=1_000_000;
+
+/// `REQUEST_TIMEOUT`'s default: above every bounded wait a request can make (three upstream
+/// tries, three provider calls with their backoff), well inside Kubernetes' grace period.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `INBOX_RETENTION`'s default: twice Kafka's default retention (`log.retention.hours` =
+/// 168, 7 days).
+pub const DEFAULT_INBOX_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/shop";
 
@@ -279,6 +295,8 @@ impl CommonConfig {
             l1_cache_bytes: env.bytes("L1_CACHE_BYTES", 64 << 20)?,
             cors_allowed_origins: origins(env.raw("CORS_ALLOWED_ORIGINS").unwrap_or_default())?,
             user_service_url: service_url(env, "USER_SERVICE_URL", "http://127.0.0.1:8081")?,
+            request_timeout: env.duration("REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT)?,
+            inbox_retention: env.duration("INBOX_RETENTION", DEFAULT_INBOX_RETENTION)?,
         })
     }
 }
@@ -339,38 +357,49 @@ impl CommonConfig {
 }
 
 /// What a binary was asked to do: serve (no arguments), apply its migrations and exit
-/// (`migrate`, what the Kubernetes migration Job runs), or, where the catalogue lives,
-/// fill it (`seed --products N`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// (`migrate`, what the Kubernetes migration Job runs), where the catalogue lives, fill it
+/// (`seed --products N`), or put a topic's dead letters back on it (`dlq replay TOPIC`,
+/// every binary: [`crate::events::kafka::replay_command`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Serve,
     Migrate,
     Seed(usize),
+    /// Republish the records of `<topic>.dlq` to the topics they came from.
+    DlqReplay(String),
 }
+
+/// The lines every binary's usage ends with: the commands every binary has.
+const SHARED_USAGE: &str = "  dlq replay TOPIC   republish the dead letters of TOPIC.dlq (KAFKA_BROKERS) to the topic\n                     each came from, commit, print how many, and exit\n\nConfigured by environment variables; see README.md.";
 
 impl Command {
     /// Reads the command line (`seed` only if `can_seed`); prints `usage` and exits, with
     /// 0 when help was asked for and 2 on anything it does not know.
     pub fn from_args(usage: &str, can_seed: bool) -> Self {
         let args: Vec<String> = std::env::args().skip(1).collect();
-        match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-            [] => Self::Serve,
-            ["migrate"] => Self::Migrate,
-            ["seed", "--products", n] if can_seed => match n.parse() {
-                Ok(count) => Self::Seed(count),
-                Err(_) => Self::usage(usage),
-            },
-            ["-h" | "--help" | "help"] => {
-                println!("{usage}");
+        Self::parse(&args, can_seed).unwrap_or_else(|help| {
+            if help {
+                println!("{usage}\n{SHARED_USAGE}");
                 std::process::exit(0)
             }
-            _ => Self::usage(usage),
-        }
+            eprintln!("{usage}\n{SHARED_USAGE}");
+            std::process::exit(2)
+        })
     }
 
-    fn usage(usage: &str) -> ! {
-        eprintln!("{usage}");
-        std::process::exit(2)
+    /// The command `args` ask for, or whether help was asked for (`Err(true)`) or they make
+    /// no sense (`Err(false)`).
+    pub fn parse(args: &[String], can_seed: bool) -> Result<Self, bool> {
+        match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            [] => Ok(Self::Serve),
+            ["migrate"] => Ok(Self::Migrate),
+            ["seed", "--products", n] if can_seed => n.parse().map(Self::Seed).map_err(|_| false),
+            ["dlq", "replay", topic] if !topic.is_empty() && !topic.starts_with('-') => {
+                Ok(Self::DlqReplay((*topic).to_owned()))
+            }
+            ["-h" | "--help" | "help"] => Err(true),
+            _ => Err(false),
+        }
     }
 }
 
@@ -465,6 +494,36 @@ mod tests {
         let err = config(&[("DATABASE_URL", "mysql://root:hunter2@db")]).unwrap_err();
         assert_eq!(err.name, "DATABASE_URL");
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn the_request_deadline_is_configurable() {
+        assert_eq!(config(&[]).unwrap().request_timeout, Duration::from_secs(30));
+        assert_eq!(config(&[("REQUEST_TIMEOUT", "5s")]).unwrap().request_timeout, Duration::from_secs(5));
+        assert_eq!(config(&[("REQUEST_TIMEOUT", "0s")]).unwrap_err().name, "REQUEST_TIMEOUT");
+    }
+
+    #[test]
+    fn inbox_retention_is_configurable() {
+        assert_eq!(config(&[]).unwrap().inbox_retention, Duration::from_secs(14 * 86_400));
+        assert_eq!(config(&[("INBOX_RETENTION", "30d")]).unwrap().inbox_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(config(&[("INBOX_RETENTION", "forever")]).unwrap_err().name, "INBOX_RETENTION");
+    }
+
+    #[test]
+    fn every_binary_takes_dlq_replay_of_a_topic() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(Command::parse(&args(&[]), false), Ok(Command::Serve));
+        assert_eq!(Command::parse(&args(&["migrate"]), false), Ok(Command::Migrate));
+        assert_eq!(
+            Command::parse(&args(&["dlq", "replay", "order.events"]), false),
+            Ok(Command::DlqReplay("order.events".into()))
+        );
+        assert_eq!(Command::parse(&args(&["seed", "--products", "5"]), true), Ok(Command::Seed(5)));
+        assert_eq!(Command::parse(&args(&["seed", "--products", "5"]), false), Err(false));
+        assert_eq!(Command::parse(&args(&["dlq", "replay"]), false), Err(false));
+        assert_eq!(Command::parse(&args(&["dlq", "replay", "--all"]), false), Err(false));
+        assert_eq!(Command::parse(&args(&["--help"]), false), Err(true));
     }
 
     #[test]

@@ -14,7 +14,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use futures::FutureExt as _;
-use tokio_util::task::TaskTracker;
+/// Where finished-in-a-task work is tracked (`Shared::requests`).
+pub use tokio_util::task::TaskTracker;
 
 /// Runs `work` to completion, tracked by `tracker` (so that shutdown waits for it), in the
 /// caller's task while the caller waits and in a task of its own once the caller stops

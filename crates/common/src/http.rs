@@ -193,6 +193,8 @@ pub struct Shared {
     pub draining: Draining,
     /// Every request's task, so that shutdown waits for those whose client left too.
     pub requests: TaskTracker,
+    /// The longest a request may run before it is ended (`REQUEST_TIMEOUT`).
+    pub request_timeout: Duration,
 }
 
 /// Whether the process has been asked to stop. Until the listener closes it still serves,
@@ -239,6 +241,7 @@ impl Shared {
             cors_allowed_origins: config.cors_allowed_origins.clone(),
             draining: Draining::default(),
             requests: TaskTracker::new(),
+            request_timeout: config.request_timeout,
         })
     }
 
@@ -294,6 +297,7 @@ pub fn app(services: Vec<Service>, shared: Shared) -> Router {
             Shell {
                 requests: shared.requests.clone(),
                 trust_forwarded_for: shared.trust_forwarded_for,
+                request_timeout: shared.request_timeout,
                 metrics: Arc::default(),
             },
             around_request,
@@ -305,11 +309,12 @@ pub fn app(services: Vec<Service>, shared: Shared) -> Router {
 }
 
 /// What [`around_request`] needs: where request tasks are tracked, whether to believe
-/// `X-Forwarded-For`, and the request metrics' handles.
+/// `X-Forwarded-For`, the requests' deadline and the request metrics' handles.
 #[derive(Clone)]
 struct Shell {
     requests: TaskTracker,
     trust_forwarded_for: bool,
+    request_timeout: Duration,
     metrics: Arc<RequestMetrics>,
 }
 
@@ -317,8 +322,9 @@ struct Shell {
 /// boxed future and a service clone per request, which showed in the profile of a cached
 /// read): its id, client address, span and trace context are settled; it runs to
 /// completion even if its client leaves ([`finish`]), tracked, so that shutdown waits for
-/// it; its answer is compressed if the client accepts that; a bare error becomes a
-/// problem; a panic is answered 500; it is logged and counted.
+/// it, but no longer than its deadline ([`deadline_passed`]); its answer is compressed if
+/// the client accepts that; a bare error becomes a problem; a panic is answered 500; it
+/// is logged and counted.
 async fn around_request(State(shell): State<Shell>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id::of(&request);
@@ -331,8 +337,13 @@ async fn around_request(State(shell): State<Shell>, mut request: Request, next: 
     let traceparent = request.headers().get(&trace::TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let compress = Encoding::preferred(request.headers()).is_some();
     // Relays are woken for what the request emitted once it is done (and committed).
+    let deadline = shell.request_timeout;
     let work = events::waking(async move {
-        let response = if compress { browsers::compressed(next, request).await } else { next.run(request).await };
+        let handled =
+            async move { if compress { browsers::compressed(next, request).await } else { next.run(request).await } };
+        // Inside `finish`, so that the deadline ends the request whether or not its client
+        // still waits; inside `waking`, so that what it committed before is still published.
+        let response = tokio::time::timeout(deadline, handled).await.unwrap_or_else(|_| deadline_passed(deadline));
         problem_for_bare_errors(response)
     });
     let work = request_id::scope(id.clone(), work);
@@ -351,6 +362,21 @@ async fn around_request(State(shell): State<Shell>, mut request: Request, next: 
         response.headers_mut().insert(request_id::X_REQUEST_ID.clone(), header);
     }
     response
+}
+
+/// The answer to a request still running at its deadline (`REQUEST_TIMEOUT`). By then its
+/// handler has been dropped at the await it was waiting on: an open transaction is rolled
+/// back (sqlx rolls back a transaction dropped uncommitted), and each multi-step
+/// effect of the platform is written to survive being cut off there as it survives a
+/// crash (a checkout's record is released by the recovery job, a refund is carried out by
+/// the refund job); a charge under way is not cut off at all (`payment::charge`). `503
+/// unavailable` is the contract's code for "not now, retry": the request was not refused,
+/// it was given up on, and a retry with its Idempotency-Key finds what it had done.
+fn deadline_passed(deadline: Duration) -> Response {
+    tracing::warn!(deadline_ms = deadline.as_millis() as u64, "the request ran past its deadline and was ended");
+    ApiError::new(ErrorCode::Unavailable)
+        .with_detail("the request took longer than the server allows and was stopped; retry it later")
+        .into_response()
 }
 
 /// The request's span: with OpenTelemetry recording, a server span in its terms (the

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::db::{self, Schema};
@@ -49,6 +50,23 @@ impl EventHandler for RecordEffect {
                 .execute(tx)
                 .await?;
             Ok(())
+        })
+    }
+}
+
+/// Fails on `test.fixable` until it is fixed, as a consumer with a bug does until its fix
+/// is deployed; applies everything else as [`RecordEffect`] does.
+#[derive(Default)]
+struct Fixable {
+    fixed: AtomicBool,
+}
+
+impl EventHandler for Fixable {
+    fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a Envelope) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let broken = event.event_type == "test.fixable" && !self.fixed.load(Ordering::SeqCst);
+            anyhow::ensure!(!broken, "a bug, fixed in the next release");
+            RecordEffect.handle(tx, event).await
         })
     }
 }
@@ -454,4 +472,91 @@ async fn work_that_emits_wakes_the_relay_once_it_is_done_instead_of_waiting_for_
     events::wake(TOPIC);
     wait_for_effects(&pool, 2).await;
     relay.abort();
+}
+
+#[tokio::test]
+async fn inbox_rows_older_than_the_retention_are_pruned_in_batches_and_recent_ones_stay() {
+    let (_db, pool) = schema().await;
+    let retention = Duration::from_secs(14 * 24 * 3600);
+    // More old rows than one batch deletes, some recent ones, and one applied just now.
+    sqlx::query(
+        "INSERT INTO inbox (event_id, topic, event_type, applied_at)
+         SELECT gen_random_uuid(), 'test.events', 'test.happened', now() - interval '15 days' - n * interval '1 minute'
+         FROM generate_series(1, 2500) n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let recent: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO inbox (event_id, topic, event_type, applied_at)
+         SELECT gen_random_uuid(), 'test.events', 'test.happened', now() - interval '13 days 23 hours'
+         FROM generate_series(1, 3) RETURNING event_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let now = Envelope {
+        id: Uuid::now_v7(),
+        event_type: "test.happened".into(),
+        occurred_at: chrono::Utc::now(),
+        aggregate_id: Uuid::now_v7(),
+        data: serde_json::json!({"n": 1}),
+    };
+    assert_eq!(events::apply_once(&pool, &RecordEffect, TOPIC, &now).await.unwrap(), events::Delivery::Applied);
+
+    assert_eq!(events::prune_inbox(&pool, retention).await.unwrap(), 2500);
+    let mut kept: Vec<Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM inbox ORDER BY applied_at").fetch_all(&pool).await.unwrap();
+    assert_eq!(kept.pop(), Some(now.id));
+    let mut expected = recent.clone();
+    expected.sort_unstable();
+    kept.sort_unstable();
+    assert_eq!(kept, expected, "the recent rows stay");
+    // What is kept still makes a redelivery a no-op; pruning again finds nothing.
+    assert_eq!(events::apply_once(&pool, &RecordEffect, TOPIC, &now).await.unwrap(), events::Delivery::Duplicate);
+    assert_eq!(events::prune_inbox(&pool, retention).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_dead_letter_replayed_to_its_topic_is_applied_once_its_handler_is_fixed() {
+    let broker = TestBroker::start().await;
+    let (_db, pool) = schema().await;
+    let events = kafka(&broker).await;
+    let relay = Relay::new("test", pool.clone(), events.clone());
+    let handler = Arc::new(Fixable::default());
+    let subscription = Subscription {
+        group: format!("test-{}", Uuid::new_v4().simple()),
+        topics: vec![TOPIC.to_owned()],
+        db: pool.clone(),
+        handler: handler.clone(),
+    };
+    events.subscribe(subscription).await;
+    let aggregate = Uuid::now_v7();
+    let stuck = emit_committed(&pool, "test.fixable", aggregate, 1).await;
+    drain(&relay).await;
+    let dead = read_topic(&broker.brokers(), &events::dead_letter_topic(TOPIC), 1, Duration::from_secs(30)).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(effects(&pool).await.is_empty());
+
+    // The fix is deployed; the operator replays the topic's dead letters.
+    handler.fixed.store(true, Ordering::SeqCst);
+    let events::Events::Kafka(client) = &events else { unreachable!() };
+    assert_eq!(client.replay_dead_letters(TOPIC).await.unwrap(), 1);
+    assert_eq!(wait_for_effects(&pool, 1).await, [(stuck.id, 1)], "the running consumer applied it");
+
+    // Back on its topic as it first was: same key and value, its headers without the
+    // dead letter's.
+    let records = read_topic(&broker.brokers(), TOPIC, 2, Duration::from_secs(20)).await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    let (first, replayed) = (&records[0], &records[1]);
+    assert_eq!((replayed.key.as_deref(), &replayed.value), (Some(aggregate.to_string().as_str()), &first.value));
+    assert_eq!(replayed.headers, first.headers);
+    assert!(dead[0].headers.keys().any(|k| k.starts_with("dlq-")));
+
+    // The replay committed how far it got: the next one has nothing to send, and the
+    // effect stays single.
+    assert_eq!(client.replay_dead_letters(TOPIC).await.unwrap(), 0);
+    assert_eq!(client.replay_dead_letters(&events::dead_letter_topic(TOPIC)).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(effects(&pool).await.len(), 1);
 }

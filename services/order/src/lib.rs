@@ -160,6 +160,7 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
             handler: Arc::new(events::PaymentEvents { db: db.clone(), live: live.clone() }),
         })
         .await;
+    common::events::spawn_inbox_pruning(SERVICE, db.clone(), config.common.inbox_retention);
     tokio::spawn(jobs::run(db.clone(), live, config.checkout_recovery_after));
     let (router, openapi) = http::routes().split_for_parts();
     Ok(Service { name: SERVICE, router: router.with_state(state), openapi, db })

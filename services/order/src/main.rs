@@ -1,10 +1,11 @@
 //! The order service on its own: `order-service` migrates (unless told not to) and serves
-//! until SIGTERM; `order-service migrate` only migrates.
+//! until SIGTERM; `order-service migrate` only migrates; `order-service dlq replay TOPIC`
+//! puts the dead letters of `TOPIC.dlq` back on their topics.
 
 use common::config::{Command, Env};
 use common::http::Shared;
 
-const USAGE: &str = "usage: order-service [migrate]\n\n  (no command)  migrate (unless MIGRATE_ON_START=false) and serve\n  migrate       apply the schema's migrations and exit";
+const USAGE: &str = "usage: order-service [migrate | dlq replay TOPIC]\n\n  (no command)  migrate (unless MIGRATE_ON_START=false) and serve\n  migrate       apply the schema's migrations and exit";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -14,6 +15,9 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(2);
     });
     let _telemetry = common::telemetry::init_tracing(&config.common, "order-service");
+    if let Command::DlqReplay(topic) = &command {
+        return common::events::kafka::replay_command(&config.common, topic).await;
+    }
     if command == Command::Migrate {
         return order::migrate(&config.common.database_url).await;
     }

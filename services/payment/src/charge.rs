@@ -4,14 +4,16 @@
 //! 2. The attempt is recorded as `processing` and committed before the provider is called;
 //!    the database allows one such attempt (or success) per order.
 //! 3. The provider is called with the payment's id as its idempotency key, retried with
-//!    backoff while it is unavailable.
+//!    backoff while it is unavailable, through a circuit breaker: while the provider keeps
+//!    failing, nothing is sent and the payment is `502` at once, nothing charged.
 //! 4. One transaction settles the attempt with its event and stores the Idempotency-Key's
 //!    response. A charge for an order that closed meanwhile is refunded in it.
 //!
 //! If the provider does not answer in time, or the process dies between 2 and 4, the
 //! attempt stays `processing`: a retry with the same key, or the reconciler, asks the
 //! provider what happened and settles it. No database connection is held while the
-//! provider is called; the attempt is leased to the request working on it.
+//! provider is called; the attempt is leased to the request working on it. Steps 3 and 4
+//! run to their end even when the request's deadline ends the request (`common::finish`).
 
 use std::time::Duration;
 
@@ -23,10 +25,11 @@ use common::backoff::Backoff;
 use common::extract::Json;
 use common::idempotency::{Begin, Idempotency};
 use common::money::Money;
+use failsafe::futures::CircuitBreaker as _;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::domain::{Outcome, PaymentStatus};
+use crate::domain::{Outcome, Payment, PaymentStatus};
 use crate::error::Error;
 use crate::orders::OrderStatus;
 use crate::provider::ProviderError;
@@ -44,6 +47,8 @@ pub struct Request {
 const PROVIDER_ATTEMPTS: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// The provider's name in the breaker's metrics (`upstream_rejected_total`).
+const PROVIDER: &str = "card_provider";
 
 /// Why a charge got no answer.
 enum NoAnswer {
@@ -108,6 +113,28 @@ pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idem
         }
     };
 
+    // From here on the provider may be called: the charge and its settlement run to their
+    // end even if the request is ended early (its deadline), as if the client had stayed;
+    // dropped half way, a charge that was made would wait for the reconciler, and one that
+    // was refused would be recorded as failed instead of forgotten.
+    let settling = charge_and_settle(state.clone(), attempt, resumed, request.token, key.clone(), scope);
+    match common::finish::finish(&state.requests, settling).await {
+        Ok(answer) => answer,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Steps 3 and 4 for an attempt this request holds: asks the provider (first what became
+/// of a resumed attempt), settles the attempt and stores the key's answer.
+async fn charge_and_settle(
+    state: AppState,
+    attempt: Payment,
+    resumed: bool,
+    token: String,
+    key: Idempotency,
+    scope: String,
+) -> Result<Response, ApiError> {
+    let state = &state;
     let outcome = if attempt.status == PaymentStatus::Processing {
         // A resumed attempt may have been charged by the try that started it: ask first.
         let known = if resumed {
@@ -121,7 +148,7 @@ pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idem
         };
         let outcome = match known {
             Some(outcome) => Ok(outcome),
-            None => charge(state, attempt.id, attempt.amount, &request.token).await,
+            None => charge(state, attempt.id, attempt.amount, &token).await,
         };
         match outcome {
             Ok(outcome) => Some(outcome),
@@ -161,17 +188,33 @@ pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idem
     Ok((StatusCode::CREATED, Json(payment)).into_response())
 }
 
-/// Calls the provider, retrying with exponential backoff and jitter while it is
-/// unavailable or slow (safe: the payment id makes the charge idempotent).
+/// Calls the provider through its circuit breaker, retrying with exponential backoff and
+/// jitter while it is unavailable or slow (safe: the payment id makes the charge
+/// idempotent). While the breaker is open nothing is sent: a first call turned away means
+/// nothing can have been charged.
 async fn charge(state: &AppState, payment_id: Uuid, amount: Money, token: &str) -> Result<Outcome, NoAnswer> {
     let mut timed_out = false;
     let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     for attempt in 1..=PROVIDER_ATTEMPTS {
-        match tokio::time::timeout(state.provider_timeout, state.provider.charge(payment_id, amount, token)).await {
-            Ok(Ok(outcome)) => return Ok(outcome),
-            Ok(Err(ProviderError::InvalidToken)) => return Err(NoAnswer::InvalidToken),
-            Ok(Err(ProviderError::Unavailable)) => {}
-            Ok(Err(ProviderError::Unknown)) | Err(_) => timed_out = true,
+        let call = async {
+            // Counted here, inside the breaker: only calls that reach the provider.
+            metrics::counter!("provider_calls_total").increment(1);
+            match tokio::time::timeout(state.provider_timeout, state.provider.charge(payment_id, amount, token)).await {
+                Ok(answer) => answer,
+                Err(_elapsed) => Err(ProviderError::Unknown),
+            }
+        };
+        match state.provider_breaker.call_with(is_failure, call).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(failsafe::Error::Inner(ProviderError::InvalidToken)) => return Err(NoAnswer::InvalidToken),
+            Err(failsafe::Error::Inner(ProviderError::Unavailable)) => {}
+            Err(failsafe::Error::Inner(ProviderError::Unknown)) => timed_out = true,
+            Err(failsafe::Error::Rejected) => {
+                // The same counter as the other services' breakers, so the same alert.
+                metrics::counter!("upstream_rejected_total", "upstream" => PROVIDER).increment(1);
+                tracing::warn!(%payment_id, attempt, "the card provider's circuit breaker is open; not charging");
+                break;
+            }
         }
         metrics::counter!("provider_errors_total").increment(1);
         if attempt < PROVIDER_ATTEMPTS {
@@ -180,4 +223,10 @@ async fn charge(state: &AppState, payment_id: Uuid, amount: Money, token: &str) 
         }
     }
     Err(if timed_out { NoAnswer::Timeout } else { NoAnswer::Unavailable })
+}
+
+/// What counts against the provider in its breaker: no answer. A token it does not know
+/// is an answer.
+fn is_failure(err: &ProviderError) -> bool {
+    !matches!(err, ProviderError::InvalidToken)
 }

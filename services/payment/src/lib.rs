@@ -25,10 +25,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::auth::Authenticator;
-use common::client::Upstream;
+use common::client::{Breaker, Upstream};
 use common::config::{CommonConfig, ConfigError, Env};
 use common::db::{self, Schema};
 use common::events::Subscription;
+use common::finish::TaskTracker;
 use common::http::{HasAuthenticator, Service, Shared};
 use common::ratelimit::Limiter;
 use secrecy::SecretString;
@@ -88,12 +89,19 @@ pub struct Inner {
     pub orders: Orders,
     /// The card provider.
     pub provider: Arc<dyn Provider>,
+    /// In front of the provider's charges, with the policy of the breakers in front of the
+    /// other services: while the provider keeps failing, payments are answered `502` at
+    /// once, with nothing sent and nothing charged, instead of each waiting out its retries.
+    pub provider_breaker: Breaker,
     pub provider_timeout: Duration,
     /// How long a request may work on a charge attempt before the reconciler or a retry
     /// may take it over: every provider call it makes, with their backoff.
     pub attempt_lease: Duration,
     /// Payments per customer.
     pub payment_limiter: Limiter,
+    /// The process's request tasks: a charge under way is finished in one of them if its
+    /// request is ended early (`REQUEST_TIMEOUT`), so shutdown still waits for it.
+    pub requests: TaskTracker,
 }
 
 impl HasAuthenticator for Inner {
@@ -118,9 +126,11 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
         auth: shared.auth.clone(),
         orders: Orders::new(upstream),
         provider: Arc::new(Simulated { db: db.clone() }),
+        provider_breaker: common::client::breaker(),
         provider_timeout: config.provider_timeout,
         attempt_lease: config.provider_timeout * 4 + Duration::from_secs(1),
         payment_limiter: shared.limiter("payment", config.payments_per_minute, Duration::from_secs(60)),
+        requests: shared.requests.clone(),
     });
     shared.events.ensure_topics(&[TOPIC.to_owned()]).await;
     shared.events.spawn_relay(SERVICE, db.clone());
@@ -133,6 +143,7 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
             handler: Arc::new(events::OrderEvents { state: state.clone() }),
         })
         .await;
+    common::events::spawn_inbox_pruning(SERVICE, db.clone(), config.common.inbox_retention);
     tokio::spawn(jobs::run(state.clone()));
     let (router, openapi) = http::routes().split_for_parts();
     Ok(Service { name: SERVICE, router: router.with_state(state), openapi, db })

@@ -93,6 +93,7 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
             handler: Arc::new(events::OrderEvents { catalog, db: db.clone() }),
         })
         .await;
+    common::events::spawn_inbox_pruning(SERVICE, db.clone(), config.common.inbox_retention);
     let (router, openapi) = http::routes().split_for_parts();
     Ok(Service { name: SERVICE, router: router.with_state(state), openapi, db })
 }

@@ -1,11 +1,12 @@
 //! The product service on its own: `product-service` migrates (unless told not to) and
 //! serves, `product-service migrate` only migrates, `product-service seed --products N`
-//! fills the catalogue.
+//! fills the catalogue, `product-service dlq replay TOPIC` puts the dead letters of
+//! `TOPIC.dlq` back on their topics.
 
 use common::config::{Command, Env};
 use common::http::Shared;
 
-const USAGE: &str = "usage: product-service [migrate | seed --products N]\n\n  (no command)       migrate (unless MIGRATE_ON_START=false) and serve\n  migrate            apply the schema's migrations and exit\n  seed --products N  migrate, then add N generated products to the catalogue";
+const USAGE: &str = "usage: product-service [migrate | seed --products N | dlq replay TOPIC]\n\n  (no command)       migrate (unless MIGRATE_ON_START=false) and serve\n  migrate            apply the schema's migrations and exit\n  seed --products N  migrate, then add N generated products to the catalogue";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -15,6 +16,9 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(2);
     });
     let _telemetry = common::telemetry::init_tracing(&config.common, "product-service");
+    if let Command::DlqReplay(topic) = &command {
+        return common::events::kafka::replay_command(&config.common, topic).await;
+    }
     if command == Command::Migrate {
         return product::migrate(&config.common.database_url).await;
     }

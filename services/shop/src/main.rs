@@ -3,7 +3,8 @@
 //! - `shop` creates the database if it is missing, migrates every schema and serves
 //!   every service's routes on `PORT` (default 8080);
 //! - the storefront (`storefront/`) is served at `/`;
-//! - `shop migrate` only creates the database and migrates.
+//! - `shop migrate` only creates the database and migrates;
+//! - `shop dlq replay TOPIC` puts the dead letters of `TOPIC.dlq` back on their topics.
 //!
 //! With no `REDIS_URL` the cache, revocations, rate limits and WebSocket fan-out live
 //! in-process; with no `KAFKA_BROKERS` events go to the other services in-process.
@@ -13,7 +14,7 @@ mod storefront;
 use common::config::{Command, CommonConfig, ConfigError, Env};
 use common::http::Shared;
 
-const USAGE: &str = "usage: shop [migrate | seed --products N]\n\n  (no command)          create the database if missing, migrate, and serve the whole API\n  migrate               create the database if missing and apply every migration\n  seed --products N     migrate, then add N generated products to the catalogue\n\nConfigured by environment variables; see README.md.";
+const USAGE: &str = "usage: shop [migrate | seed --products N | dlq replay TOPIC]\n\n  (no command)          create the database if missing, migrate, and serve the whole API\n  migrate               create the database if missing and apply every migration\n  seed --products N     migrate, then add N generated products to the catalogue";
 
 /// The default port of the all-in-one binary.
 const DEFAULT_PORT: u16 = 8080;
@@ -48,8 +49,12 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(2);
     });
     let _telemetry = common::telemetry::init_tracing(&config.common, "shop");
-    common::db::ensure_database(&config.common.database_url).await?;
+    if !matches!(command, Command::DlqReplay(_)) {
+        // Every other command works on the database, which may not exist yet.
+        common::db::ensure_database(&config.common.database_url).await?;
+    }
     match command {
+        Command::DlqReplay(topic) => common::events::kafka::replay_command(&config.common, &topic).await,
         Command::Migrate => {
             migrate(&config).await?;
             tracing::info!("every schema is migrated");

@@ -1,7 +1,9 @@
 //! Kafka through rdkafka: an idempotent `acks=all` producer for the relays, topic
-//! creation (the local broker does not create topics on its own), and consumers that
-//! commit a record's offset only after its effect has committed.
+//! creation (the local broker does not create topics on its own), consumers that commit a
+//! record's offset only after its effect has committed, and the replay of dead letters
+//! (`<binary> dlq replay <topic>`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::relay::OutboxRow;
 use super::{Delivery, Envelope, Subscription, dead_letter_topic, deliver};
@@ -31,6 +34,11 @@ const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
 /// The header that carries why a record was dead-lettered.
 pub const ERROR_HEADER: &str = "dlq-error";
+/// The header that names the topic a dead letter came from (the others: `dlq-error`,
+/// `dlq-source-partition`, `dlq-source-offset`); every `dlq-` header is dropped on replay.
+pub const SOURCE_TOPIC_HEADER: &str = "dlq-source-topic";
+/// How long a replay waits for the broker's metadata, offsets or the next record.
+const REPLAY_WAIT: Duration = Duration::from_secs(10);
 
 /// The process's connection to Kafka.
 pub struct Kafka {
@@ -283,7 +291,7 @@ async fn dead_letter(kafka: &Kafka, message: &BorrowedMessage<'_>, reason: &str)
         }
         let headers = headers
             .insert(Header { key: ERROR_HEADER, value: Some(reason) })
-            .insert(Header { key: "dlq-source-topic", value: Some(message.topic()) })
+            .insert(Header { key: SOURCE_TOPIC_HEADER, value: Some(message.topic()) })
             .insert(Header { key: "dlq-source-partition", value: Some(&partition) })
             .insert(Header { key: "dlq-source-offset", value: Some(&offset) });
         match kafka.publish(&topic, &key, payload, headers).await {
@@ -306,4 +314,117 @@ async fn dead_letter(kafka: &Kafka, message: &BorrowedMessage<'_>, reason: &str)
             }
         }
     }
+}
+
+/// The dead-letter topic `dlq replay` reads for `topic`: `<topic>.dlq`, or `topic` itself
+/// when it names one already.
+pub fn dead_letters_of(topic: &str) -> String {
+    if topic.ends_with(".dlq") { topic.to_owned() } else { dead_letter_topic(topic) }
+}
+
+/// The consumer group whose committed offsets say how much of a dead-letter topic has
+/// been replayed, so that a second replay does not send the same records again.
+pub fn replay_group(dead_letters: &str) -> String {
+    format!("dlq-replay.{dead_letters}")
+}
+
+impl Kafka {
+    /// Republishes the records of `topic`'s dead letters (`<topic>.dlq`) that no earlier
+    /// replay sent, up to the end the topic has when the replay starts (a record that fails
+    /// again is dead-lettered again, and waits for the next replay rather than looping),
+    /// each to the topic it came from, with its key, value and headers but the `dlq-` ones;
+    /// then commits how far it got. Returns how many it republished.
+    ///
+    /// A replayed event the consumer had applied after all (one that was dead-lettered,
+    /// then redelivered) is absorbed by its inbox like any redelivery.
+    pub async fn replay_dead_letters(&self, topic: &str) -> anyhow::Result<usize> {
+        let dead_letters = dead_letters_of(topic);
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", replay_group(&dead_letters))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_uncommitted")
+            .create()?;
+        // Where each partition ends now, and where the last replay stopped (or, with none,
+        // the oldest record the broker still has).
+        let metadata = consumer.fetch_metadata(Some(&dead_letters), REPLAY_WAIT)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == dead_letters && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Ok(0); // no dead letters were ever parked there
+        }
+        let mut all = TopicPartitionList::new();
+        for partition in &partitions {
+            all.add_partition(&dead_letters, *partition);
+        }
+        let committed = consumer.committed_offsets(all, REPLAY_WAIT)?;
+        let mut assignment = TopicPartitionList::new();
+        let mut ends: HashMap<i32, i64> = HashMap::new();
+        for partition in partitions {
+            let (low, high) = consumer.fetch_watermarks(&dead_letters, partition, REPLAY_WAIT)?;
+            let done = match committed.find_partition(&dead_letters, partition).map(|p| p.offset()) {
+                Some(Offset::Offset(done)) => done.max(low),
+                _ => low,
+            };
+            if done < high {
+                assignment.add_partition_offset(&dead_letters, partition, Offset::Offset(done))?;
+                ends.insert(partition, high);
+            }
+        }
+        if ends.is_empty() {
+            return Ok(0);
+        }
+        consumer.assign(&assignment)?;
+        let mut replayed = 0;
+        let mut reached: HashMap<i32, i64> = HashMap::new();
+        while reached.len() < ends.len() || reached.iter().any(|(p, next)| *next < ends[p]) {
+            let message = tokio::time::timeout(REPLAY_WAIT, consumer.recv())
+                .await
+                .map_err(|_| anyhow::anyhow!("no record of {dead_letters} arrived in {REPLAY_WAIT:?}"))??;
+            let (partition, offset) = (message.partition(), message.offset());
+            let Some(end) = ends.get(&partition).copied() else { continue };
+            if offset >= end {
+                // Dead-lettered since the replay started: left for the next one.
+                reached.insert(partition, end);
+                continue;
+            }
+            let source = header(&message, SOURCE_TOPIC_HEADER)
+                .map(str::to_owned)
+                .unwrap_or_else(|| dead_letters.trim_end_matches(".dlq").to_owned());
+            let mut headers = OwnedHeaders::new();
+            for h in message.headers().into_iter().flat_map(|hs| hs.iter()) {
+                if !h.key.starts_with("dlq-") {
+                    headers = headers.insert(Header { key: h.key, value: h.value });
+                }
+            }
+            let key = message.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+            self.publish(&source, &key, message.payload().unwrap_or_default(), headers).await?;
+            replayed += 1;
+            reached.insert(partition, offset + 1);
+        }
+        let mut position = TopicPartitionList::new();
+        for (partition, next) in reached {
+            position.add_partition_offset(&dead_letters, partition, Offset::Offset(next))?;
+        }
+        consumer.commit(&position, CommitMode::Sync)?;
+        Ok(replayed)
+    }
+}
+
+/// `<binary> dlq replay <topic>`: the same in every binary (and `shop`), with the brokers
+/// of `KAFKA_BROKERS`; prints how many records it put back.
+pub async fn replay_command(config: &crate::config::CommonConfig, topic: &str) -> anyhow::Result<()> {
+    let Some(brokers) = config.kafka_brokers.as_deref() else {
+        anyhow::bail!("dlq replay needs KAFKA_BROKERS: without a broker, nothing is dead-lettered on a topic");
+    };
+    let kafka = Kafka::with_options(brokers, Options { instance_id: None, batch_records: config.kafka_batch_records })?;
+    let replayed = kafka.replay_dead_letters(topic).await?;
+    println!("replayed {replayed} dead letters of {}", dead_letters_of(topic));
+    Ok(())
 }

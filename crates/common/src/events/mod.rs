@@ -9,7 +9,9 @@
 //!   in-process [`bus`] otherwise (`shop` only);
 //! - a consumer's [`EventHandler`] runs through [`deliver`], which records the event id in
 //!   the inbox in the same transaction as the effect, retries with backoff and gives up
-//!   on a record (dead letter) only when the handler itself keeps failing.
+//!   on a record (dead letter) only when the handler itself keeps failing;
+//! - [`prune_inbox`] forgets inbox rows once the broker can no longer redeliver their
+//!   events, an hourly job of every consuming service ([`spawn_inbox_pruning`]).
 
 pub mod bus;
 pub mod kafka;
@@ -251,6 +253,62 @@ pub async fn deliver(
         }
     };
     trace::instrument(span, traceparent.as_deref(), work).await
+}
+
+/// Inbox rows one statement of [`prune_inbox`] deletes: a short transaction holding few
+/// locks, however large the backlog.
+const PRUNE_BATCH: i64 = 1000;
+/// How often a service prunes its inbox. Rows only become old enough by the hour, so
+/// once an hour costs one statement while there is nothing to delete.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Deletes the inbox rows of events applied more than `retention` ago, a batch at a time,
+/// and returns how many went. Safe while `retention` is longer than the broker keeps
+/// records: a record is appended before it is applied, so the broker no longer holds the
+/// event of a row older than that, and no redelivery can come looking for it. Replicas
+/// pruning at once skip each other's rows (`SKIP LOCKED`).
+pub async fn prune_inbox(db: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+    let mut pruned = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM inbox WHERE event_id IN (
+                 SELECT event_id FROM inbox
+                 WHERE applied_at < now() - make_interval(secs => $1)
+                 ORDER BY applied_at
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(retention.as_secs_f64())
+        .bind(PRUNE_BATCH)
+        .execute(db)
+        .await?
+        .rows_affected();
+        pruned += deleted;
+        if deleted < PRUNE_BATCH as u64 {
+            return Ok(pruned);
+        }
+        // Between batches, let the service's own work have the pool.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Prunes the inbox of `db`'s schema every [`PRUNE_EVERY`], the first time at a random
+/// point of the first hour, so that replicas started together (or a process restarting
+/// in a loop) do not prune in step.
+pub fn spawn_inbox_pruning(service: &'static str, db: PgPool, retention: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let first = PRUNE_EVERY.mul_f64(rand::random::<f64>());
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + first, PRUNE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            match prune_inbox(&db, retention).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(service, pruned, "pruned the inbox"),
+                Err(err) => tracing::warn!(service, error = %err, "could not prune the inbox; will retry in an hour"),
+            }
+        }
+    })
 }
 
 /// Where a process's events go: Kafka, or subscribers in the same process.

@@ -238,6 +238,62 @@ async fn a_provider_that_is_down_charges_nothing_and_answers_502() {
     assert_eq!(res.status(), 201);
 }
 
+/// A counter of the payment service's `/metrics` (0 before its first increment).
+async fn counter(app: &TestApp, line_start: &str) -> u64 {
+    let metrics = app.server.get("/metrics", None).await.text().await.unwrap();
+    metrics.lines().find_map(|line| line.strip_prefix(line_start)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_provider_that_keeps_failing_is_cut_off_by_a_breaker_until_a_trial_call_succeeds() {
+    let app = TestApp::spawn().await;
+    let alice = app.customer();
+    let (order, total) = app.order(&alice, "8.00", 1).await;
+    let calls = || counter(&app, "provider_calls_total");
+    // Two payments while the provider is down: the first tries three times, the second
+    // twice, and that fifth failure in a row opens the breaker, which keeps the second
+    // payment's third try from being sent.
+    for key in ["down-1", "down-2"] {
+        let res = app.pay(&alice.token, key, &TestApp::body(order, &total, "tok_providerDown")).await;
+        assert_eq!(res.status(), 502, "{key}");
+    }
+    assert_eq!(calls().await, 5, "the breaker opened at the fifth failure in a row");
+
+    // Open: nothing is sent, not even a card the provider would charge; the answer is the
+    // provider-down one, at once, with nothing charged and no payment recorded.
+    let started = std::time::Instant::now();
+    let res = app.pay(&alice.token, "while-open", &TestApp::body(order, &total, "tok_visa")).await;
+    assert_eq!(res.status(), 502);
+    assert!(started.elapsed() < std::time::Duration::from_millis(500), "no retries: {:?}", started.elapsed());
+    assert_eq!(
+        problem(res).await,
+        expected(
+            502,
+            "upstream_unavailable",
+            "Upstream unavailable",
+            Some("the card provider is unavailable; nothing was charged")
+        )
+    );
+    assert_eq!(calls().await, 5, "the provider was not called");
+    assert_eq!(counter(&app, r#"upstream_rejected_total{upstream="card_provider"}"#).await, 2);
+    assert_eq!(app.provider_books(order).await.0, "0");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM payments.payments").fetch_one(&app.db).await.unwrap();
+    assert_eq!(rows, 0, "nothing in the way of paying again");
+
+    // A first opening lasts one to two seconds; then one trial call goes through, and the
+    // provider, back, answers it: the breaker closes.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let res = app.pay(&alice.token, "trial", &TestApp::body(order, &total, "tok_visa")).await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(calls().await, 6);
+    assert_eq!(app.provider_books(order).await.0, "8.00");
+    // Closed again: the next payment goes straight through.
+    let (second, total) = app.order(&alice, "3.00", 1).await;
+    let res = app.pay(&alice.token, "closed", &TestApp::body(second, &total, "tok_visa")).await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(calls().await, 7);
+}
+
 #[tokio::test]
 async fn a_charge_whose_answer_never_came_is_settled_not_lost() {
     let app = TestApp::spawn().await;
@@ -277,4 +333,25 @@ async fn payments_are_limited_per_customer() {
     assert_eq!(app.provider_books(order).await, ("0".into(), "0".into()), "nothing was charged");
     let (other, total) = app.order(&bob, "5.00", 1).await;
     assert_eq!(app.pay(&bob.token, "b-1", &TestApp::body(other, &total, "tok_visa")).await.status(), 201);
+}
+
+#[tokio::test]
+async fn a_charge_under_way_at_the_request_deadline_is_finished_not_cut_off() {
+    // Each provider call waits out PROVIDER_TIMEOUT (300 ms) three times: longer than the
+    // deadline.
+    let app = TestApp::spawn_with(&[("REQUEST_TIMEOUT", "600ms")]).await;
+    let alice = app.customer();
+    let (order, total) = app.order(&alice, "5.00", 1).await;
+    let body = TestApp::body(order, &total, "tok_providerTimeout");
+    let res = app.pay(&alice.token, "deadline", &body).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(problem(res).await["code"], "unavailable");
+    assert!(!app.shared.requests.is_empty(), "the charge goes on in a task of its own");
+    eventually("the charge to finish", || async { app.shared.requests.is_empty() }).await;
+    // It went as it would have with the client waiting: charged, then settled.
+    eventually("the order to be paid", || async { app.order_status(order).await == "paid" }).await;
+    let res = app.pay(&alice.token, "deadline", &body).await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.json::<Value>().await.unwrap()["status"], "succeeded");
+    assert_eq!(app.provider_books(order).await.0, "5.00", "charged once");
 }
