@@ -189,6 +189,11 @@ impl FieldErrors {
         self.0.is_empty()
     }
 
+    /// How many fields have messages.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     pub fn get(&self, field: &str) -> Option<&[String]> {
         self.0.get(field).map(Vec::as_slice)
     }
@@ -196,6 +201,15 @@ impl FieldErrors {
     /// `Ok(())` when nothing was recorded, the 422 otherwise.
     pub fn into_result(self) -> Result<(), ApiError> {
         if self.is_empty() { Ok(()) } else { Err(ApiError::validation(self)) }
+    }
+}
+
+impl IntoIterator for FieldErrors {
+    type Item = (String, Vec<String>);
+    type IntoIter = std::collections::btree_map::IntoIter<String, Vec<String>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
     }
 }
 
@@ -262,6 +276,11 @@ impl ApiError {
     pub fn with_headers(mut self, headers: axum::http::HeaderMap) -> Self {
         self.headers.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
         self
+    }
+
+    /// The fields of a 422 `validation_failed`; `None` for any other error.
+    pub fn into_field_errors(self) -> Option<FieldErrors> {
+        self.errors
     }
 
     pub fn validation(errors: FieldErrors) -> Self {

@@ -2,7 +2,8 @@
 //! plain-text rejections.
 //!
 //! - [`Json`]: wrong content type → 415, body over the limit → 413, malformed JSON → 400,
-//!   unknown, missing or mistyped fields → 422 with the field's path in `errors`.
+//!   unknown, missing or mistyped fields → 422 naming every such field by its path in
+//!   `errors`, with the rules the other fields break ([`Body`]).
 //! - [`Path`]: a path segment that does not parse names no resource → 404.
 //! - [`Query`]: a malformed query string → 400.
 //! - [`ClientAddr`]: the client's IP address, for rate limits.
@@ -16,6 +17,7 @@ use axum::http::{HeaderMap, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::error::{ApiError, ErrorCode, FieldErrors};
 
@@ -36,7 +38,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 impl<S, T> FromRequest<S> for Json<T>
 where
-    T: DeserializeOwned,
+    T: Body,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -73,7 +75,7 @@ impl<T: Serialize> IntoResponse for Json<T> {
 ///
 /// Every request body of the API is an object; anything else is refused up front, since
 /// serde would otherwise happily read a struct from an array.
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse<T: Body>(bytes: &[u8]) -> Result<T, ApiError> {
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
         Some(_) => return Err(ApiError::bad_request("the request body must be a JSON object")),
@@ -87,7 +89,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let path = err.path().to_string();
+        let at = steps(err.path());
         let inner = err.into_inner();
         if !inner.is_data() {
             return syntax_error(&inner);
@@ -100,7 +102,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         }
         match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
             Err(syntax) if !syntax.is_data() => syntax_error(&syntax),
-            _ => data_error(&path, &inner),
+            _ => every_error::<T>(bytes, (at, inner)),
         }
     })?;
     deserializer.end().map_err(|err| syntax_error(&err))?;
@@ -156,24 +158,198 @@ fn syntax_error(err: &serde_json::Error) -> ApiError {
     ApiError::bad_request(format!("malformed JSON at line {} column {}", err.line(), err.column()))
 }
 
+/// A request body that [`Json`] and [`crate::idempotency::Idempotent`] read.
+///
+/// A body whose fields do not all read (a string where a number belongs, a missing field,
+/// an unknown one) is answered with every such field at once, and with the rules the
+/// fields that did read break: `rule_errors` names those, and is called only then (a body
+/// that reads is checked by its handler, which gets the values it checked).
+pub trait Body: DeserializeOwned {
+    /// What of the contract's rules this body breaks, by field (a blank name, a quantity
+    /// over 100); nothing by default.
+    fn rule_errors(self) -> FieldErrors {
+        FieldErrors::default()
+    }
+}
+
+/// [`Body::rule_errors`] of a body whose handler checks it with a `parse` of its own.
+pub fn rule_errors_of<T>(parsed: Result<T, ApiError>) -> FieldErrors {
+    parsed.err().and_then(ApiError::into_field_errors).unwrap_or_default()
+}
+
+/// The most fields one answer names.
+const MAX_FIELD_ERRORS: usize = 64;
+
+/// Stand-ins for a field serde could not read, one of which each of our field types
+/// takes: an id or any string, an amount, a number, a flag, an object, a list, nothing.
+fn stand_ins() -> [Value; 7] {
+    [
+        Value::from("00000000-0000-0000-0000-000000000000"),
+        Value::from("1.00"),
+        Value::from(1),
+        Value::from(true),
+        Value::Object(serde_json::Map::new()),
+        Value::Array(Vec::new()),
+        Value::Null,
+    ]
+}
+
+/// One step of a path into a JSON value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// What serde refused, and where.
+struct Refusal {
+    at: Vec<Step>,
+    message: String,
+    /// An unknown field, which is removed rather than stood in for.
+    unknown: bool,
+}
+
+type Failure = (Option<Vec<Step>>, serde_json::Error);
+
+fn steps(path: &serde_path_to_error::Path) -> Option<Vec<Step>> {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .map(|segment| match segment {
+            Segment::Map { key } => Some(Step::Key(key.clone())),
+            Segment::Seq { index } => Some(Step::Index(*index)),
+            Segment::Enum { .. } | Segment::Unknown => None,
+        })
+        .collect()
+}
+
+fn render(at: &[Step]) -> String {
+    let mut out = String::new();
+    for step in at {
+        match step {
+            Step::Key(key) if out.is_empty() => out.push_str(key),
+            Step::Key(key) => {
+                out.push('.');
+                out.push_str(key);
+            }
+            Step::Index(index) => out.push_str(&format!("[{index}]")),
+        }
+    }
+    out
+}
+
 /// serde's data errors about a missing field name it in their message (`missing field
 /// `email``) with the path of the object that lacks it; an unknown field's path already
-/// ends with its name. Every other error is about the value at `path` itself.
-fn data_error(path: &str, err: &serde_json::Error) -> ApiError {
+/// ends with its name. Every other error is about the value at the path itself; `None`
+/// for one about the body as a whole.
+fn refusal(at: Vec<Step>, err: &serde_json::Error) -> Option<Refusal> {
     let message = strip_position(&err.to_string());
-    let at = |field: &str| if path == "." { field.to_owned() } else { format!("{path}.{field}") };
-    let (field, message) = if let Some(name) = quoted_after(&message, "missing field `") {
-        (at(name), "is required".to_owned())
-    } else if message.starts_with("unknown field `") {
-        (path.to_owned(), "is not a known field".to_owned())
-    } else if path == "." {
-        return ApiError::bad_request(format!("the request body does not have the expected shape: {message}"));
-    } else {
-        (path.to_owned(), message)
-    };
+    if let Some(name) = quoted_after(&message, "missing field `") {
+        let mut at = at;
+        at.push(Step::Key(name.to_owned()));
+        return Some(Refusal { at, message: "is required".to_owned(), unknown: false });
+    }
+    if message.starts_with("unknown field `") {
+        return Some(Refusal { at, message: "is not a known field".to_owned(), unknown: true });
+    }
+    (!at.is_empty()).then_some(Refusal { at, message, unknown: false })
+}
+
+fn read<T: DeserializeOwned>(value: &Value) -> Result<T, Failure> {
+    serde_path_to_error::deserialize(value).map_err(|err| (steps(err.path()), err.into_inner()))
+}
+
+fn slot<'a>(value: &'a mut Value, at: &[Step]) -> Option<&'a mut Value> {
+    let (last, parents) = at.split_last()?;
+    let mut parent = value;
+    for step in parents {
+        parent = match step {
+            Step::Key(key) => parent.as_object_mut()?.get_mut(key)?,
+            Step::Index(index) => parent.as_array_mut()?.get_mut(*index)?,
+        };
+    }
+    match last {
+        Step::Key(key) => Some(parent.as_object_mut()?.entry(key.clone()).or_insert(Value::Null)),
+        Step::Index(index) => parent.as_array_mut()?.get_mut(*index),
+    }
+}
+
+fn remove(value: &mut Value, at: &[Step]) -> bool {
+    let Some((Step::Key(key), parents)) = at.split_last() else { return false };
+    let mut parent = value;
+    for step in parents {
+        let next = match step {
+            Step::Key(key) => parent.as_object_mut().and_then(|o| o.get_mut(key)),
+            Step::Index(index) => parent.as_array_mut().and_then(|a| a.get_mut(*index)),
+        };
+        let Some(next) = next else { return false };
+        parent = next;
+    }
+    parent.as_object_mut().and_then(|o| o.remove(key)).is_some()
+}
+
+/// Reads `value` again past the field at `at`: an unknown field removed, any other given
+/// the first stand-in that moves serde on. `None` when none does.
+fn past<T: DeserializeOwned>(value: &mut Value, refused: &Refusal) -> Option<Result<T, Failure>> {
+    if refused.unknown {
+        return remove(value, &refused.at).then(|| read(value));
+    }
+    for stand_in in stand_ins() {
+        *slot(value, &refused.at)? = stand_in;
+        match read::<T>(value) {
+            Err((Some(at), _)) if at == refused.at => continue,
+            outcome => return Some(outcome),
+        }
+    }
+    None
+}
+
+/// Every field of a body that did not read, and the rules its other fields break.
+fn every_error<T: Body>(bytes: &[u8], first: Failure) -> ApiError {
+    let Ok(mut value) = serde_json::from_slice::<Value>(bytes) else { return shape_error(&first.1) };
     let mut errors = FieldErrors::default();
-    errors.add(field, message);
+    // Stood in for or removed: what serde or the rules say below them is about our stand-in.
+    let mut patched: Vec<Vec<Step>> = Vec::new();
+    let within = |at: &[Step], patched: &[Vec<Step>]| patched.iter().any(|p| at.starts_with(p));
+    let mut failure = first;
+    while errors.len() < MAX_FIELD_ERRORS {
+        let (Some(at), err) = failure else { break };
+        let Some(refused) = refusal(at, &err) else {
+            if errors.is_empty() {
+                return shape_error(&err);
+            }
+            break;
+        };
+        if !within(&refused.at, &patched) {
+            errors.add(render(&refused.at), refused.message.clone());
+        }
+        patched.push(refused.at.clone());
+        match past::<T>(&mut value, &refused) {
+            Some(Ok(body)) => {
+                for (field, messages) in body.rule_errors() {
+                    let unpatched = !patched.iter().any(|p| {
+                        let p = render(p);
+                        field == p || field.starts_with(&format!("{p}.")) || field.starts_with(&format!("{p}["))
+                    });
+                    if unpatched {
+                        for message in messages {
+                            errors.add(field.clone(), message);
+                        }
+                    }
+                }
+                break;
+            }
+            Some(Err(next)) => failure = next,
+            None => break,
+        }
+    }
     ApiError::validation(errors)
+}
+
+fn shape_error(err: &serde_json::Error) -> ApiError {
+    ApiError::bad_request(format!(
+        "the request body does not have the expected shape: {}",
+        strip_position(&err.to_string())
+    ))
 }
 
 fn quoted_after<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
@@ -291,6 +467,16 @@ mod tests {
         note: Option<String>,
     }
 
+    impl Body for Order {
+        fn rule_errors(self) -> FieldErrors {
+            let mut errors = FieldErrors::default();
+            if self.note.is_some_and(|note| note.trim().is_empty()) {
+                errors.add("note", "must not be blank");
+            }
+            errors
+        }
+    }
+
     fn errors(body: &str) -> (ErrorCode, serde_json::Value) {
         let err = parse::<Order>(body.as_bytes()).unwrap_err();
         let problem = serde_json::to_value(err.problem()).unwrap();
@@ -306,6 +492,7 @@ mod tests {
             #[serde(default, deserialize_with = "optional_integer")]
             m: Option<i64>,
         }
+        impl Body for Counted {}
         let read = |body: &str| parse::<Counted>(body.as_bytes()).map(|c| (c.n, c.m));
         assert_eq!(read(r#"{"n": 36}"#).unwrap(), (36, None));
         assert_eq!(read(r#"{"n": 36.0, "m": -2.0}"#).unwrap(), (36, Some(-2)));
@@ -330,6 +517,33 @@ mod tests {
 
         let (_, e) = errors(r#"{}"#);
         assert_eq!(e, serde_json::json!({"items": ["is required"]}));
+    }
+
+    #[test]
+    fn every_field_that_does_not_read_is_named_at_once_with_the_rules_the_others_break() {
+        let (code, e) = errors(
+            r#"{"items":[{"product_id":5,"quantity":"two"},{"quantity":1,"colour":"red"}],"role":"admin","note":" "}"#,
+        );
+        assert_eq!(code, ErrorCode::ValidationFailed);
+        assert_eq!(
+            e,
+            serde_json::json!({
+                "items[0].product_id": ["invalid type: integer `5`, expected a string"],
+                "items[0].quantity": ["invalid type: string \"two\", expected u8"],
+                "items[1].colour": ["is not a known field"],
+                "items[1].product_id": ["is required"],
+                "role": ["is not a known field"],
+                "note": ["must not be blank"],
+            })
+        );
+        // A missing object is one error, not one per field of it.
+        let (_, e) = errors(r#"{"note":7}"#);
+        assert_eq!(
+            e,
+            serde_json::json!({"items": ["is required"], "note": ["invalid type: integer `7`, expected a string"]})
+        );
+        // A body that reads is left to its handler: the rules are not checked here.
+        assert!(parse::<Order>(br#"{"items":[],"note":" "}"#).is_ok());
     }
 
     #[test]

@@ -12,7 +12,6 @@
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
@@ -49,7 +48,7 @@ pub enum Begin {
 
 impl<S, T> FromRequest<S> for Idempotent<T>
 where
-    T: DeserializeOwned,
+    T: crate::extract::Body,
     S: Send + Sync,
 {
     type Rejection = ApiError;

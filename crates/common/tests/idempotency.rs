@@ -28,6 +28,8 @@ struct Charge {
     note: Option<String>,
 }
 
+impl common::extract::Body for Charge {}
+
 /// Charges once per request, or replays; `x-user` scopes the key, `x-delay-ms` keeps the
 /// request running for a while.
 async fn charge(

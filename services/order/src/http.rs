@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use common::auth::{AdminUser, AuthUser, ServiceCaller};
 use common::error::Problem;
-use common::extract::{Json, Path, Query};
+use common::extract::{Body, Json, Path, Query, rule_errors_of};
 use common::idempotency::Idempotent;
 use common::money::Money;
 use common::page::{self, IdCursor};
@@ -101,6 +101,8 @@ pub struct CartQuantity {
     quantity: i64,
 }
 
+impl Body for CartQuantity {}
+
 /// Put a product in your cart, or change its quantity.
 #[utoipa::path(
     put, path = "/api/cart/items/{product_id}", tag = "cart",
@@ -180,6 +182,12 @@ pub struct PlaceOrder {
     #[schema(min_items = 1, max_items = 50)]
     items: Option<Vec<OrderItem>>,
     shipping_address: ShippingAddress,
+}
+
+impl Body for PlaceOrder {
+    fn rule_errors(self) -> FieldErrors {
+        rule_errors_of(self.parse())
+    }
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use common::auth::{AdminUser, AuthUser};
 use common::error::Problem;
-use common::extract::{Json, Path, Query};
+use common::extract::{Body, Json, Path, Query, rule_errors_of};
 use common::idempotency::{Begin, Idempotent};
 use common::money::{CURRENCY, Money, PositiveMoney};
 use common::page::{self, IdCursor};
@@ -41,6 +41,12 @@ pub struct CreatePayment {
     #[schema(example = "USD", pattern = "^USD$")]
     currency: String,
     method: PaymentMethod,
+}
+
+impl Body for CreatePayment {
+    fn rule_errors(self) -> FieldErrors {
+        rule_errors_of(self.parse())
+    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -190,6 +196,8 @@ pub struct CreateRefund {
     #[schema(value_type = Option<PositiveMoney>)]
     amount: Option<Money>,
 }
+
+impl Body for CreateRefund {}
 
 /// Refund a payment in part or in full (admins); never more than was captured. Emits
 /// `payment.refunded`. Idempotent: the same `Idempotency-Key` (per admin) with the same

@@ -8,7 +8,7 @@ use common::auth::{AdminUser, ServiceCaller};
 use common::cache::Cached;
 use common::conditional;
 use common::error::Problem;
-use common::extract::{Json, Path, Query};
+use common::extract::{Body, Json, Path, Query, rule_errors_of};
 use common::money::{Money, PositiveMoney};
 use common::{ApiError, FieldErrors};
 use rust_decimal::Decimal;
@@ -198,6 +198,38 @@ pub struct CreateProduct {
     sku: Option<String>,
 }
 
+impl CreateProduct {
+    /// The product to create, or every field that breaks a rule.
+    fn parse(self) -> Result<NewProduct, ApiError> {
+        let mut errors = FieldErrors::default();
+        let name = errors.check("name", ProductName::parse(self.name));
+        let description = errors.check("description", Description::parse(self.description.unwrap_or_default()));
+        let price = errors.check("price", Price::parse(self.price));
+        let stock = errors.check("stock", Stock::parse(self.stock));
+        // `None`: an invalid SKU; `Some(None)`: none given, one is generated.
+        let sku = match self.sku {
+            Some(raw) => errors.check("sku", Sku::parse(raw)).map(Some),
+            None => Some(None),
+        };
+        if let Some(currency) = &self.currency {
+            errors.check("currency", parse_currency(currency));
+        }
+        let (Some(name), Some(description), Some(price), Some(stock), Some(sku)) =
+            (name, description, price, stock, sku)
+        else {
+            return Err(ApiError::validation(errors));
+        };
+        errors.into_result()?;
+        Ok(NewProduct { sku, name, description, price, stock, category_id: self.category_id })
+    }
+}
+
+impl Body for CreateProduct {
+    fn rule_errors(self) -> FieldErrors {
+        rule_errors_of(self.parse())
+    }
+}
+
 /// Create a product (admins).
 #[utoipa::path(
     post, path = "/api/products", tag = "products",
@@ -217,25 +249,7 @@ async fn create_product(
     _admin: AdminUser,
     Json(req): Json<CreateProduct>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let mut errors = FieldErrors::default();
-    let name = errors.check("name", ProductName::parse(req.name));
-    let description = errors.check("description", Description::parse(req.description.unwrap_or_default()));
-    let price = errors.check("price", Price::parse(req.price));
-    let stock = errors.check("stock", Stock::parse(req.stock));
-    // `None`: an invalid SKU; `Some(None)`: none given, one is generated.
-    let sku = match req.sku {
-        Some(raw) => errors.check("sku", Sku::parse(raw)).map(Some),
-        None => Some(None),
-    };
-    if let Some(currency) = &req.currency {
-        errors.check("currency", parse_currency(currency));
-    }
-    let (Some(name), Some(description), Some(price), Some(stock), Some(sku)) = (name, description, price, stock, sku)
-    else {
-        return Err(ApiError::validation(errors));
-    };
-    errors.into_result()?;
-    let new = NewProduct { sku, name, description, price, stock, category_id: req.category_id };
+    let new = req.parse()?;
     let mut tx = state.db.begin().await?;
     let product = repository::insert_product(&mut tx, &new).await?;
     tx.commit().await?;
@@ -269,6 +283,32 @@ pub struct UpdateProduct {
     sku: Option<String>,
 }
 
+impl UpdateProduct {
+    /// The changes asked for, or every field that breaks a rule.
+    fn parse(self) -> Result<ProductChanges, ApiError> {
+        let mut errors = FieldErrors::default();
+        let changes = ProductChanges {
+            name: self.name.and_then(|n| errors.check("name", ProductName::parse(n))),
+            description: self.description.and_then(|d| errors.check("description", Description::parse(d))),
+            price: self.price.and_then(|p| errors.check("price", Price::parse(p))),
+            stock: self.stock.and_then(|s| errors.check("stock", Stock::parse(s))),
+            sku: self.sku.and_then(|s| errors.check("sku", Sku::parse(s))),
+            category_id: self.category_id,
+        };
+        if let Some(currency) = &self.currency {
+            errors.check("currency", parse_currency(currency));
+        }
+        errors.into_result()?;
+        Ok(changes)
+    }
+}
+
+impl Body for UpdateProduct {
+    fn rule_errors(self) -> FieldErrors {
+        rule_errors_of(self.parse())
+    }
+}
+
 /// Change any fields of a product (admins).
 #[utoipa::path(
     patch, path = "/api/products/{id}", tag = "products",
@@ -290,19 +330,7 @@ async fn update_product(
     Path(id): Path<Uuid>,
     Json(req): Json<UpdateProduct>,
 ) -> Result<Json<Product>, ApiError> {
-    let mut errors = FieldErrors::default();
-    let changes = ProductChanges {
-        name: req.name.and_then(|n| errors.check("name", ProductName::parse(n))),
-        description: req.description.and_then(|d| errors.check("description", Description::parse(d))),
-        price: req.price.and_then(|p| errors.check("price", Price::parse(p))),
-        stock: req.stock.and_then(|s| errors.check("stock", Stock::parse(s))),
-        sku: req.sku.and_then(|s| errors.check("sku", Sku::parse(s))),
-        category_id: req.category_id,
-    };
-    if let Some(currency) = &req.currency {
-        errors.check("currency", parse_currency(currency));
-    }
-    errors.into_result()?;
+    let changes = req.parse()?;
     let mut tx = state.db.begin().await?;
     let product = repository::update_product(&mut tx, id, &changes).await?;
     tx.commit().await?;
@@ -342,6 +370,8 @@ pub struct StockDelta {
     #[serde(deserialize_with = "common::extract::integer")]
     delta: i64,
 }
+
+impl Body for StockDelta {}
 
 /// `delta`: from -1000000000 to 1000000000 but not zero, which takes two ranges to say
 /// (`schema_with` replaces the field's doc comment, hence the description here).
@@ -432,6 +462,8 @@ pub struct CreateCategory {
     parent_id: Option<Uuid>,
 }
 
+impl Body for CreateCategory {}
+
 /// Create a category (admins).
 #[utoipa::path(
     post, path = "/api/categories", tag = "categories",
@@ -464,6 +496,8 @@ pub struct ReserveRequest {
     #[schema(min_items = 1)]
     items: Vec<ReserveItem>,
 }
+
+impl Body for ReserveRequest {}
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -10,7 +10,7 @@ use chrono::Utc;
 use common::auth::{AdminUser, AuthUser, ServiceCaller};
 use common::error::Problem;
 use common::events;
-use common::extract::{ClientAddr, Json, Path};
+use common::extract::{Body, ClientAddr, Json, Path, rule_errors_of};
 use common::revocations::{Revoked, RevokedList};
 use common::{ApiError, FieldErrors};
 use secrecy::SecretString;
@@ -57,6 +57,26 @@ pub struct RegisterRequest {
     password: SecretString,
 }
 
+impl RegisterRequest {
+    /// The account to create, or every field that breaks a rule.
+    fn parse(self) -> Result<NewUser, ApiError> {
+        let mut errors = FieldErrors::default();
+        let username = errors.check("username", Username::parse(self.username));
+        let email = errors.check("email", Email::parse(self.email));
+        let password = errors.check("password", Password::parse(self.password));
+        match (username, email, password) {
+            (Some(username), Some(email), Some(password)) => Ok(NewUser { username, email, password }),
+            _ => Err(ApiError::validation(errors)),
+        }
+    }
+}
+
+impl Body for RegisterRequest {
+    fn rule_errors(self) -> FieldErrors {
+        rule_errors_of(self.parse())
+    }
+}
+
 /// Any strings: an unknown email or a wrong password is `401 invalid_credentials`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +87,8 @@ pub struct LoginRequest {
     password: SecretString,
 }
 
+impl Body for LoginRequest {}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
@@ -75,6 +97,8 @@ pub struct RefreshRequest {
     refresh_token: SecretString,
 }
 
+impl Body for RefreshRequest {}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogoutRequest {
@@ -82,6 +106,8 @@ pub struct LogoutRequest {
     #[schema(value_type = String, pattern = r"^[^\u0000]*$")]
     refresh_token: SecretString,
 }
+
+impl Body for LogoutRequest {}
 
 /// Any of `username`, `email`, `password`; `current_password` is always required.
 #[derive(Deserialize, ToSchema)]
@@ -102,6 +128,26 @@ pub struct UpdateProfileRequest {
     /// A wrong one is `401 invalid_credentials`.
     #[schema(value_type = String, format = Password, pattern = r"^[^\u0000]*$")]
     current_password: SecretString,
+}
+
+impl UpdateProfileRequest {
+    /// The changes asked for and the current password, or every field that breaks a rule.
+    fn parse(self) -> Result<(ProfileChanges, SecretString), ApiError> {
+        let mut errors = FieldErrors::default();
+        let changes = ProfileChanges {
+            username: self.username.and_then(|u| errors.check("username", Username::parse(u))),
+            email: self.email.and_then(|e| errors.check("email", Email::parse(e))),
+            password: self.password.and_then(|p| errors.check("password", Password::parse(p))),
+        };
+        errors.into_result()?;
+        Ok((changes, self.current_password))
+    }
+}
+
+impl Body for UpdateProfileRequest {
+    fn rule_errors(self) -> FieldErrors {
+        rule_errors_of(self.parse())
+    }
 }
 
 /// A login session: a short-lived access token and the refresh token that renews it.
@@ -186,14 +232,7 @@ async fn register(
 }
 
 async fn register_user(state: &AppState, req: RegisterRequest) -> Result<impl IntoResponse + use<>, ApiError> {
-    let mut errors = FieldErrors::default();
-    let username = errors.check("username", Username::parse(req.username));
-    let email = errors.check("email", Email::parse(req.email));
-    let password = errors.check("password", Password::parse(req.password));
-    let (Some(username), Some(email), Some(password)) = (username, email, password) else {
-        return Err(ApiError::validation(errors));
-    };
-    let new_user = NewUser { username, email, password };
+    let new_user = req.parse()?;
     let hash = state.passwords.hash(new_user.password.secret()).await?;
     let mut tx = state.db.begin().await?;
     let user = repository::insert_user(&mut *tx, &new_user, &hash, Role::Customer).await?;
@@ -390,17 +429,11 @@ async fn update_me(
     user: AuthUser,
     Json(req): Json<UpdateProfileRequest>,
 ) -> Result<Json<User>, ApiError> {
-    let mut errors = FieldErrors::default();
-    let changes = ProfileChanges {
-        username: req.username.and_then(|u| errors.check("username", Username::parse(u))),
-        email: req.email.and_then(|e| errors.check("email", Email::parse(e))),
-        password: req.password.and_then(|p| errors.check("password", Password::parse(p))),
-    };
-    errors.into_result()?;
+    let (changes, current_password) = req.parse()?;
 
     let limit = state.password_check_limiter.check(user.id).await.enforce()?;
     let hash = repository::password_hash(&state.db, user.id).await?.ok_or(Error::NotFound)?;
-    if !state.passwords.verify(&req.current_password, Some(&hash)).await? {
+    if !state.passwords.verify(&current_password, Some(&hash)).await? {
         let err = ApiError::from(Error::InvalidCredentials);
         return Err(err.with_headers(limit.headers()));
     }

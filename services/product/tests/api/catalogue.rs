@@ -89,6 +89,24 @@ async fn invalid_products_are_422_naming_each_field() {
         let errors = problem(res).await["errors"].clone();
         assert!(errors.get(field).is_some(), "{body}: {errors}");
     }
+
+    // Fields of the wrong type, a missing one, an unknown one and a rule broken, in one
+    // body: one answer names them all.
+    let body = json!({"name": "", "price": 19.99, "stock": "lots", "colour": "red", "sku": "no spaces"});
+    let res = app.post_as_admin("/api/products", &body).await;
+    assert_eq!(res.status(), 422);
+    let errors = problem(res).await["errors"].clone();
+    let mut named: Vec<&str> = errors.as_object().unwrap().keys().map(String::as_str).collect();
+    named.sort_unstable();
+    assert_eq!(named, ["category_id", "colour", "name", "price", "sku", "stock"], "{errors}");
+    assert_eq!(errors["category_id"], json!(["is required"]));
+    assert_eq!(errors["colour"], json!(["is not a known field"]));
+    assert_eq!(errors["name"], json!(["must be 1 to 200 characters"]));
+    let path = format!("/api/products/{}", Uuid::now_v7());
+    let res = app.server.patch(&path, &json!({"name": "", "stock": "x"}), Some(&app.admin)).await;
+    assert_eq!(res.status(), 422);
+    let errors = problem(res).await["errors"].clone();
+    assert!(errors.get("name").is_some() && errors.get("stock").is_some(), "an update too: {errors}");
 }
 
 #[tokio::test]
