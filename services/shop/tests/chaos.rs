@@ -267,13 +267,7 @@ async fn inflict(chaos: &Chaos, fault: Fault) {
 
 /// A customer who registered, logged in and logged out: their access token.
 async fn logged_out(platform: &Platform, name: &str) -> String {
-    let email = format!("{name}@example.com");
-    let body = json!({"username": name, "email": email, "password": "correct horse"});
-    let (status, user) = platform.send("user", Method::POST, "/api/auth/register", None, None, Some(&body)).await;
-    assert_eq!(status, 201, "register: {user}");
-    let body = json!({"email": email, "password": "correct horse"});
-    let (status, tokens) = platform.send("user", Method::POST, "/api/auth/login", None, None, Some(&body)).await;
-    assert_eq!(status, 200, "login: {tokens}");
+    let tokens = platform.customer_tokens(name).await;
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     let body = json!({"refresh_token": tokens["refresh_token"]});
     let (status, out) = platform.send("user", Method::POST, "/api/auth/logout", Some(&access), None, Some(&body)).await;

@@ -211,6 +211,16 @@ async fn eight_concurrent_payments_with_different_keys_for_one_order_succeed_onc
     assert_eq!(app.provider_books(order).await.0, "3.00", "charged once");
 }
 
+/// The answer to a payment while the card provider is down.
+fn provider_down() -> Value {
+    expected(
+        502,
+        "upstream_unavailable",
+        "Upstream unavailable",
+        Some("the card provider is unavailable; nothing was charged"),
+    )
+}
+
 #[tokio::test]
 async fn a_provider_that_is_down_charges_nothing_and_answers_502() {
     let app = TestApp::spawn().await;
@@ -221,15 +231,7 @@ async fn a_provider_that_is_down_charges_nothing_and_answers_502() {
     // Tried three times first (with jittered pauses between, which may be short).
     let metrics = app.server.get("/metrics", None).await.text().await.unwrap();
     assert!(metrics.lines().any(|line| line == "provider_errors_total 3"), "three tries: {metrics}");
-    assert_eq!(
-        problem(res).await,
-        expected(
-            502,
-            "upstream_unavailable",
-            "Upstream unavailable",
-            Some("the card provider is unavailable; nothing was charged")
-        )
-    );
+    assert_eq!(problem(res).await, provider_down());
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM payments.payments").fetch_one(&app.db).await.unwrap();
     assert_eq!(rows, 0, "no payment, and nothing in the way of paying again");
     assert_eq!(app.provider_books(order).await.0, "0");
@@ -265,15 +267,7 @@ async fn a_provider_that_keeps_failing_is_cut_off_by_a_breaker_until_a_trial_cal
     let res = app.pay(&alice.token, "while-open", &TestApp::body(order, &total, "tok_visa")).await;
     assert_eq!(res.status(), 502);
     assert!(started.elapsed() < std::time::Duration::from_millis(500), "no retries: {:?}", started.elapsed());
-    assert_eq!(
-        problem(res).await,
-        expected(
-            502,
-            "upstream_unavailable",
-            "Upstream unavailable",
-            Some("the card provider is unavailable; nothing was charged")
-        )
-    );
+    assert_eq!(problem(res).await, provider_down());
     assert_eq!(calls().await, 5, "the provider was not called");
     assert_eq!(counter(&app, r#"upstream_rejected_total{upstream="card_provider"}"#).await, 2);
     assert_eq!(app.provider_books(order).await.0, "0");

@@ -226,6 +226,11 @@ impl Platform {
 
     /// Registers a customer named `name` and logs them in; their access token.
     pub async fn customer(&self, name: &str) -> String {
+        self.customer_tokens(name).await["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Registers a customer named `name` and logs them in; the `Tokens` of the login.
+    pub async fn customer_tokens(&self, name: &str) -> Value {
         let email = format!("{name}@example.com");
         let body = json!({"username": name, "email": email, "password": "correct horse"});
         let (status, user) = self.send("user", Method::POST, "/api/auth/register", None, None, Some(&body)).await;
@@ -233,7 +238,7 @@ impl Platform {
         let body = json!({"email": email, "password": "correct horse"});
         let (status, tokens) = self.send("user", Method::POST, "/api/auth/login", None, None, Some(&body)).await;
         assert_eq!(status, 200, "login: {tokens}");
-        tokens["access_token"].as_str().unwrap().to_owned()
+        tokens
     }
 
     /// Adds `count` products with `stock` each to a new category, by the admin; returns
