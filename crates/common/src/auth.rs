@@ -154,7 +154,7 @@ impl Authenticator {
             };
             ApiError::unauthorized(why)
         })?;
-        if self.revocations.is_revoked(data.claims.sid) {
+        if self.revocations.is_revoked(data.claims.sid).await {
             return Err(ApiError::unauthorized("the access token has been revoked"));
         }
         Ok(data.claims)

@@ -6,6 +6,9 @@
 //! sessions writes a row in the same transaction. Every process keeps a copy in memory,
 //! and an access token is checked against that copy alone. The copy is kept current by
 //! - the writer itself, which adds what it revoked before it answers;
+//! - a marker in Redis, written before the writer answers and looked up by a process
+//!   whose copy does not have the session yet, so that every replica refuses it at once
+//!   (while Redis is up: through an outage, the copy is what refuses it);
 //! - Redis pub/sub, over which the writer announces it to every other process;
 //! - a full reload from the durable record (the user service's database in its own
 //!   process, `GET /internal/revocations` in the others) at start-up, each time the
@@ -59,6 +62,8 @@ pub struct Revocations {
     source: OnceLock<Arc<dyn Source>>,
     redis: Option<(ConnectionManager, redis::Client)>,
     channel: String,
+    /// The prefix of the markers' keys.
+    markers: String,
 }
 
 impl std::fmt::Debug for Revocations {
@@ -75,11 +80,32 @@ impl Revocations {
             source: OnceLock::new(),
             redis,
             channel: format!("{prefix}:revocations"),
+            markers: format!("{prefix}:revoked-session:"),
         })
     }
 
-    /// Whether the session's access tokens are refused.
-    pub fn is_revoked(&self, session_id: Uuid) -> bool {
+    /// Whether the session's access tokens are refused: by this process's copy, or by a
+    /// marker another process wrote a moment ago (an unreachable Redis answers no: the
+    /// copy is what refuses tokens through an outage).
+    pub async fn is_revoked(&self, session_id: Uuid) -> bool {
+        if self.is_known_revoked(session_id) {
+            return true;
+        }
+        let Some((conn, _)) = &self.redis else { return false };
+        let mut conn = conn.clone();
+        let key = format!("{}{session_id}", self.markers);
+        let command = redis::cmd("PTTL").arg(&key).to_owned();
+        match tokio::time::timeout(REDIS_TIMEOUT, command.query_async::<i64>(&mut conn)).await {
+            Ok(Ok(millis)) if millis > 0 => {
+                let until = Utc::now() + chrono::Duration::milliseconds(millis);
+                self.add(&[Revoked { session_id, until }]);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn is_known_revoked(&self, session_id: Uuid) -> bool {
         let sessions = self.sessions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         sessions.get(&session_id).is_some_and(|until| *until > Utc::now())
     }
@@ -92,6 +118,15 @@ impl Revocations {
         }
         self.add(revoked);
         let Some((conn, _)) = &self.redis else { return };
+        let mut pipe = redis::pipe();
+        for r in revoked {
+            let millis = (r.until - Utc::now()).num_milliseconds().max(1);
+            pipe.cmd("SET").arg(format!("{}{}", self.markers, r.session_id)).arg(1).arg("PX").arg(millis).ignore();
+        }
+        let mut markers = conn.clone();
+        if !matches!(tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(&mut markers)).await, Ok(Ok(()))) {
+            tracing::warn!("could not write a revocation marker; other processes learn it from their next reload");
+        }
         let message = revoked.iter().map(|r| format!("{} {}", r.session_id, r.until.timestamp())).collect::<Vec<_>>();
         let publish = redis::cmd("PUBLISH").arg(&self.channel).arg(message.join("\n")).to_owned();
         let mut conn = conn.clone();
@@ -230,12 +265,12 @@ mod tests {
                 Revoked { session_id: lapsed, until: past },
             ])))
             .await;
-        assert!(revocations.is_revoked(live));
-        assert!(!revocations.is_revoked(lapsed));
-        assert!(!revocations.is_revoked(Uuid::now_v7()));
+        assert!(revocations.is_revoked(live).await);
+        assert!(!revocations.is_revoked(lapsed).await);
+        assert!(!revocations.is_revoked(Uuid::now_v7()).await);
         let later = Uuid::now_v7();
         revocations.revoked(&[Revoked { session_id: later, until: soon }]).await;
-        assert!(revocations.is_revoked(later));
+        assert!(revocations.is_revoked(later).await);
     }
 
     #[test]

@@ -101,7 +101,17 @@ pub struct CartQuantity {
     quantity: i64,
 }
 
-impl Body for CartQuantity {}
+impl CartQuantity {
+    fn parse(self) -> Result<Quantity, ApiError> {
+        Quantity::parse(self.quantity).map_err(|e| ApiError::invalid_field("quantity", e))
+    }
+}
+
+impl Body for CartQuantity {
+    fn rule_errors(self) -> FieldErrors {
+        rule_errors_of(self.parse())
+    }
+}
 
 /// Put a product in your cart, or change its quantity.
 #[utoipa::path(
@@ -124,7 +134,7 @@ async fn put_cart_item(
     Path(product_id): Path<Uuid>,
     Json(req): Json<CartQuantity>,
 ) -> Result<Json<Cart>, ApiError> {
-    let quantity = Quantity::parse(req.quantity).map_err(|e| ApiError::invalid_field("quantity", e))?;
+    let quantity = req.parse()?;
     // Priced before it is written: a change refused (a total past the largest amount) is
     // not kept, and the cart stays readable. A product the catalogue does not have is
     // left out of the priced cart.

@@ -371,7 +371,20 @@ pub struct StockDelta {
     delta: i64,
 }
 
-impl Body for StockDelta {}
+impl StockDelta {
+    fn parse(self) -> Result<i32, ApiError> {
+        if self.delta == 0 || self.delta.unsigned_abs() > MAX_STOCK as u64 {
+            return Err(ApiError::invalid_field("delta", "must be a non-zero number from -1000000000 to 1000000000"));
+        }
+        Ok(self.delta as i32)
+    }
+}
+
+impl Body for StockDelta {
+    fn rule_errors(self) -> FieldErrors {
+        rule_errors_of(self.parse())
+    }
+}
 
 /// `delta`: from -1000000000 to 1000000000 but not zero, which takes two ranges to say
 /// (`schema_with` replaces the field's doc comment, hence the description here).
@@ -411,13 +424,11 @@ async fn adjust_stock(
     Path(id): Path<Uuid>,
     Json(req): Json<StockDelta>,
 ) -> Result<Json<Product>, ApiError> {
-    if req.delta == 0 || req.delta.unsigned_abs() > MAX_STOCK as u64 {
-        return Err(ApiError::invalid_field("delta", "must be a non-zero number from -1000000000 to 1000000000"));
-    }
+    let delta = req.parse()?;
     let mut tx = state.db.begin().await?;
-    let product = repository::adjust_stock(&mut tx, id, req.delta as i32).await?;
+    let product = repository::adjust_stock(&mut tx, id, delta).await?;
     tx.commit().await?;
-    state.catalog.written(&[(product.clone(), Change::Stock(req.delta))]).await;
+    state.catalog.written(&[(product.clone(), Change::Stock(delta.into()))]).await;
     Ok(Json(product))
 }
 
@@ -462,7 +473,18 @@ pub struct CreateCategory {
     parent_id: Option<Uuid>,
 }
 
-impl Body for CreateCategory {}
+impl CreateCategory {
+    fn parse(self) -> Result<(CategoryName, Option<Uuid>), ApiError> {
+        let name = CategoryName::parse(self.name).map_err(|e| ApiError::invalid_field("name", e))?;
+        Ok((name, self.parent_id))
+    }
+}
+
+impl Body for CreateCategory {
+    fn rule_errors(self) -> FieldErrors {
+        rule_errors_of(self.parse())
+    }
+}
 
 /// Create a category (admins).
 #[utoipa::path(
@@ -482,8 +504,8 @@ async fn create_category(
     _admin: AdminUser,
     Json(req): Json<CreateCategory>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let name = CategoryName::parse(req.name).map_err(|e| ApiError::invalid_field("name", e))?;
-    let category = repository::insert_category(&state.db, &name, req.parent_id).await?;
+    let (name, parent_id) = req.parse()?;
+    let category = repository::insert_category(&state.db, &name, parent_id).await?;
     Ok((StatusCode::CREATED, Json(category)))
 }
 
