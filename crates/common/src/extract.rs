@@ -325,10 +325,10 @@ fn every_error<T: Body>(bytes: &[u8], first: Failure) -> ApiError {
         patched.push(refused.at.clone());
         match past::<T>(&mut value, &refused) {
             Some(Ok(body)) => {
+                let patched: Vec<String> = patched.iter().map(|p| render(p)).collect();
                 for (field, messages) in body.rule_errors() {
                     let unpatched = !patched.iter().any(|p| {
-                        let p = render(p);
-                        field == p || field.starts_with(&format!("{p}.")) || field.starts_with(&format!("{p}["))
+                        field == *p || field.starts_with(&format!("{p}.")) || field.starts_with(&format!("{p}["))
                     });
                     if unpatched {
                         for message in messages {

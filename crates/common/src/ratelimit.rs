@@ -17,14 +17,13 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use redis::aio::ConnectionManager;
 
+use crate::cache::REDIS_TIMEOUT;
 use crate::error::{ApiError, ErrorCode};
 
 type LocalLimiter = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
 /// How many keys the in-process limiter tracks before it forgets idle ones.
 const LOCAL_KEYS_BEFORE_CLEANUP: usize = 10_000;
-
-const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// INCR the window's counter, start the window on the first hit, report count and time left.
 const FIXED_WINDOW: &str = r"

@@ -4,7 +4,8 @@
 //! The durable record is the user service's (`users.revoked_sessions`): a logout, a
 //! refresh-token family revoked for reuse, or a password change that ends the other
 //! sessions writes a row in the same transaction. Every process keeps a copy in memory,
-//! and an access token is checked against that copy alone. The copy is kept current by
+//! and an access token is checked against that copy first, then against a marker in
+//! Redis for a session the copy does not have yet. The copy is kept current by
 //! - the writer itself, which adds what it revoked before it answers;
 //! - a marker in Redis, written before the writer answers and looked up by a process
 //!   whose copy does not have the session yet, so that every replica refuses it at once
@@ -31,12 +32,12 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::backoff::Backoff;
+use crate::cache::{REDIS_TIMEOUT, subscribed};
 
 /// How often a process that cannot hear announcements reloads the durable record.
 pub const RELOAD_WHILE_DOWN: Duration = Duration::from_secs(2);
 /// How long a reload may take before it counts as failed.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(5);
-const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// One revoked session: its access tokens are refused until `until`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -123,14 +124,11 @@ impl Revocations {
             let millis = (r.until - Utc::now()).num_milliseconds().max(1);
             pipe.cmd("SET").arg(format!("{}{}", self.markers, r.session_id)).arg(1).arg("PX").arg(millis).ignore();
         }
-        let mut markers = conn.clone();
-        if !matches!(tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(&mut markers)).await, Ok(Ok(()))) {
-            tracing::warn!("could not write a revocation marker; other processes learn it from their next reload");
-        }
         let message = revoked.iter().map(|r| format!("{} {}", r.session_id, r.until.timestamp())).collect::<Vec<_>>();
-        let publish = redis::cmd("PUBLISH").arg(&self.channel).arg(message.join("\n")).to_owned();
+        pipe.cmd("PUBLISH").arg(&self.channel).arg(message.join("\n")).ignore();
+        // Markers and announcement in one round trip.
         let mut conn = conn.clone();
-        if !matches!(tokio::time::timeout(REDIS_TIMEOUT, publish.query_async::<i64>(&mut conn)).await, Ok(Ok(_))) {
+        if !matches!(tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(&mut conn)).await, Ok(Ok(()))) {
             // The others reload the durable record while they cannot hear us.
             tracing::warn!("could not announce a revocation; other processes learn it from their next reload");
         }
@@ -184,12 +182,7 @@ impl Revocations {
         let Some((_, client)) = self.redis.clone() else { return };
         let mut backoff = Backoff::new(Duration::from_millis(50), RELOAD_WHILE_DOWN);
         loop {
-            let subscribed = tokio::time::timeout(Duration::from_secs(2), async {
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(&self.channel).await?;
-                redis::RedisResult::Ok(pubsub)
-            })
-            .await;
+            let subscribed = tokio::time::timeout(Duration::from_secs(2), subscribed(&client, &self.channel)).await;
             match subscribed {
                 Ok(Ok(mut pubsub)) => match self.reload().await {
                     Ok(()) => {

@@ -413,7 +413,8 @@ fn confirm(l1: &L1, replica: &str, beat: &str, sent: &mut std::collections::VecD
     }
 }
 
-async fn subscribed(client: &redis::Client, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
+/// A pub/sub connection subscribed to `channel`.
+pub(crate) async fn subscribed(client: &redis::Client, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(channel).await?;
     Ok(pubsub)

@@ -8,6 +8,7 @@
 //! jitter so that entries written together do not all expire together.
 
 mod l1;
+pub(crate) use l1::subscribed;
 
 use l1::L1;
 pub use l1::{Cached, Ticket, etag_of};
@@ -29,7 +30,7 @@ use serde::de::DeserializeOwned;
 
 /// How long a Redis call may take before the cache gives up and the request goes on
 /// without it.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+pub(crate) const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// The cap on in-process entries; moka evicts the least useful beyond it.
 const LOCAL_CAPACITY: u64 = 100_000;
