@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use super::relay::OutboxRow;
-use super::{Delivery, Envelope, Subscription, deliver};
+use super::{Delivery, Envelope, Subscription, deliver_batch};
 use crate::trace;
 
 /// The in-process subscribers, by topic.
@@ -24,31 +24,61 @@ impl Bus {
         }
     }
 
-    /// Delivers one row to every subscriber of its topic. An error (a subscriber's
-    /// database is away) leaves the row unpublished, so it comes again; subscribers that
-    /// already applied it find it in their inbox.
-    pub(super) async fn publish(&self, row: &OutboxRow) -> anyhow::Result<()> {
-        let subscribers =
-            self.subscribers.read().unwrap_or_else(|e| e.into_inner()).get(&row.topic).cloned().unwrap_or_default();
-        if subscribers.is_empty() {
-            return Ok(());
-        }
-        let envelope: Envelope = serde_json::from_value(row.envelope.clone())?;
-        for subscriber in subscribers {
-            let delivery = deliver(
-                &subscriber.db,
-                &subscriber.group,
-                subscriber.handler.as_ref(),
-                &row.topic,
-                &envelope,
-                // The publishing span's context, as Kafka's header would carry it.
-                Some(trace::outgoing()),
-            )
-            .await?;
-            if let Delivery::DeadLettered(reason) = delivery {
-                tracing::error!(topic = %row.topic, event_id = %envelope.id, group = %subscriber.group, reason, "in-process event dead-lettered");
+    /// Delivers a relay's batch to the subscribers of its topics, each subscriber's share
+    /// in one transaction ([`deliver_batch`]). What became of each row, in order: an error
+    /// (a subscriber's database is away) leaves the rows of its topic unpublished, so they
+    /// come again; subscribers that already applied them find them in their inbox.
+    pub(super) async fn publish_all(&self, service: &'static str, rows: &[OutboxRow]) -> Vec<anyhow::Result<()>> {
+        let mut outcomes: Vec<anyhow::Result<()>> = Vec::with_capacity(rows.len());
+        let mut events: Vec<Option<(Envelope, Option<String>)>> = Vec::with_capacity(rows.len());
+        for row in rows {
+            // The publishing span's context, as Kafka's header would carry it.
+            let span = super::publish_span(service, row);
+            let traceparent = trace::instrument(span, Some(&row.traceparent), async { trace::outgoing() }).await;
+            match serde_json::from_value::<Envelope>(row.envelope.clone()) {
+                Ok(envelope) => {
+                    events.push(Some((envelope, Some(traceparent))));
+                    outcomes.push(Ok(()));
+                }
+                Err(err) => {
+                    events.push(None);
+                    outcomes.push(Err(err.into()));
+                }
             }
         }
-        Ok(())
+        let mut topics: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        for topic in topics {
+            let subscribers =
+                self.subscribers.read().unwrap_or_else(|e| e.into_inner()).get(topic).cloned().unwrap_or_default();
+            let of_topic: Vec<usize> =
+                (0..rows.len()).filter(|&i| rows[i].topic == topic && events[i].is_some()).collect();
+            if subscribers.is_empty() || of_topic.is_empty() {
+                continue;
+            }
+            let batch: Vec<(Envelope, Option<String>)> = of_topic.iter().filter_map(|&i| events[i].clone()).collect();
+            for subscriber in subscribers {
+                match deliver_batch(&subscriber.db, &subscriber.group, subscriber.handler.as_ref(), topic, &batch).await
+                {
+                    Ok(deliveries) => {
+                        for (delivery, (event, _)) in deliveries.iter().zip(&batch) {
+                            if let Delivery::DeadLettered(reason) = delivery {
+                                tracing::error!(topic, event_id = %event.id, group = %subscriber.group, reason, "in-process event dead-lettered");
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        let reason = format!("{err:#}");
+                        for &i in &of_topic {
+                            if outcomes[i].is_ok() {
+                                outcomes[i] = Err(anyhow::anyhow!("{reason}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        outcomes
     }
 }

@@ -14,21 +14,23 @@
 //!   events, an hourly job of every consuming service ([`spawn_inbox_pruning`]).
 
 pub mod bus;
+mod consume;
 pub mod kafka;
 mod relay;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+pub use consume::{
+    Delivery, EventHandler, MAX_ATTEMPTS, PRUNE_EVERY, Subscription, apply_once, deliver, deliver_batch, on_commit,
+    prune_inbox, spawn_inbox_pruning,
+};
 pub use relay::{Relay, wake};
 
-use crate::db::is_transient;
 use crate::trace;
 
 /// The JSON value of every event record (API.md, "Events").
@@ -103,212 +105,65 @@ pub async fn emit(
     .bind(trace::outgoing())
     .execute(conn)
     .await?;
+    emitted(topic);
+    Ok(envelope)
+}
+
+/// [`emit`] for several events in one statement: `(event type, aggregate id, data)` each,
+/// written in the order given.
+pub async fn emit_many<T: Serialize>(
+    conn: &mut PgConnection,
+    topic: &str,
+    events: &[(&str, Uuid, T)],
+) -> Result<Vec<Envelope>, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let traceparent = trace::outgoing();
+    let mut envelopes = Vec::with_capacity(events.len());
+    let mut jsons = Vec::with_capacity(events.len());
+    for (event_type, aggregate_id, data) in events {
+        let envelope = Envelope {
+            id: Uuid::now_v7(),
+            event_type: (*event_type).to_owned(),
+            occurred_at: Utc::now(),
+            aggregate_id: *aggregate_id,
+            data: serde_json::to_value(data).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+        };
+        jsons.push(serde_json::to_value(&envelope).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+        envelopes.push(envelope);
+    }
+    let ids: Vec<Uuid> = envelopes.iter().map(|e| e.id).collect();
+    let aggregates: Vec<Uuid> = envelopes.iter().map(|e| e.aggregate_id).collect();
+    let types: Vec<&str> = envelopes.iter().map(|e| e.event_type.as_str()).collect();
+    // `WITH ORDINALITY` keeps the order given, which is the order of the outbox's `seq`.
+    sqlx::query(
+        "INSERT INTO outbox (id, topic, aggregate_id, event_type, envelope, traceparent)
+         SELECT e.id, $2, e.aggregate_id, e.event_type, e.envelope, $6
+         FROM UNNEST($1::uuid[], $3::uuid[], $4::text[], $5::jsonb[]) WITH ORDINALITY
+              AS e(id, aggregate_id, event_type, envelope, n)
+         ORDER BY e.n",
+    )
+    .bind(&ids)
+    .bind(topic)
+    .bind(&aggregates)
+    .bind(&types)
+    .bind(&jsons)
+    .bind(traceparent)
+    .execute(&mut *conn)
+    .await?;
+    emitted(topic);
+    Ok(envelopes)
+}
+
+/// Notes that the work in [`waking`] emitted to `topic`.
+fn emitted(topic: &str) {
     let _outside_waking = EMITTED.try_with(|emitted| {
         let mut emitted = emitted.borrow_mut();
         if !emitted.iter().any(|t| t == topic) {
             emitted.push(topic.to_owned());
         }
     });
-    Ok(envelope)
-}
-
-/// What a service does with an event it consumes. The effect must be written through
-/// `tx`: it commits together with the inbox entry that makes redeliveries no-ops.
-pub trait EventHandler: Send + Sync + 'static {
-    /// Whether the handler does anything with events of `event_type`. Those it does not
-    /// want are acknowledged without a transaction or an inbox row (a topic carries every
-    /// event of its service; most consumers act on a few).
-    fn wants(&self, _event_type: &str) -> bool {
-        true
-    }
-
-    fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a Envelope) -> BoxFuture<'a, anyhow::Result<()>>;
-
-    /// Runs once the effect has committed (say, to invalidate a cache, which must not
-    /// happen before the new state is visible).
-    fn after_commit<'a>(&'a self, _event: &'a Envelope) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
-    }
-}
-
-/// One consumer: a service's handler for some topics, applied in the service's schema.
-#[derive(Clone)]
-pub struct Subscription {
-    /// The consumer group: one per service, so replicas share the partitions.
-    pub group: String,
-    pub topics: Vec<String>,
-    pub db: PgPool,
-    pub handler: Arc<dyn EventHandler>,
-}
-
-/// How an event was dealt with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Delivery {
-    Applied,
-    /// Its id was already in the inbox: a redelivery, nothing done.
-    Duplicate,
-    /// The handler does not want events of its type: nothing done, nothing recorded.
-    Ignored,
-    /// The handler kept failing; the reason goes with the record to the dead letters.
-    DeadLettered(String),
-}
-
-/// Attempts at a failing handler before its record goes to the dead letters.
-pub const MAX_ATTEMPTS: u32 = 5;
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-/// Applies `event` once: the inbox row and the handler's effect commit together, so a
-/// second delivery of the same id finds the row and changes nothing. An event the handler
-/// does not want costs nothing.
-pub async fn apply_once(
-    db: &PgPool,
-    handler: &dyn EventHandler,
-    topic: &str,
-    event: &Envelope,
-) -> anyhow::Result<Delivery> {
-    if !handler.wants(&event.event_type) {
-        return Ok(Delivery::Ignored);
-    }
-    waking(apply_wanted(db, handler, topic, event)).await
-}
-
-async fn apply_wanted(
-    db: &PgPool,
-    handler: &dyn EventHandler,
-    topic: &str,
-    event: &Envelope,
-) -> anyhow::Result<Delivery> {
-    let mut tx = db.begin().await?;
-    let inserted = sqlx::query(
-        "INSERT INTO inbox (event_id, topic, event_type) VALUES ($1, $2, $3) ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(event.id)
-    .bind(topic)
-    .bind(&event.event_type)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        return Ok(Delivery::Duplicate);
-    }
-    handler.handle(&mut tx, event).await?;
-    tx.commit().await?;
-    handler.after_commit(event).await;
-    Ok(Delivery::Applied)
-}
-
-/// [`apply_once`] with retries: a failing handler is retried with exponential backoff
-/// [`MAX_ATTEMPTS`] times and then dead-lettered; a database outage is returned as an
-/// error for the caller to retry later, without using up attempts.
-///
-/// The handling is a consumer span for `group`, the child of the span that published the
-/// event (its `traceparent`), so a trace follows the event from service to service.
-pub async fn deliver(
-    db: &PgPool,
-    group: &str,
-    handler: &dyn EventHandler,
-    topic: &str,
-    event: &Envelope,
-    traceparent: Option<String>,
-) -> anyhow::Result<Delivery> {
-    let span = tracing::info_span!(
-        "consume",
-        otel.name = %format_args!("{topic} process"),
-        otel.kind = "consumer",
-        messaging.system = "kafka",
-        messaging.destination.name = topic,
-        messaging.consumer.group.name = group,
-        messaging.message.id = %event.id,
-        event_type = %event.event_type,
-    );
-    let work = async {
-        let mut backoff = crate::backoff::Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
-        let mut attempt = 1;
-        loop {
-            match apply_once(db, handler, topic, event).await {
-                Ok(delivery) => {
-                    let outcome = match delivery {
-                        Delivery::Applied => "applied",
-                        Delivery::Ignored => "ignored",
-                        _ => "duplicate",
-                    };
-                    metrics::counter!("events_consumed_total", "topic" => topic.to_owned(), "outcome" => outcome)
-                        .increment(1);
-                    return Ok(delivery);
-                }
-                // The database is away: no attempt is used up; the caller retries later.
-                Err(err) if is_transient(&err) => return Err(err),
-                Err(err) if attempt >= MAX_ATTEMPTS => {
-                    metrics::counter!("events_dead_lettered_total", "topic" => topic.to_owned()).increment(1);
-                    tracing::error!(event_id = %event.id, topic, error = format!("{err:#}"), "giving up on an event");
-                    return Ok(Delivery::DeadLettered(format!("{err:#}")));
-                }
-                Err(err) => {
-                    tracing::warn!(event_id = %event.id, topic, attempt, error = format!("{err:#}"), "event handler failed; retrying");
-                    backoff.wait().await;
-                    attempt += 1;
-                }
-            }
-        }
-    };
-    trace::instrument(span, traceparent.as_deref(), work).await
-}
-
-/// Inbox rows one statement of [`prune_inbox`] deletes: a short transaction holding few
-/// locks, however large the backlog.
-const PRUNE_BATCH: i64 = 1000;
-/// How often a service prunes its inbox. Rows only become old enough by the hour, so
-/// once an hour costs one statement while there is nothing to delete.
-pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-
-/// Deletes the inbox rows of events applied more than `retention` ago, a batch at a time,
-/// and returns how many went. Safe while `retention` is longer than the broker keeps
-/// records: a record is appended before it is applied, so the broker no longer holds the
-/// event of a row older than that, and no redelivery can come looking for it. Replicas
-/// pruning at once skip each other's rows (`SKIP LOCKED`).
-pub async fn prune_inbox(db: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-    let mut pruned = 0;
-    loop {
-        let deleted = sqlx::query(
-            "DELETE FROM inbox WHERE event_id IN (
-                 SELECT event_id FROM inbox
-                 WHERE applied_at < now() - make_interval(secs => $1)
-                 ORDER BY applied_at
-                 LIMIT $2
-                 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(retention.as_secs_f64())
-        .bind(PRUNE_BATCH)
-        .execute(db)
-        .await?
-        .rows_affected();
-        pruned += deleted;
-        if deleted < PRUNE_BATCH as u64 {
-            return Ok(pruned);
-        }
-        // Between batches, let the service's own work have the pool.
-        tokio::task::yield_now().await;
-    }
-}
-
-/// Prunes the inbox of `db`'s schema every [`PRUNE_EVERY`], the first time at a random
-/// point of the first hour, so that replicas started together (or a process restarting
-/// in a loop) do not prune in step.
-pub fn spawn_inbox_pruning(service: &'static str, db: PgPool, retention: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let first = PRUNE_EVERY.mul_f64(rand::random::<f64>());
-        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + first, PRUNE_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            match prune_inbox(&db, retention).await {
-                Ok(0) => {}
-                Ok(pruned) => tracing::info!(service, pruned, "pruned the inbox"),
-                Err(err) => tracing::warn!(service, error = %err, "could not prune the inbox; will retry in an hour"),
-            }
-        }
-    })
 }
 
 /// Where a process's events go: Kafka, or subscribers in the same process.
@@ -369,18 +224,38 @@ impl Events {
         }
     }
 
-    /// Hands one outbox row to its destination.
-    async fn publish(&self, row: &relay::OutboxRow) -> anyhow::Result<()> {
+    /// Hands a relay's batch of outbox rows to their destination, each in its producer
+    /// span: what became of each row, in order.
+    async fn publish_all(&self, service: &'static str, rows: &[relay::OutboxRow]) -> Vec<anyhow::Result<()>> {
         match self {
-            Self::Kafka(kafka) => kafka.publish_row(row).await,
-            Self::InProcess(bus) => bus.publish(row).await,
+            Self::Kafka(kafka) => {
+                futures::future::join_all(rows.iter().map(|row| {
+                    trace::instrument(publish_span(service, row), Some(&row.traceparent), kafka.publish_row(row))
+                }))
+                .await
+            }
+            Self::InProcess(bus) => bus.publish_all(service, rows).await,
         }
     }
+}
+
+/// A producer span per event, the child of the span that wrote it to the outbox.
+fn publish_span(service: &'static str, row: &relay::OutboxRow) -> tracing::Span {
+    tracing::info_span!(
+        "publish",
+        otel.name = %format_args!("{} publish", row.topic),
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.destination.name = %row.topic,
+        messaging.message.id = %row.id,
+        service = service,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::is_transient;
 
     #[test]
     fn the_envelope_has_the_field_names_of_the_contract() {

@@ -21,7 +21,6 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::Events;
-use crate::trace;
 
 const BATCH_SIZE: i64 = 256;
 /// How long an idle relay waits, unless woken, before looking again.
@@ -40,6 +39,21 @@ pub struct OutboxRow {
     pub aggregate_id: Uuid,
     pub envelope: serde_json::Value,
     pub traceparent: String,
+    /// Its place in the outbox.
+    #[sqlx(default)]
+    pub seq: i64,
+    /// A later event of the same aggregate waits for this one to be published.
+    #[sqlx(default)]
+    pub has_successor: bool,
+}
+
+/// What one round of [`Relay::publish_pending`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    pub published: usize,
+    /// More rows may be waiting now: the batch was full, or it held back the later events
+    /// of one of its aggregates.
+    pub more: bool,
 }
 
 /// The relays of this process, by the topic they publish to, for [`wake`].
@@ -87,72 +101,80 @@ impl Relay {
     /// Publishes one batch and returns how many rows it published. An error means some
     /// rows could not be published; they stay in the outbox for the next round.
     pub async fn publish_pending(&self) -> anyhow::Result<usize> {
+        Ok(self.publish_round().await?.published)
+    }
+
+    /// [`Relay::publish_pending`], telling whether to look again at once.
+    async fn publish_round(&self) -> anyhow::Result<Round> {
+        // The batch is claimed and marked published in one statement; what then fails to
+        // publish is unmarked before the commit.
         let mut tx = self.db.begin().await?;
-        let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT o.id, o.topic, o.aggregate_id, o.envelope, o.traceparent
-             FROM outbox o
-             WHERE o.published_at IS NULL
-               AND NOT EXISTS (
-                   SELECT 1 FROM outbox earlier
-                   WHERE earlier.published_at IS NULL
-                     AND earlier.aggregate_id = o.aggregate_id
-                     AND earlier.seq < o.seq)
-             ORDER BY o.seq
-             LIMIT $1
-             FOR UPDATE SKIP LOCKED",
+        let mut rows: Vec<OutboxRow> = sqlx::query_as(
+            "WITH batch AS (
+                 SELECT o.id,
+                        EXISTS (SELECT 1 FROM outbox later
+                                WHERE later.published_at IS NULL
+                                  AND later.aggregate_id = o.aggregate_id
+                                  AND later.seq > o.seq) AS has_successor
+                 FROM outbox o
+                 WHERE o.published_at IS NULL
+                   AND NOT EXISTS (
+                       SELECT 1 FROM outbox earlier
+                       WHERE earlier.published_at IS NULL
+                         AND earlier.aggregate_id = o.aggregate_id
+                         AND earlier.seq < o.seq)
+                 ORDER BY o.seq
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE outbox SET published_at = now() FROM batch WHERE outbox.id = batch.id
+             RETURNING outbox.id, outbox.seq, outbox.topic, outbox.aggregate_id, outbox.envelope,
+                       outbox.traceparent, batch.has_successor",
         )
         .bind(BATCH_SIZE)
         .fetch_all(&mut *tx)
         .await?;
+        rows.sort_by_key(|row| row.seq);
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Round { published: 0, more: false });
         }
+        let more = rows.len() as i64 == BATCH_SIZE || rows.iter().any(|r| r.has_successor);
         if self.recreate_topics.swap(false, std::sync::atomic::Ordering::Relaxed) {
             let mut topics: Vec<String> = rows.iter().map(|r| r.topic.clone()).collect();
             topics.sort_unstable();
             topics.dedup();
             self.events.ensure_topics(&topics).await;
         }
-        let outcomes = futures::future::join_all(rows.iter().map(|row| {
-            // A producer span per event, the child of the span that wrote it to the outbox.
-            let span = tracing::info_span!(
-                "publish",
-                otel.name = %format_args!("{} publish", row.topic),
-                otel.kind = "producer",
-                messaging.system = "kafka",
-                messaging.destination.name = %row.topic,
-                messaging.message.id = %row.id,
-                service = self.service,
-            );
-            trace::instrument(span, Some(&row.traceparent), self.events.publish(row))
-        }))
-        .await;
-        let mut published = Vec::with_capacity(rows.len());
+        let outcomes = self.events.publish_all(self.service, &rows).await;
+        let mut published = 0;
+        let mut unpublished = Vec::new();
         let mut failure = None;
         for (row, outcome) in rows.iter().zip(outcomes) {
             match outcome {
                 Ok(()) => {
                     metrics::counter!("outbox_published_total", "service" => self.service, "topic" => row.topic.clone())
                         .increment(1);
-                    published.push(row.id);
+                    published += 1;
                 }
                 Err(err) => {
                     metrics::counter!("outbox_publish_errors_total", "service" => self.service, "topic" => row.topic.clone())
                         .increment(1);
+                    unpublished.push(row.id);
                     failure.get_or_insert((row.topic.clone(), err));
                 }
             }
         }
-        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
-            .bind(&published)
-            .execute(&mut *tx)
-            .await?;
+        if !unpublished.is_empty() {
+            sqlx::query("UPDATE outbox SET published_at = NULL WHERE id = ANY($1)")
+                .bind(&unpublished)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         match failure {
-            None => Ok(published.len()),
+            None => Ok(Round { published, more }),
             Some((topic, err)) => {
                 self.recreate_topics.store(true, std::sync::atomic::Ordering::Relaxed);
-                Err(err.context(format!("{} of {} events published to {topic}", published.len(), rows.len())))
+                Err(err.context(format!("{published} of {} events published to {topic}", rows.len())))
             }
         }
     }
@@ -164,12 +186,14 @@ impl Relay {
         let housekeeping = tokio::spawn(housekeeping(self.service, self.db.clone()));
         let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(50), MAX_BACKOFF);
         loop {
-            match self.publish_pending().await {
-                Ok(0) => {
+            // After a round that left nothing behind, the next look waits to be woken (a
+            // wake while publishing counts): an empty look costs three statements.
+            match self.publish_round().await {
+                Ok(Round { more: false, .. }) => {
                     backoff.reset();
                     let _ = tokio::time::timeout(self.idle_poll, self.woken.notified()).await;
                 }
-                Ok(_) => backoff.reset(),
+                Ok(Round { more: true, .. }) => backoff.reset(),
                 Err(err) => {
                     tracing::warn!(
                         service = self.service,
