@@ -123,6 +123,22 @@ impl CatalogCache {
         Ok((!cached.is_null()).then_some(cached))
     }
 
+    /// Several products by id, through the cache in one multi-get: each one's JSON and
+    /// tag, `None` for an id the catalogue does not have (or deleted).
+    pub async fn products(&self, ids: &[Uuid]) -> Result<Vec<Option<Arc<Cached>>>, Error> {
+        let keys: Vec<String> = ids.iter().map(|id| product_key(*id)).collect();
+        let (db, wanted) = (self.db.clone(), ids.to_vec());
+        let cached = self
+            .cache
+            .load_cached_many(&keys, product_ttl, move |missing| async move {
+                let missing: Vec<Uuid> = missing.iter().map(|i| wanted[*i]).collect();
+                Ok(repository::find_products(&db, &missing).await?)
+            })
+            .await
+            .map_err(Error::Cache)?;
+        Ok(cached.into_iter().map(|c| (!c.is_null()).then_some(c)).collect())
+    }
+
     /// A listing page: its ids through the cache (straight from the database when the
     /// cache cannot say which generation is current), then its products in one
     /// multi-get. A product deleted since the page was cached is left out.

@@ -1,4 +1,5 @@
-//! The handlers of `/api/products/*`, `/api/categories/*` and `/internal/reservations`:
+//! The handlers of `/api/products/*`, `/api/categories/*`, `/internal/reservations` and
+//! `/internal/products`:
 //! parse the request into domain types, apply the rules, map the outcome.
 
 use axum::extract::State;
@@ -34,6 +35,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(adjust_stock))
         .routes(routes!(list_categories, create_category))
         .routes(routes!(reserve))
+        .routes(routes!(lookup_products))
 }
 
 /// Listing parameters, as the query string carries them; parsed into a [`Listing`].
@@ -507,6 +509,64 @@ async fn create_category(
     let (name, parent_id) = req.parse()?;
     let category = repository::insert_category(&state.db, &name, parent_id).await?;
     Ok((StatusCode::CREATED, Json(category)))
+}
+
+/// The most products one lookup names: more than a cart's most lines (50) with the one
+/// being added.
+const LOOKUP_MAX: usize = 100;
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LookupParams {
+    /// 1 to 100 product ids, comma-separated.
+    ids: String,
+}
+
+/// The answer of a lookup (what `lookup_products` writes out of the cached JSON).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct LookupResponse {
+    items: Vec<Option<Product>>,
+}
+
+/// Products by id, as carts show them, in one call (service to service with a service
+/// token; not routed by the gateway).
+#[utoipa::path(
+    get, path = "/internal/products", tag = "internal",
+    params(LookupParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Each id's product, in the order asked, or `null` where the catalogue has no such product (or it was deleted)", body = LookupResponse),
+        (status = 400, description = "`ids` is not 1 to 100 comma-separated ids", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid service token (user tokens are refused)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all)]
+async fn lookup_products(
+    State(state): State<AppState>,
+    ServiceCaller(_caller): ServiceCaller,
+    Query(params): Query<LookupParams>,
+) -> Result<Response, ApiError> {
+    let ids: Vec<Uuid> = params
+        .ids
+        .split(',')
+        .map(|id| id.trim().parse())
+        .collect::<Result<_, _>>()
+        .ok()
+        .filter(|ids: &Vec<Uuid>| (1..=LOOKUP_MAX).contains(&ids.len()))
+        .ok_or_else(|| ApiError::bad_request("ids must be 1 to 100 comma-separated product ids"))?;
+    let products = state.catalog.products(&ids).await?;
+    let mut json =
+        Vec::with_capacity(products.iter().map(|p| p.as_ref().map_or(4, |p| p.json.len()) + 1).sum::<usize>() + 12);
+    json.extend_from_slice(b"{\"items\":[");
+    for (n, product) in products.iter().enumerate() {
+        if n > 0 {
+            json.push(b',');
+        }
+        json.extend_from_slice(product.as_ref().map_or(&b"null"[..], |p| &p.json[..]));
+    }
+    json.extend_from_slice(b"]}");
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 #[derive(Deserialize, ToSchema)]

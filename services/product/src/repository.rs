@@ -262,45 +262,65 @@ pub async fn reserve(
         let items = reserved_items(tx, order_id).await?;
         return Ok((Reservation { status, items, created: false }, Vec::new()));
     }
-    let mut items = Vec::with_capacity(lines.len());
-    let mut changed = Vec::with_capacity(lines.len());
-    for line in lines {
-        let taken = sqlx::query_as!(
-            Product,
-            r#"UPDATE catalog.products SET stock = stock - $2, updated_at = clock_timestamp()
-               WHERE id = $1 AND deleted_at IS NULL AND stock >= $2
-               RETURNING id, sku, name, description, price AS "price: Money", currency, stock, category_id,
-                         created_at, updated_at"#,
-            line.product_id,
-            line.quantity
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(product) = taken else {
-            return Err(match available_stock(tx, line.product_id).await? {
-                Some(available) => Error::InsufficientStock { product_id: line.product_id, available },
-                None => Error::UnknownProduct { line: line_index(line.product_id) },
-            });
-        };
-        sqlx::query!(
-            "INSERT INTO catalog.reservation_items (order_id, product_id, quantity, unit_price) VALUES ($1, $2, $3, $4)",
-            order_id,
-            product.id,
-            line.quantity,
-            product.price.amount()
-        )
-        .execute(&mut *tx)
-        .await?;
-        stock_changed(tx, &product, Some(order_id), "reserved").await?;
-        items.push(ReservedItem {
+    // Every line in one statement: the rows are locked in the lines' order (by product
+    // id), so two reservations of the same products cannot deadlock, and each decrement
+    // guards on the stock it needs.
+    let product_ids: Vec<Uuid> = lines.iter().map(|l| l.product_id).collect();
+    let quantities: Vec<i32> = lines.iter().map(|l| l.quantity).collect();
+    let taken = sqlx::query_as!(
+        Product,
+        r#"WITH locked AS (
+               SELECT id FROM catalog.products WHERE id = ANY($2) ORDER BY id FOR UPDATE),
+           taken AS (
+               UPDATE catalog.products p SET stock = p.stock - l.quantity, updated_at = clock_timestamp()
+               FROM UNNEST($2::uuid[], $3::int[]) AS l(product_id, quantity)
+               JOIN locked k ON k.id = l.product_id
+               WHERE p.id = l.product_id AND p.deleted_at IS NULL AND p.stock >= l.quantity
+               RETURNING p.id, p.sku, p.name, p.description, p.price, p.currency, p.stock, p.category_id,
+                         p.created_at, p.updated_at, l.quantity),
+           items AS (
+               INSERT INTO catalog.reservation_items (order_id, product_id, quantity, unit_price)
+               SELECT $1, id, quantity, price FROM taken)
+           SELECT id AS "id!", sku AS "sku!", name AS "name!", description AS "description!",
+                  price AS "price!: Money", currency AS "currency!", stock AS "stock!",
+                  category_id AS "category_id!", created_at AS "created_at!", updated_at AS "updated_at!"
+           FROM taken ORDER BY id"#,
+        order_id,
+        &product_ids,
+        &quantities
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if taken.len() < lines.len() {
+        // Some line could not be had: the caller's transaction is rolled back; name the
+        // first such line.
+        let line = lines.iter().find(|l| !taken.iter().any(|p| p.id == l.product_id)).unwrap_or(&lines[0]);
+        return Err(match available_stock(tx, line.product_id).await? {
+            Some(available) => Error::InsufficientStock { product_id: line.product_id, available },
+            None => Error::UnknownProduct { line: line_index(line.product_id) },
+        });
+    }
+    let events: Vec<_> = taken
+        .iter()
+        .map(|product| {
+            let data =
+                json!({"product_id": product.id, "stock": product.stock, "reason": "reserved", "order_id": order_id});
+            ("product.stock_changed", product.id, data)
+        })
+        .collect();
+    events::emit_many(tx, TOPIC, &events).await?;
+    let items = taken
+        .iter()
+        .zip(lines)
+        .map(|(product, line)| ReservedItem {
             product_id: product.id,
             name: product.name.clone(),
             quantity: line.quantity,
             unit_price: product.price,
             currency: product.currency.clone(),
-        });
-        changed.push(product);
-    }
+        })
+        .collect();
+    let changed = taken;
     Ok((Reservation { status: ReservationStatus::Reserved, items, created: true }, changed))
 }
 
@@ -314,6 +334,24 @@ pub async fn settle_reservation(
     order_id: Uuid,
     event: ReservationEvent,
 ) -> Result<Vec<Uuid>, Error> {
+    if event == ReservationEvent::Paid {
+        // The usual case in one statement: a held reservation is committed.
+        let (from, to) = (ReservationStatus::Reserved, ReservationStatus::Committed);
+        debug_assert_eq!(from.after(event), Some(to));
+        let committed = sqlx::query!(
+            "UPDATE catalog.reservations SET status = $3, updated_at = clock_timestamp()
+             WHERE order_id = $1 AND status = $2",
+            order_id,
+            from.as_str(),
+            to.as_str()
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if committed == 1 {
+            return Ok(Vec::new());
+        }
+    }
     let lock =
         || sqlx::query_scalar!("SELECT status FROM catalog.reservations WHERE order_id = $1 FOR UPDATE", order_id);
     let mut status = lock().fetch_optional(&mut *tx).await?;
