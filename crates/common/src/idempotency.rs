@@ -141,13 +141,20 @@ impl Idempotency {
         .fetch_optional(&mut *conn)
         .await?;
         let Some((fingerprint, status, body)) = stored else { return Ok(None) };
+        self.replay(&fingerprint, status, body).map(Some)
+    }
+
+    /// The answer stored for this key (its row's `fingerprint`, `status` and `body`, read
+    /// by a service's own query beside what it reads for the operation), replayed; `422`
+    /// if it was stored for another request. The row must be younger than 24 hours.
+    pub fn replay(&self, fingerprint: &[u8], status: i16, body: Vec<u8>) -> Result<Response, ApiError> {
         if fingerprint != self.fingerprint {
             return Err(Self::reused());
         }
         let status = StatusCode::from_u16(status as u16).map_err(ApiError::internal)?;
         let mut response = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
         response.headers_mut().insert(IDEMPOTENT_REPLAYED.clone(), HeaderValue::from_static("true"));
-        Ok(Some(response))
+        Ok(response)
     }
 
     /// Stores the response to replay, in the transaction of the effect. A record older

@@ -49,13 +49,6 @@ pub async fn place(
     key: Option<&Idempotency>,
 ) -> Result<Response, ApiError> {
     let scope = user_id.to_string();
-    if let Some(key) = key {
-        // Done before: replay it (the key's lock lasts only for this look).
-        let mut tx = state.db.begin().await?;
-        if let Begin::Replay(response) = key.begin(&mut tx, &scope).await? {
-            return Ok(response);
-        }
-    }
     // Where each product first appears in the request, for refusals that name a line.
     let requested: Option<Vec<Uuid>> = request.lines.as_ref().map(|l| l.iter().map(|l| l.product_id).collect());
     let checkout = match start(state, user_id, request.lines, key).await? {
@@ -94,17 +87,6 @@ pub async fn place(
         }
     };
 
-    let mut tx = state.db.begin().await?;
-    if !repository::take_checkout(&mut *tx, checkout.order_id).await? {
-        // Our lease ran out: a retry with the same key may have finished the order (then
-        // its answer is ours too), or the recovery job released it.
-        if let Some(key) = key
-            && let Begin::Replay(response) = key.begin(&mut tx, &scope).await?
-        {
-            return Ok(response);
-        }
-        return Err(Error::CheckoutReleased.into());
-    }
     // PostgreSQL keeps microseconds; so does the answer, or a re-read would differ.
     let now = Utc::now().trunc_subsecs(6);
     let expires_at = now + chrono::Duration::from_std(state.payment_timeout).map_err(ApiError::internal)?;
@@ -121,10 +103,16 @@ pub async fn place(
         refunded_total: Money::ZERO,
         expires_at: Some(expires_at),
     };
-    repository::insert_order(&mut tx, &order).await?;
-    if checkout.from_cart {
-        let ordered: Vec<Uuid> = order.items.iter().map(|i| i.product_id).collect();
-        repository::remove_cart_items(&mut *tx, user_id, &ordered).await?;
+    let mut tx = state.db.begin().await?;
+    if !repository::place_order(&mut tx, &order, checkout.from_cart).await? {
+        // Our lease ran out: a retry with the same key may have finished the order (then
+        // its answer is ours too), or the recovery job released it.
+        if let Some(key) = key
+            && let Begin::Replay(response) = key.begin(&mut tx, &scope).await?
+        {
+            return Ok(response);
+        }
+        return Err(Error::CheckoutReleased.into());
     }
     if let Some(key) = key {
         key.finish(&mut tx, &scope, StatusCode::CREATED, &order).await?;
@@ -150,9 +138,18 @@ async fn start(
     lines: Option<Vec<Line>>,
     key: Option<&Idempotency>,
 ) -> Result<Started, ApiError> {
+    let earlier = match (key, &lines) {
+        (None, Some(_)) => repository::Earlier::default(),
+        _ => repository::earlier(&state.db, user_id, key.map(Idempotency::as_str), lines.is_none()).await?,
+    };
+    if let (Some(key), Some((fingerprint, status, body))) = (key, earlier.answer) {
+        // Done before: replay it.
+        return Ok(Started::Finished(key.replay(&fingerprint, status, body)?));
+    }
     if let Some(key) = key
-        && let Some(earlier) = repository::find_checkout(&state.db, user_id, key.as_str()).await?
+        && let Some(earlier) = earlier.checkout
     {
+        // Started before: a request with the key still running holds its lease.
         if earlier.fingerprint.as_deref() != Some(key.fingerprint()) {
             return Err(Idempotency::reused());
         }
@@ -164,11 +161,10 @@ async fn start(
     let (items, from_cart) = match lines {
         Some(lines) => (merge_lines(lines), false),
         None => {
-            let cart = repository::cart(&state.db, user_id).await?;
-            if cart.is_empty() {
+            if earlier.cart.is_empty() {
                 return Err(Error::NothingToOrder.into());
             }
-            (cart, true)
+            (earlier.cart, true)
         }
     };
     let checkout =

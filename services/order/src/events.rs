@@ -51,7 +51,6 @@ fn moves_orders(event_type: &str) -> bool {
 }
 
 pub struct PaymentEvents {
-    pub db: sqlx::PgPool,
     pub live: Live,
 }
 
@@ -66,6 +65,17 @@ impl EventHandler for PaymentEvents {
                 return Ok(());
             }
             let payment: PaymentEvent = serde_json::from_value(event.data.clone())?;
+            if event.event_type == "payment.succeeded" {
+                // The usual case in one statement: an unpaid order is paid.
+                let cause = Cause { reason: None, payment_id: Some(payment.payment_id) };
+                let paid = repository::move_from(tx, payment.order_id, OrderStatus::PendingPayment, Action::Pay, cause)
+                    .await?;
+                if let Some((user_id, change)) = paid {
+                    let live = self.live.clone();
+                    common::events::on_commit(async move { live.publish(user_id, change).await }).await;
+                    return Ok(());
+                }
+            }
             let order = match payment.refunded_total {
                 Some(refunded) => repository::record_refunded(tx, payment.order_id, refunded).await?,
                 None => repository::find_order_in(tx, payment.order_id).await?,
@@ -79,7 +89,13 @@ impl EventHandler for PaymentEvents {
                 Ok(_) => {
                     let reason = (action == Action::Cancel).then_some("refunded");
                     let cause = Cause { reason, payment_id: Some(payment.payment_id) };
-                    repository::move_order(tx, &order, action, cause).await?;
+                    let moved = repository::move_order(tx, &order, action, cause).await?;
+                    // Told to the owner's sockets once the move is visible.
+                    let live = self.live.clone();
+                    common::events::on_commit(async move {
+                        live.publish(moved.user_id, StatusChanged::of(&moved)).await;
+                    })
+                    .await;
                 }
                 // Paid already (the same payment again), or cancelled or expired first:
                 // the payment service refunds a payment for a cancelled order.
@@ -88,26 +104,6 @@ impl EventHandler for PaymentEvents {
                 }
             }
             Ok(())
-        })
-    }
-
-    fn after_commit<'a>(&'a self, event: &'a Envelope) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            if !moves_orders(&event.event_type) {
-                return;
-            }
-            let Ok(payment) = serde_json::from_value::<PaymentEvent>(event.data.clone()) else { return };
-            let moved_to: &[OrderStatus] = match event.event_type.as_str() {
-                "payment.succeeded" => &[OrderStatus::Paid],
-                _ => &[OrderStatus::Cancelled, OrderStatus::Refunded],
-            };
-            match repository::find_order(&self.db, payment.order_id).await {
-                Ok(Some(order)) if moved_to.contains(&order.status) => {
-                    self.live.publish(order.user_id, StatusChanged::of(&order)).await;
-                }
-                Ok(_) => {}
-                Err(err) => tracing::warn!(error = %err, "could not read a paid order to announce it"),
-            }
         })
     }
 }

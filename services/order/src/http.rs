@@ -61,8 +61,8 @@ async fn priced_cart(state: &AppState, user_id: Uuid, change: Option<Line>) -> R
             None => lines.push(change),
         }
     }
-    let products =
-        futures::future::try_join_all(lines.iter().map(|line| state.products.product(line.product_id))).await?;
+    let ids: Vec<Uuid> = lines.iter().map(|line| line.product_id).collect();
+    let products = state.products.products(&ids).await?;
     let mut items = Vec::with_capacity(lines.len());
     let mut gone = Vec::new();
     for (line, product) in lines.iter().zip(products) {

@@ -157,7 +157,7 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
             group: SERVICE.to_owned(),
             topics: vec![events::PAYMENT_TOPIC.to_owned()],
             db: db.clone(),
-            handler: Arc::new(events::PaymentEvents { db: db.clone(), live: live.clone() }),
+            handler: Arc::new(events::PaymentEvents { live: live.clone() }),
         })
         .await;
     common::events::spawn_inbox_pruning(SERVICE, db.clone(), config.common.inbox_retention);

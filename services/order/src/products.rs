@@ -1,6 +1,6 @@
 //! What the order service asks the product service, through `common::client` (timeout,
-//! retries for idempotent calls, a circuit breaker): current names and prices for carts,
-//! and stock reservations for checkouts.
+//! retries for idempotent calls, a circuit breaker): current names and prices for carts
+//! (every line in one call), and stock reservations for checkouts.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +30,11 @@ pub struct ReservedItem {
     pub name: String,
     pub quantity: i32,
     pub unit_price: Money,
+}
+
+#[derive(Deserialize)]
+struct Lookup {
+    items: Vec<Option<ProductView>>,
 }
 
 #[derive(Deserialize)]
@@ -99,10 +104,24 @@ impl Products {
         Self { upstream }
     }
 
-    /// A product that can be ordered, or `None` if there is no such product (or it was
-    /// deleted).
-    pub async fn product(&self, id: Uuid) -> Result<Option<ProductView>, ApiError> {
-        self.upstream.get_optional(&format!("/api/products/{id}")).await
+    /// Products by id in one call, in the order of `ids`: `None` where there is no such
+    /// product (or it was deleted).
+    pub async fn products(&self, ids: &[Uuid]) -> Result<Vec<Option<ProductView>>, ApiError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let path = format!("/internal/products?ids={}", ids.join(","));
+        let looked_up: Option<Lookup> = self.upstream.get_optional(&path).await?;
+        let items = looked_up.map(|l| l.items).unwrap_or_default();
+        if items.len() != ids.len() {
+            return Err(ApiError::internal(anyhow::anyhow!(
+                "the product service answered {} of {} products",
+                items.len(),
+                ids.len()
+            )));
+        }
+        Ok(items)
     }
 
     /// Reserves every line for `order_id`, or none. Idempotent per order id, so it is

@@ -15,7 +15,7 @@ use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::TOPIC;
-use crate::domain::{Action, Line, MAX_LINES, Order, OrderLine, OrderStatus, ShippingAddress};
+use crate::domain::{Action, Line, MAX_LINES, Order, OrderLine, OrderStatus, ShippingAddress, StatusChanged};
 use crate::error::Error;
 
 /// The largest possible id, where a first page starts (ids are compared with `<`).
@@ -131,23 +131,50 @@ pub struct Checkout {
     pub fingerprint: Option<Vec<u8>>,
 }
 
-/// The unfinished checkout a request with this Idempotency-Key started, if any.
+/// What a checkout request starts from, read in one statement: with an Idempotency-Key,
+/// the answer stored for it and the unfinished checkout it started; with `with_cart`, the
+/// cart.
+#[derive(Debug, Default)]
+pub struct Earlier {
+    /// The stored answer's fingerprint, status and body.
+    pub answer: Option<(Vec<u8>, i16, Vec<u8>)>,
+    pub checkout: Option<Checkout>,
+    pub cart: Vec<Line>,
+}
+
 #[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
-pub async fn find_checkout(db: &PgPool, user_id: Uuid, key: &str) -> Result<Option<Checkout>, Error> {
+pub async fn earlier(db: &PgPool, user_id: Uuid, key: Option<&str>, with_cart: bool) -> Result<Earlier, Error> {
     let row = sqlx::query!(
-        r#"SELECT order_id, items AS "items: Json<Vec<Line>>", from_cart, fingerprint
-           FROM ordering.checkouts WHERE user_id = $1 AND idempotency_key = $2"#,
+        r#"SELECT k.fingerprint AS "answer_fingerprint?", k.status AS "answer_status?", k.body AS "answer_body?",
+                  c.order_id AS "order_id?", c.items AS "items?: Json<Vec<Line>>", c.from_cart AS "from_cart?",
+                  c.fingerprint,
+                  CASE WHEN $4 THEN
+                      (SELECT jsonb_agg(jsonb_build_object('product_id', product_id, 'quantity', quantity)
+                                        ORDER BY added_at, product_id)
+                       FROM ordering.cart_items WHERE user_id = $1)
+                  END AS "cart?: Json<Vec<Line>>"
+           FROM (SELECT 1) AS one
+           LEFT JOIN ordering.idempotency_keys k
+             ON k.scope = $3 AND k.key = $2 AND k.created_at > now() - interval '24 hours'
+           LEFT JOIN ordering.checkouts c ON c.user_id = $1 AND c.idempotency_key = $2"#,
         user_id,
-        key
+        key,
+        user_id.to_string(),
+        with_cart
     )
-    .fetch_optional(db)
+    .fetch_one(db)
     .await?;
-    Ok(row.map(|r| Checkout {
-        order_id: r.order_id,
-        items: r.items.0,
-        from_cart: r.from_cart,
-        fingerprint: r.fingerprint,
-    }))
+    let answer = match (row.answer_fingerprint, row.answer_status, row.answer_body) {
+        (Some(fingerprint), Some(status), Some(body)) => Some((fingerprint, status, body)),
+        _ => None,
+    };
+    let checkout = match (row.order_id, row.items, row.from_cart) {
+        (Some(order_id), Some(items), Some(from_cart)) => {
+            Some(Checkout { order_id, items: items.0, from_cart, fingerprint: row.fingerprint })
+        }
+        _ => None,
+    };
+    Ok(Earlier { answer, checkout, cart: row.cart.map(|c| c.0).unwrap_or_default() })
 }
 
 /// Records a checkout before its reservation is asked for (committed on its own, so it
@@ -330,13 +357,32 @@ async fn items_of(db: impl PgExecutor<'_>, orders: &[Uuid]) -> Result<HashMap<Uu
     Ok(items)
 }
 
-/// Stores a new order with its lines and its `order.created`.
+/// Turns a checkout into its order, with its `order.created`: in one statement the
+/// checkout record is taken, the order and its lines stored and (`from_cart`) the ordered
+/// products leave the cart. `false`, with nothing written, if the record was gone (its
+/// lease ran out and a retry or the recovery job took it).
 #[tracing::instrument(skip_all, fields(db.system.name = "postgresql", order_id = %order.id))]
-pub async fn insert_order(tx: &mut PgConnection, order: &Order) -> Result<(), Error> {
+pub async fn place_order(tx: &mut PgConnection, order: &Order, from_cart: bool) -> Result<bool, Error> {
     let expires_at = order.expires_at.unwrap_or(order.created_at);
-    sqlx::query!(
-        "INSERT INTO ordering.orders (id, user_id, status, total, currency, shipping_address, created_at, updated_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
+    let product_ids: Vec<Uuid> = order.items.iter().map(|i| i.product_id).collect();
+    let names: Vec<String> = order.items.iter().map(|i| i.name.clone()).collect();
+    let prices: Vec<rust_decimal::Decimal> = order.items.iter().map(|i| i.unit_price.amount()).collect();
+    let quantities: Vec<i32> = order.items.iter().map(|i| i.quantity).collect();
+    let placed = sqlx::query_scalar!(
+        r#"WITH taken AS (
+               DELETE FROM ordering.checkouts WHERE order_id = $1 RETURNING order_id),
+           placed AS (
+               INSERT INTO ordering.orders
+                   (id, user_id, status, total, currency, shipping_address, created_at, updated_at, expires_at)
+               SELECT order_id, $2, $3, $4, $5, $6, $7, $7, $8 FROM taken
+               RETURNING id),
+           lines AS (
+               INSERT INTO ordering.order_items (order_id, product_id, name, unit_price, quantity)
+               SELECT placed.id, l.* FROM placed, UNNEST($9::uuid[], $10::text[], $11::numeric[], $12::int[]) AS l),
+           emptied AS (
+               DELETE FROM ordering.cart_items
+               WHERE $13 AND user_id = $2 AND product_id = ANY($9) AND EXISTS (SELECT 1 FROM placed))
+           SELECT count(*) AS "placed!" FROM placed"#,
         order.id,
         order.user_id,
         order.status.as_str(),
@@ -344,25 +390,18 @@ pub async fn insert_order(tx: &mut PgConnection, order: &Order) -> Result<(), Er
         order.currency,
         Json(&order.shipping_address) as _,
         order.created_at,
-        expires_at
-    )
-    .execute(&mut *tx)
-    .await?;
-    let product_ids: Vec<Uuid> = order.items.iter().map(|i| i.product_id).collect();
-    let names: Vec<String> = order.items.iter().map(|i| i.name.clone()).collect();
-    let prices: Vec<rust_decimal::Decimal> = order.items.iter().map(|i| i.unit_price.amount()).collect();
-    let quantities: Vec<i32> = order.items.iter().map(|i| i.quantity).collect();
-    sqlx::query!(
-        "INSERT INTO ordering.order_items (order_id, product_id, name, unit_price, quantity)
-         SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::numeric[], $5::int[])",
-        order.id,
+        expires_at,
         &product_ids,
         &names,
         &prices,
-        &quantities
+        &quantities,
+        from_cart
     )
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
+    if placed == 0 {
+        return Ok(false);
+    }
     let event = OrderEvent {
         order_id: order.id,
         user_id: order.user_id,
@@ -375,7 +414,7 @@ pub async fn insert_order(tx: &mut PgConnection, order: &Order) -> Result<(), Er
         payment_id: None,
     };
     events::emit(tx, TOPIC, "order.created", order.id, &event).await?;
-    Ok(())
+    Ok(true)
 }
 
 /// [`find_order_in`] on a connection of the pool (whose span it is).
@@ -383,21 +422,45 @@ pub async fn find_order(db: &PgPool, id: Uuid) -> Result<Option<Order>, Error> {
     find_order_in(&mut *db.acquire().await?, id).await
 }
 
+/// The order with its lines, in one statement.
 #[tracing::instrument(skip_all, fields(db.system.name = "postgresql", %id))]
 pub async fn find_order_in(conn: &mut PgConnection, id: Uuid) -> Result<Option<Order>, Error> {
-    let row = sqlx::query_as!(
-        OrderRow,
-        r#"SELECT id, user_id, status, total AS "total: Money", currency,
-                  shipping_address AS "shipping_address: Json<ShippingAddress>", created_at, updated_at,
-                  refunded_total AS "refunded_total: Money", expires_at
-           FROM ordering.orders WHERE id = $1"#,
+    let rows = sqlx::query!(
+        r#"SELECT o.id, o.user_id, o.status, o.total AS "total: Money", o.currency,
+                  o.shipping_address AS "shipping_address: Json<ShippingAddress>", o.created_at, o.updated_at,
+                  o.refunded_total AS "refunded_total: Money", o.expires_at,
+                  i.product_id AS "product_id?", i.name AS "name?", i.unit_price AS "unit_price?: Money",
+                  i.quantity AS "quantity?"
+           FROM ordering.orders o LEFT JOIN ordering.order_items i ON i.order_id = o.id
+           WHERE o.id = $1 ORDER BY i.product_id"#,
         id
     )
-    .fetch_optional(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    let Some(row) = row else { return Ok(None) };
-    let mut items = items_of(&mut *conn, &[id]).await?;
-    Ok(Some(row.into_order(items.remove(&id).unwrap_or_default())?))
+    let mut lines = Vec::with_capacity(rows.len());
+    let mut order = None;
+    for r in rows {
+        if let (Some(product_id), Some(name), Some(unit_price), Some(quantity)) =
+            (r.product_id, r.name, r.unit_price, r.quantity)
+        {
+            let line = OrderLine::new(product_id, name, unit_price, quantity)
+                .map_err(|e| Error::Database(sqlx::Error::Decode(e.into())))?;
+            lines.push(line);
+        }
+        order.get_or_insert(OrderRow {
+            id: r.id,
+            user_id: r.user_id,
+            status: r.status,
+            total: r.total,
+            currency: r.currency,
+            shipping_address: r.shipping_address,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            refunded_total: r.refunded_total,
+            expires_at: r.expires_at,
+        });
+    }
+    order.map(|row| row.into_order(lines)).transpose()
 }
 
 /// A page of orders, newest first: one user's, or everyone's (`user_id` `None`), after
@@ -507,6 +570,33 @@ pub async fn move_order(
     let event = OrderEvent::moved(moved.id, moved.user_id, order.status, next, moved.total, &moved.currency, cause);
     events::emit(tx, TOPIC, action.event_type(), moved.id, &event).await?;
     Ok(moved)
+}
+
+/// [`move_order`] for an order known only by its id, in one statement: applies `action`
+/// if the order is in status `from`, with its event. `None` when it is not (or does not
+/// exist): nothing changes, and the caller looks at the order to tell why.
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql", %id, ?action))]
+pub async fn move_from(
+    tx: &mut PgConnection,
+    id: Uuid,
+    from: OrderStatus,
+    action: Action,
+    cause: Cause<'_>,
+) -> Result<Option<(Uuid, StatusChanged)>, Error> {
+    let next = from.transition(action)?;
+    let moved = sqlx::query!(
+        r#"UPDATE ordering.orders SET status = $3, updated_at = clock_timestamp() WHERE id = $1 AND status = $2
+           RETURNING user_id, total AS "total: Money", currency, updated_at"#,
+        id,
+        from.as_str(),
+        next.as_str()
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(moved) = moved else { return Ok(None) };
+    let event = OrderEvent::moved(id, moved.user_id, from, next, moved.total, &moved.currency, cause);
+    events::emit(tx, TOPIC, action.event_type(), id, &event).await?;
+    Ok(Some((moved.user_id, StatusChanged::new(id, next, moved.updated_at))))
 }
 
 /// An order the expiry job cancelled.

@@ -23,7 +23,7 @@ use common::ApiError;
 use common::auth::AuthUser;
 use common::backoff::Backoff;
 use common::extract::Json;
-use common::idempotency::{Begin, Idempotency};
+use common::idempotency::Idempotency;
 use common::money::Money;
 use failsafe::futures::CircuitBreaker as _;
 use uuid::Uuid;
@@ -63,15 +63,14 @@ enum NoAnswer {
 /// the first answer to this key.
 pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idempotency) -> Result<Response, ApiError> {
     let scope = user.id.to_string();
-    {
-        let mut tx = state.db.begin().await?;
-        if let Begin::Replay(response) = key.begin(&mut tx, &scope).await? {
-            return Ok(response);
-        }
-    }
     let earlier = repository::find_by_key(&state.db, user.id, key.as_str()).await?;
-    let resumed = earlier.is_some();
-    let attempt = match earlier {
+    if let Some((fingerprint, status, body)) = earlier.answer {
+        // Done before: replay it. (A request with the key still running is found by its
+        // attempt.)
+        return key.replay(&fingerprint, status, body);
+    }
+    let resumed = earlier.attempt.is_some();
+    let attempt = match earlier.attempt {
         Some((earlier, fingerprint)) => {
             if fingerprint != key.fingerprint() {
                 return Err(Idempotency::reused());
@@ -96,11 +95,6 @@ pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idem
             if request.amount != order.total || order.currency != common::money::CURRENCY {
                 return Err(Error::AmountMismatch(order.total.to_string()).into());
             }
-            // Cancelled or expired since the order service answered: not worth a charge
-            // and its refund (which the settlement would still make if it got this far).
-            if repository::is_closed(&mut *state.db.acquire().await?, order.id).await? {
-                return Err(Error::NotPayable("cancelled").into());
-            }
             let new = NewAttempt {
                 id: Uuid::now_v7(),
                 order_id: order.id,
@@ -109,7 +103,11 @@ pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idem
                 key: key.as_str(),
                 fingerprint: key.fingerprint(),
             };
-            repository::insert_attempt(&state.db, &new, state.attempt_lease).await?
+            // `None`: cancelled or expired since the order service answered, not worth a
+            // charge and its refund (which the settlement would still make).
+            repository::insert_attempt(&state.db, &new, state.attempt_lease)
+                .await?
+                .ok_or(Error::NotPayable("cancelled"))?
         }
     };
 
@@ -178,7 +176,7 @@ async fn charge_and_settle(
     };
     let mut tx = state.db.begin().await?;
     let (payment, refunds) = match outcome {
-        Some(outcome) => repository::settle(&mut tx, attempt.id, &outcome).await?,
+        Some(outcome) => repository::settle(&mut tx, attempt.id, attempt.order_id, &outcome).await?,
         None => (attempt, Vec::new()),
     };
     key.finish(&mut tx, &scope, StatusCode::CREATED, &payment).await?;

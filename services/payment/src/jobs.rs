@@ -33,15 +33,15 @@ pub async fn run(state: AppState) {
 /// says happened. An attempt the provider never saw is voided there first (so a charge
 /// still on its way is declined) and fails with `provider_unavailable`.
 async fn reconcile(state: &AppState) -> anyhow::Result<()> {
-    for id in repository::stale_attempts(&state.db, BATCH).await? {
-        if let Err(err) = settle_stale(state, id).await {
+    for (id, order_id) in repository::stale_attempts(&state.db, BATCH).await? {
+        if let Err(err) = settle_stale(state, id, order_id).await {
             tracing::warn!(payment_id = %id, error = %err, "could not settle a payment attempt; will retry");
         }
     }
     Ok(())
 }
 
-async fn settle_stale(state: &AppState, id: Uuid) -> anyhow::Result<()> {
+async fn settle_stale(state: &AppState, id: Uuid, order_id: Uuid) -> anyhow::Result<()> {
     if !repository::claim_attempt(&state.db, id, state.attempt_lease).await? {
         return Ok(()); // another replica, or a retry of the request, took it
     }
@@ -59,7 +59,7 @@ async fn settle_stale(state: &AppState, id: Uuid) -> anyhow::Result<()> {
         }
     };
     let mut tx = state.db.begin().await?;
-    let (payment, refunds) = repository::settle(&mut tx, id, &outcome).await?;
+    let (payment, refunds) = repository::settle(&mut tx, id, order_id, &outcome).await?;
     tx.commit().await?;
     tracing::info!(payment_id = %id, status = payment.status.as_str(), "settled a payment attempt");
     carry_out_refunds(state, &refunds).await;

@@ -68,20 +68,31 @@ impl Simulated {
             Outcome::Succeeded => ("succeeded", None),
             Outcome::Declined(code) => ("declined", Some(code.as_str())),
         };
-        sqlx::query(
-            "INSERT INTO payments.provider_charges (payment_id, amount, outcome, failure_code)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (payment_id) DO NOTHING",
+        // A repeated call answers what the first one did: the charge recorded now, or the
+        // one recorded before.
+        let recorded: Option<(String, Option<String>)> = sqlx::query_as(
+            "WITH charged AS (
+                 INSERT INTO payments.provider_charges (payment_id, amount, outcome, failure_code)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (payment_id) DO NOTHING
+                 RETURNING outcome, failure_code)
+             SELECT outcome, failure_code FROM charged
+             UNION ALL
+             SELECT outcome, failure_code FROM payments.provider_charges
+             WHERE payment_id = $1 AND NOT EXISTS (SELECT 1 FROM charged)",
         )
         .bind(payment_id)
         .bind(amount.amount())
         .bind(word)
         .bind(code)
-        .execute(&self.db)
+        .fetch_optional(&self.db)
         .await
         // The insert may have committed with its answer lost.
         .map_err(|_| ProviderError::Unknown)?;
-        // A repeated call answers what the first one did.
-        self.lookup_charge(payment_id).await.ok().flatten().ok_or(ProviderError::Unknown)
+        match recorded {
+            Some(row) => Ok(outcome_of(row)),
+            // A call for the same payment committed meanwhile: its answer.
+            None => self.lookup_charge(payment_id).await.ok().flatten().ok_or(ProviderError::Unknown),
+        }
     }
 
     async fn lookup_charge(&self, payment_id: Uuid) -> Result<Option<Outcome>, ProviderError> {
@@ -91,10 +102,15 @@ impl Simulated {
                 .fetch_optional(&self.db)
                 .await
                 .map_err(|_| ProviderError::Unavailable)?;
-        Ok(row.map(|(outcome, code)| match outcome.as_str() {
-            "succeeded" => Outcome::Succeeded,
-            _ => Outcome::Declined(code.unwrap_or_default()),
-        }))
+        Ok(row.map(outcome_of))
+    }
+}
+
+/// A recorded charge's outcome.
+fn outcome_of((outcome, code): (String, Option<String>)) -> Outcome {
+    match outcome.as_str() {
+        "succeeded" => Outcome::Succeeded,
+        _ => Outcome::Declined(code.unwrap_or_default()),
     }
 }
 

@@ -68,15 +68,18 @@ pub struct NewAttempt<'a> {
     pub fingerprint: &'a [u8],
 }
 
-/// Records an attempt as `processing`, committed before the provider is called. The
-/// database refuses a second attempt for an order that is being charged or was charged.
+/// Records an attempt as `processing`, committed before the provider is called, unless
+/// the order was cancelled or expired as far as this service has heard (`None`: not worth
+/// a charge and its refund). The database refuses a second attempt for an order that is
+/// being charged or was charged.
 #[tracing::instrument(skip_all, fields(db.system.name = "postgresql", order_id = %attempt.order_id))]
-pub async fn insert_attempt(db: &PgPool, attempt: &NewAttempt<'_>, lease: Duration) -> Result<Payment, Error> {
+pub async fn insert_attempt(db: &PgPool, attempt: &NewAttempt<'_>, lease: Duration) -> Result<Option<Payment>, Error> {
     let inserted = sqlx::query_as!(
         PaymentRow,
         r#"INSERT INTO payments.payments
                (id, order_id, user_id, amount, currency, status, idempotency_key, fingerprint, running_until)
-           VALUES ($1, $2, $3, $4, 'USD', 'processing', $5, $6, now() + make_interval(secs => $7))
+           SELECT $1, $2, $3, $4, 'USD', 'processing', $5, $6, now() + make_interval(secs => $7)
+           WHERE NOT EXISTS (SELECT 1 FROM payments.closed_orders WHERE order_id = $2)
            RETURNING id, order_id, user_id, amount AS "amount: Money", currency, status, failure_code,
                      refunded AS "refunded: Money", created_at"#,
         attempt.id,
@@ -87,10 +90,10 @@ pub async fn insert_attempt(db: &PgPool, attempt: &NewAttempt<'_>, lease: Durati
         attempt.fingerprint,
         lease.as_secs_f64()
     )
-    .fetch_one(db)
+    .fetch_optional(db)
     .await;
     match inserted {
-        Ok(row) => Ok(Stored::try_from(row)?.payment),
+        Ok(row) => Ok(row.map(Stored::try_from).transpose()?.map(|s| s.payment)),
         Err(err) if is_unique_violation(&err, "payments_one_charge_per_order_idx") => {
             let found = sqlx::query!(
                 r#"SELECT
@@ -119,41 +122,63 @@ pub async fn insert_attempt(db: &PgPool, attempt: &NewAttempt<'_>, lease: Durati
     }
 }
 
-/// The attempt a request with this Idempotency-Key started in the last 24 hours, with its
-/// fingerprint. An older one lets go of the key (keys live 24 hours).
+/// What a request with this Idempotency-Key left behind in the last 24 hours: the
+/// answer stored for it, and the attempt it started.
+#[derive(Debug, Default)]
+pub struct Earlier {
+    /// The stored answer's fingerprint, status and body.
+    pub answer: Option<(Vec<u8>, i16, Vec<u8>)>,
+    /// The attempt, with the fingerprint of the request that started it.
+    pub attempt: Option<(Stored, Vec<u8>)>,
+}
+
+/// [`Earlier`], in one statement. An attempt older than 24 hours lets go of the key (keys
+/// live 24 hours).
 #[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
-pub async fn find_by_key(db: &PgPool, user_id: Uuid, key: &str) -> Result<Option<(Stored, Vec<u8>)>, Error> {
-    sqlx::query!(
-        "UPDATE payments.payments SET idempotency_key = NULL
-         WHERE user_id = $1 AND idempotency_key = $2 AND created_at < now() - interval '24 hours'
-           AND status <> 'processing'",
-        user_id,
-        key
-    )
-    .execute(db)
-    .await?;
+pub async fn find_by_key(db: &PgPool, user_id: Uuid, key: &str) -> Result<Earlier, Error> {
     let row = sqlx::query!(
-        r#"SELECT id, order_id, user_id, amount AS "amount: Money", currency, status, failure_code,
-                  refunded AS "refunded: Money", created_at, fingerprint
-           FROM payments.payments WHERE user_id = $1 AND idempotency_key = $2"#,
+        r#"WITH expired AS (
+               UPDATE payments.payments SET idempotency_key = NULL
+               WHERE user_id = $1 AND idempotency_key = $2 AND created_at < now() - interval '24 hours'
+                 AND status <> 'processing'
+               RETURNING id)
+           SELECT k.fingerprint AS "answer_fingerprint?", k.status AS "answer_status?", k.body AS "answer_body?",
+                  p.id AS "id?", p.order_id AS "order_id?", p.user_id AS "user_id?",
+                  p.amount AS "amount?: Money", p.currency AS "currency?", p.status AS "status?", p.failure_code,
+                  p.refunded AS "refunded?: Money", p.created_at AS "created_at?", p.fingerprint AS "fingerprint?"
+           FROM (SELECT 1) AS one
+           LEFT JOIN payments.idempotency_keys k
+             ON k.scope = $3 AND k.key = $2 AND k.created_at > now() - interval '24 hours'
+           LEFT JOIN payments.payments p
+             ON p.user_id = $1 AND p.idempotency_key = $2 AND p.id NOT IN (SELECT id FROM expired)"#,
         user_id,
-        key
+        key,
+        user_id.to_string()
     )
-    .fetch_optional(db)
+    .fetch_one(db)
     .await?;
-    let Some(r) = row else { return Ok(None) };
-    let stored = Stored::try_from(PaymentRow {
-        id: r.id,
-        order_id: r.order_id,
-        user_id: r.user_id,
-        amount: r.amount,
-        currency: r.currency,
-        status: r.status,
-        failure_code: r.failure_code,
-        refunded: r.refunded,
-        created_at: r.created_at,
-    })?;
-    Ok(Some((stored, r.fingerprint)))
+    let answer = match (row.answer_fingerprint, row.answer_status, row.answer_body) {
+        (Some(fingerprint), Some(status), Some(body)) => Some((fingerprint, status, body)),
+        _ => None,
+    };
+    let attempt = match (row.id, row.order_id, row.user_id, row.amount, row.currency, row.status, row.refunded) {
+        (Some(id), Some(order_id), Some(user_id), Some(amount), Some(currency), Some(status), Some(refunded)) => {
+            let stored = Stored::try_from(PaymentRow {
+                id,
+                order_id,
+                user_id,
+                amount,
+                currency,
+                status,
+                failure_code: row.failure_code,
+                refunded,
+                created_at: row.created_at.unwrap_or_default(),
+            })?;
+            Some((stored, row.fingerprint.unwrap_or_default()))
+        }
+        _ => None,
+    };
+    Ok(Earlier { answer, attempt })
 }
 
 /// Takes the lease of an unsettled attempt to resume it; `false` while another request
@@ -260,32 +285,56 @@ async fn lock_order(tx: &mut PgConnection, order_id: Uuid) -> Result<(), Error> 
     Ok(())
 }
 
-/// Settles an attempt with the provider's outcome, with its event; a charge for an order
-/// that was closed meanwhile is refunded in full in the same transaction. Returns the
-/// payment as it now is (as another settler left it, if one came first) and the refunds
-/// to carry out once committed.
+/// Settles an attempt (of `order_id`) with the provider's outcome, with its event; a
+/// charge for an order that was closed meanwhile is refunded in full in the same
+/// transaction. Returns the payment as it now is (as another settler left it, if one came
+/// first) and the refunds to carry out once committed.
+///
+/// Three statements when nothing is in the way: the order's lock, the guarded move (which
+/// also tells whether the order was closed: its snapshot is taken after the lock), the event.
 #[tracing::instrument(skip_all, fields(db.system.name = "postgresql", %payment_id))]
-pub async fn settle(tx: &mut PgConnection, payment_id: Uuid, outcome: &Outcome) -> Result<(Payment, Vec<Uuid>), Error> {
-    let Some(current) = load(tx, payment_id, false).await? else { return Err(Error::NotFound) };
-    lock_order(tx, current.payment.order_id).await?;
-    let Some(current) = load(tx, payment_id, true).await? else { return Err(Error::NotFound) };
-    if current.payment.status != PaymentStatus::Processing {
-        return Ok((current.payment, Vec::new()));
-    }
+pub async fn settle(
+    tx: &mut PgConnection,
+    payment_id: Uuid,
+    order_id: Uuid,
+    outcome: &Outcome,
+) -> Result<(Payment, Vec<Uuid>), Error> {
+    lock_order(tx, order_id).await?;
     let (status, code) = match outcome {
         Outcome::Succeeded => (PaymentStatus::Succeeded, None),
         Outcome::Declined(code) => (PaymentStatus::Failed, Some(code.as_str())),
     };
-    sqlx::query!(
-        "UPDATE payments.payments SET status = $2, failure_code = $3, updated_at = clock_timestamp()
-         WHERE id = $1 AND status = 'processing'",
+    let moved = sqlx::query!(
+        r#"UPDATE payments.payments SET status = $2, failure_code = $3, updated_at = clock_timestamp()
+           WHERE id = $1 AND status = 'processing'
+           RETURNING id, order_id, user_id, amount AS "amount: Money", currency, status, failure_code,
+                     refunded AS "refunded: Money", created_at,
+                     EXISTS (SELECT 1 FROM payments.closed_orders c WHERE c.order_id = payments.order_id)
+                       AS "closed!""#,
         payment_id,
         status.as_str(),
         code
     )
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
-    let payment = Payment { status, failure_code: code.map(str::to_owned), ..current.payment };
+    let Some(moved) = moved else {
+        // Settled by someone else first (or gone): as they left it.
+        let current = load(tx, payment_id, false).await?.ok_or(Error::NotFound)?;
+        return Ok((current.payment, Vec::new()));
+    };
+    let closed = moved.closed;
+    let payment = Stored::try_from(PaymentRow {
+        id: moved.id,
+        order_id: moved.order_id,
+        user_id: moved.user_id,
+        amount: moved.amount,
+        currency: moved.currency,
+        status: moved.status,
+        failure_code: moved.failure_code,
+        refunded: moved.refunded,
+        created_at: moved.created_at,
+    })?
+    .payment;
     let event_type = if status == PaymentStatus::Succeeded { "payment.succeeded" } else { "payment.failed" };
     let data = json!({
         "payment_id": payment.id,
@@ -296,24 +345,13 @@ pub async fn settle(tx: &mut PgConnection, payment_id: Uuid, outcome: &Outcome) 
         "failure_code": payment.failure_code,
     });
     events::emit(tx, TOPIC, event_type, payment.id, &data).await?;
-    let mut refunds = Vec::new();
-    if status == PaymentStatus::Succeeded && is_closed(tx, payment.order_id).await? {
+    if status == PaymentStatus::Succeeded && closed {
         tracing::warn!(order_id = %payment.order_id, "a payment succeeded for an order that is over; refunding it");
-        refunds.push(refund(tx, payment.id, None, "order_cancelled").await?.id);
+        let refund = refund(tx, payment.id, None, "order_cancelled").await?.id;
+        let payment = load(tx, payment_id, false).await?.map_or(payment, |s| s.payment);
+        return Ok((payment, vec![refund]));
     }
-    let payment = load(tx, payment_id, false).await?.map_or(payment, |s| s.payment);
-    Ok((payment, refunds))
-}
-
-/// Whether the order was cancelled or expired, as far as this service has heard.
-#[tracing::instrument(skip_all, fields(db.system.name = "postgresql"))]
-pub async fn is_closed(tx: &mut PgConnection, order_id: Uuid) -> Result<bool, Error> {
-    Ok(sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM payments.closed_orders WHERE order_id = $1) AS "closed!""#,
-        order_id
-    )
-    .fetch_one(tx)
-    .await?)
+    Ok((payment, Vec::new()))
 }
 
 /// Decides a refund of `amount` (default: all that is left) on a captured payment, with
@@ -433,14 +471,16 @@ pub async fn find_refund(db: &PgPool, id: Uuid) -> Result<Option<Refund>, Error>
     }))
 }
 
-/// Unsettled attempts that no request is working on: their request died or gave up.
+/// Unsettled attempts that no request is working on (their request died or gave up):
+/// (payment id, order id).
 #[tracing::instrument(level = "debug", skip_all, fields(db.system.name = "postgresql"))]
-pub async fn stale_attempts(db: &PgPool, limit: i64) -> Result<Vec<Uuid>, Error> {
-    Ok(sqlx::query_scalar!(
-        "SELECT id FROM payments.payments WHERE status = 'processing' AND running_until < now()
+pub async fn stale_attempts(db: &PgPool, limit: i64) -> Result<Vec<(Uuid, Uuid)>, Error> {
+    let rows = sqlx::query!(
+        "SELECT id, order_id FROM payments.payments WHERE status = 'processing' AND running_until < now()
          ORDER BY running_until LIMIT $1",
         limit
     )
     .fetch_all(db)
-    .await?)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.order_id)).collect())
 }

@@ -268,6 +268,43 @@ async fn an_idempotency_key_replays_the_first_order() {
 }
 
 #[tokio::test]
+async fn the_same_order_in_another_key_order_or_spacing_replays() {
+    let app = TestApp::spawn().await;
+    let alice = app.customer();
+    let product = app.product("2.50", 10).await;
+    let raw = |body: String| {
+        app.server
+            .client
+            .post(app.server.url("/api/orders"))
+            .bearer_auth(&alice.token)
+            .header("idempotency-key", "checkout-reordered")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let address =
+        r#"{"name":"Ada Lovelace","line1":"1 Main St","city":"Springfield","postal_code":"12345","country":"US"}"#;
+    let first = raw(format!(r#"{{"items":[{{"product_id":"{product}","quantity":2}}],"shipping_address":{address}}}"#))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let reordered = format!(
+        r#"{{
+  "shipping_address": {{"country": "US", "postal_code": "12345", "city": "Springfield",
+                        "line1": "1 Main St", "name": "Ada Lovelace"}},
+  "items": [ {{ "quantity": 2, "product_id": "{product}" }} ]
+}}"#
+    );
+    let again = raw(reordered).await.unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    assert_eq!(app.order_count().await, 1);
+    assert_eq!(app.stock_of(product).await, 8);
+}
+
+#[tokio::test]
 async fn eight_concurrent_checkouts_with_one_key_give_one_order() {
     let app = Arc::new(TestApp::spawn_with(&[("DB_MAX_CONNECTIONS", "20")]).await);
     let alice = Arc::new(app.customer());

@@ -24,7 +24,7 @@ fn payment_event(kind: &str, order_id: Uuid) -> Envelope {
 
 /// Applies a payment event the way the order service's consumer does.
 async fn deliver(app: &TestApp, event: &Envelope) -> Delivery {
-    let handler = order::events::PaymentEvents { db: app.db.clone(), live: order::live::Live::local() };
+    let handler = order::events::PaymentEvents { live: order::live::Live::local() };
     apply_once(&app.db, &handler, order::events::PAYMENT_TOPIC, event).await.unwrap()
 }
 

@@ -166,6 +166,44 @@ async fn an_idempotency_key_replays_and_is_never_reused_for_another_body() {
 }
 
 #[tokio::test]
+async fn the_same_payment_in_another_key_order_or_spacing_replays() {
+    let app = TestApp::spawn().await;
+    let alice = app.customer();
+    let (order, total) = app.order(&alice, "7.00", 1).await;
+    let raw = |body: String| {
+        app.server
+            .client
+            .post(app.server.url("/api/payments"))
+            .bearer_auth(&alice.token)
+            .header("idempotency-key", "pay-reordered")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let first = raw(format!(
+        r#"{{"order_id":"{order}","amount":"{total}","currency":"USD","method":{{"type":"card","token":"tok_visa"}}}}"#
+    ))
+    .await
+    .unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = raw(format!(
+        r#"{{
+  "method": {{ "token": "tok_visa", "type": "card" }},
+  "currency": "USD",  "amount": "{total}",
+  "order_id": "{order}"
+}}"#
+    ))
+    .await
+    .unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    let charged: i64 = sqlx::query_scalar("SELECT count(*) FROM payments.payments").fetch_one(&app.db).await.unwrap();
+    assert_eq!(charged, 1);
+}
+
+#[tokio::test]
 async fn eight_concurrent_payments_with_one_key_charge_once() {
     let app = Arc::new(TestApp::spawn().await);
     let alice = Arc::new(app.customer());
