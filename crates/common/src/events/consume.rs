@@ -156,13 +156,7 @@ pub async fn deliver(
         loop {
             match apply_once(db, handler, topic, event).await {
                 Ok(delivery) => {
-                    let outcome = match delivery {
-                        Delivery::Applied => "applied",
-                        Delivery::Ignored => "ignored",
-                        _ => "duplicate",
-                    };
-                    metrics::counter!("events_consumed_total", "topic" => topic.to_owned(), "outcome" => outcome)
-                        .increment(1);
+                    count_consumed(topic, &delivery);
                     return Ok(delivery);
                 }
                 // The database is away: no attempt is used up; the caller retries later.
@@ -199,11 +193,7 @@ pub async fn deliver_batch(
     let wanted: Vec<&(Envelope, Option<String>)> =
         events.iter().filter(|(e, _)| handler.wants(&e.event_type)).collect();
     if wanted.len() <= 1 {
-        let mut deliveries = Vec::with_capacity(events.len());
-        for (event, traceparent) in events {
-            deliveries.push(deliver(db, group, handler, topic, event, traceparent.clone()).await?);
-        }
-        return Ok(deliveries);
+        return one_by_one(db, group, handler, topic, events).await;
     }
     let together = ON_COMMIT
         .scope(std::cell::RefCell::default(), async {
@@ -226,13 +216,7 @@ pub async fn deliver_batch(
                 } else {
                     Delivery::Duplicate
                 };
-                let outcome = match delivery {
-                    Delivery::Applied => "applied",
-                    Delivery::Ignored => "ignored",
-                    _ => "duplicate",
-                };
-                metrics::counter!("events_consumed_total", "topic" => topic.to_owned(), "outcome" => outcome)
-                    .increment(1);
+                count_consumed(topic, &delivery);
                 deliveries.push(delivery);
             }
             Ok(deliveries)
@@ -240,13 +224,34 @@ pub async fn deliver_batch(
         (Err(err), _) if is_transient(&err) => Err(err),
         (Err(err), _) => {
             tracing::warn!(topic, error = format!("{err:#}"), "a batch of events failed; applying them one by one");
-            let mut deliveries = Vec::with_capacity(events.len());
-            for (event, traceparent) in events {
-                deliveries.push(deliver(db, group, handler, topic, event, traceparent.clone()).await?);
-            }
-            Ok(deliveries)
+            one_by_one(db, group, handler, topic, events).await
         }
     }
+}
+
+/// [`deliver`] for each event in turn.
+async fn one_by_one(
+    db: &PgPool,
+    group: &str,
+    handler: &dyn EventHandler,
+    topic: &str,
+    events: &[(Envelope, Option<String>)],
+) -> anyhow::Result<Vec<Delivery>> {
+    let mut deliveries = Vec::with_capacity(events.len());
+    for (event, traceparent) in events {
+        deliveries.push(deliver(db, group, handler, topic, event, traceparent.clone()).await?);
+    }
+    Ok(deliveries)
+}
+
+/// Counts what became of a consumed event (`events_consumed_total`).
+fn count_consumed(topic: &str, delivery: &Delivery) {
+    let outcome = match delivery {
+        Delivery::Applied => "applied",
+        Delivery::Ignored => "ignored",
+        _ => "duplicate",
+    };
+    metrics::counter!("events_consumed_total", "topic" => topic.to_owned(), "outcome" => outcome).increment(1);
 }
 
 /// The transaction of [`deliver_batch`]: the ids of the events it applied (the others
