@@ -44,6 +44,50 @@ impl PaymentStatus {
     pub fn captured(self) -> bool {
         matches!(self, PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded | PaymentStatus::Refunded)
     }
+
+    /// The status after `action`: the one place a payment's status moves (the database
+    /// guards each move on the status it was decided from).
+    pub fn transition(self, action: PaymentAction) -> Result<Self, IllegalPaymentMove> {
+        use {PaymentAction::*, PaymentStatus::*};
+        match (self, action) {
+            (Processing, Capture) => Ok(Succeeded),
+            (Processing, Decline) => Ok(Failed),
+            (Succeeded | PartiallyRefunded, RefundPart) => Ok(PartiallyRefunded),
+            (Succeeded | PartiallyRefunded, RefundRest) => Ok(Refunded),
+            (from, action) => Err(IllegalPaymentMove { from, action }),
+        }
+    }
+}
+
+/// What can happen to a payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentAction {
+    /// The provider charged it.
+    Capture,
+    /// The provider declined it (or never saw it).
+    Decline,
+    /// Some of what is left is given back.
+    RefundPart,
+    /// All that is left is given back.
+    RefundRest,
+}
+
+/// A move the payment status machine does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a {} payment can't take {action:?}", from.as_str())]
+pub struct IllegalPaymentMove {
+    pub from: PaymentStatus,
+    pub action: PaymentAction,
+}
+
+impl Outcome {
+    /// The move this outcome makes of an unsettled payment.
+    pub fn action(&self) -> PaymentAction {
+        match self {
+            Outcome::Succeeded => PaymentAction::Capture,
+            Outcome::Declined(_) => PaymentAction::Decline,
+        }
+    }
 }
 
 /// What the provider said about a charge.
@@ -76,7 +120,8 @@ pub fn refund(
     if refund > left {
         return Err(RefundRefused::TooMuch { left });
     }
-    let after = if refund == left { PaymentStatus::Refunded } else { PaymentStatus::PartiallyRefunded };
+    let action = if refund == left { PaymentAction::RefundRest } else { PaymentAction::RefundPart };
+    let after = status.transition(action).map_err(|_| RefundRefused::NotCaptured(status))?;
     Ok((refund, after))
 }
 
@@ -134,6 +179,26 @@ pub struct Refund {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_payment_status_machine_allows_exactly_these_moves() {
+        use {PaymentAction::*, PaymentStatus::*};
+        let all = [Processing, Succeeded, Failed, Refunded, PartiallyRefunded];
+        let allowed = [
+            (Processing, Capture, Succeeded),
+            (Processing, Decline, Failed),
+            (Succeeded, RefundPart, PartiallyRefunded),
+            (Succeeded, RefundRest, Refunded),
+            (PartiallyRefunded, RefundPart, PartiallyRefunded),
+            (PartiallyRefunded, RefundRest, Refunded),
+        ];
+        for from in all {
+            for action in [Capture, Decline, RefundPart, RefundRest] {
+                let expected = allowed.iter().find(|(f, a, _)| *f == from && *a == action).map(|(_, _, to)| *to);
+                assert_eq!(from.transition(action).ok(), expected, "{from:?} + {action:?}");
+            }
+        }
+    }
 
     fn m(raw: &str) -> Money {
         Money::parse(raw).unwrap()

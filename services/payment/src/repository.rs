@@ -300,20 +300,24 @@ pub async fn settle(
     outcome: &Outcome,
 ) -> Result<(Payment, Vec<Uuid>), Error> {
     lock_order(tx, order_id).await?;
-    let (status, code) = match outcome {
-        Outcome::Succeeded => (PaymentStatus::Succeeded, None),
-        Outcome::Declined(code) => (PaymentStatus::Failed, Some(code.as_str())),
+    let from = PaymentStatus::Processing;
+    let status =
+        from.transition(outcome.action()).map_err(|e| Error::Database(sqlx::Error::Protocol(e.to_string())))?;
+    let code = match outcome {
+        Outcome::Succeeded => None,
+        Outcome::Declined(code) => Some(code.as_str()),
     };
     let moved = sqlx::query!(
         r#"UPDATE payments.payments SET status = $2, failure_code = $3, updated_at = clock_timestamp()
-           WHERE id = $1 AND status = 'processing'
+           WHERE id = $1 AND status = $4
            RETURNING id, order_id, user_id, amount AS "amount: Money", currency, status, failure_code,
                      refunded AS "refunded: Money", created_at,
                      EXISTS (SELECT 1 FROM payments.closed_orders c WHERE c.order_id = payments.order_id)
                        AS "closed!""#,
         payment_id,
         status.as_str(),
-        code
+        code,
+        from.as_str()
     )
     .fetch_optional(&mut *tx)
     .await?;
