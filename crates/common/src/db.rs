@@ -231,3 +231,9 @@ pub fn is_unique_violation(err: &sqlx::Error, constraint: &str) -> bool {
         _ => false,
     }
 }
+
+/// `true` when PostgreSQL ended the transaction to break a deadlock (`40P01`): nothing of
+/// it was kept, and running it again is safe.
+pub fn is_deadlock(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(e) if e.code().as_deref() == Some("40P01"))
+}

@@ -629,9 +629,21 @@ async fn reserve(
         ApiError::validation(errors)
     })?;
     let first_line = |product_id: Uuid| requested.iter().position(|(p, _)| *p == product_id).unwrap_or_default();
-    let mut tx = state.db.begin().await?;
-    let (reservation, changed) = repository::reserve(&mut tx, req.order_id, &lines, first_line).await?;
-    tx.commit().await?;
+    // Reservations lock products in one order, but a consumer restocking several
+    // cancelled orders in one transaction may not: PostgreSQL then ends one side, and a
+    // reservation it ended is run again (nothing of it was kept).
+    let mut attempt = 1;
+    let (reservation, changed) = loop {
+        let mut tx = state.db.begin().await?;
+        match repository::reserve(&mut tx, req.order_id, &lines, first_line).await {
+            Err(Error::Database(err)) if common::db::is_deadlock(&err) && attempt < 3 => attempt += 1,
+            reserved => {
+                let reserved = reserved?;
+                tx.commit().await?;
+                break reserved;
+            }
+        }
+    };
     // Each product lost the units reserved of it: only one that ran out leaves listings.
     let taken = |product: &Product| -> i64 {
         -lines.iter().filter(|l| l.product_id == product.id).map(|l| i64::from(l.quantity)).sum::<i64>()
