@@ -37,6 +37,23 @@ pub struct Idempotency {
     fingerprint: Vec<u8>,
 }
 
+/// An `idempotency_keys` row younger than 24 hours: the answer to replay, with the
+/// fingerprint of the request it answered. A service that reads it beside what it reads
+/// for the operation (one statement) builds it with [`StoredAnswer::from_columns`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAnswer {
+    pub fingerprint: Vec<u8>,
+    pub status: i16,
+    pub body: Vec<u8>,
+}
+
+impl StoredAnswer {
+    /// The row's columns as a `LEFT JOIN` gives them: all present, or no row.
+    pub fn from_columns(fingerprint: Option<Vec<u8>>, status: Option<i16>, body: Option<Vec<u8>>) -> Option<Self> {
+        Some(Self { fingerprint: fingerprint?, status: status?, body: body? })
+    }
+}
+
 /// What [`Idempotency::begin`] found.
 #[derive(Debug)]
 pub enum Begin {
@@ -141,17 +158,17 @@ impl Idempotency {
         .fetch_optional(&mut *conn)
         .await?;
         let Some((fingerprint, status, body)) = stored else { return Ok(None) };
-        self.replay(&fingerprint, status, body).map(Some)
+        self.replay(StoredAnswer { fingerprint, status, body }).map(Some)
     }
 
-    /// The answer stored for this key (its row's `fingerprint`, `status` and `body`, read
-    /// by a service's own query beside what it reads for the operation), replayed; `422`
-    /// if it was stored for another request. The row must be younger than 24 hours.
-    pub fn replay(&self, fingerprint: &[u8], status: i16, body: Vec<u8>) -> Result<Response, ApiError> {
-        if fingerprint != self.fingerprint {
+    /// The answer stored for this key, replayed; `422` if it was stored for another
+    /// request.
+    pub fn replay(&self, stored: StoredAnswer) -> Result<Response, ApiError> {
+        if stored.fingerprint != self.fingerprint {
             return Err(Self::reused());
         }
-        let status = StatusCode::from_u16(status as u16).map_err(ApiError::internal)?;
+        let status = StatusCode::from_u16(stored.status as u16).map_err(ApiError::internal)?;
+        let body = stored.body;
         let mut response = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
         response.headers_mut().insert(IDEMPOTENT_REPLAYED.clone(), HeaderValue::from_static("true"));
         Ok(response)

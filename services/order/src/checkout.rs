@@ -142,9 +142,9 @@ async fn start(
         (None, Some(_)) => repository::Earlier::default(),
         _ => repository::earlier(&state.db, user_id, key.map(Idempotency::as_str), lines.is_none()).await?,
     };
-    if let (Some(key), Some((fingerprint, status, body))) = (key, earlier.answer) {
+    if let (Some(key), Some(answer)) = (key, earlier.answer) {
         // Done before: replay it.
-        return Ok(Started::Finished(key.replay(&fingerprint, status, body)?));
+        return Ok(Started::Finished(key.replay(answer)?));
     }
     if let Some(key) = key
         && let Some(earlier) = earlier.checkout

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::events;
+use common::idempotency::StoredAnswer;
 use common::money::Money;
 use serde::Serialize;
 use sqlx::types::Json;
@@ -136,8 +137,7 @@ pub struct Checkout {
 /// cart.
 #[derive(Debug, Default)]
 pub struct Earlier {
-    /// The stored answer's fingerprint, status and body.
-    pub answer: Option<(Vec<u8>, i16, Vec<u8>)>,
+    pub answer: Option<StoredAnswer>,
     pub checkout: Option<Checkout>,
     pub cart: Vec<Line>,
 }
@@ -164,10 +164,7 @@ pub async fn earlier(db: &PgPool, user_id: Uuid, key: Option<&str>, with_cart: b
     )
     .fetch_one(db)
     .await?;
-    let answer = match (row.answer_fingerprint, row.answer_status, row.answer_body) {
-        (Some(fingerprint), Some(status), Some(body)) => Some((fingerprint, status, body)),
-        _ => None,
-    };
+    let answer = StoredAnswer::from_columns(row.answer_fingerprint, row.answer_status, row.answer_body);
     let checkout = match (row.order_id, row.items, row.from_cart) {
         (Some(order_id), Some(items), Some(from_cart)) => {
             Some(Checkout { order_id, items: items.0, from_cart, fingerprint: row.fingerprint })

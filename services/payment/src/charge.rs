@@ -64,10 +64,10 @@ enum NoAnswer {
 pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idempotency) -> Result<Response, ApiError> {
     let scope = user.id.to_string();
     let earlier = repository::find_by_key(&state.db, user.id, key.as_str()).await?;
-    if let Some((fingerprint, status, body)) = earlier.answer {
+    if let Some(answer) = earlier.answer {
         // Done before: replay it. (A request with the key still running is found by its
         // attempt.)
-        return key.replay(&fingerprint, status, body);
+        return key.replay(answer);
     }
     let resumed = earlier.attempt.is_some();
     let attempt = match earlier.attempt {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::db::is_unique_violation;
 use common::events;
+use common::idempotency::StoredAnswer;
 use common::money::Money;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
@@ -126,8 +127,7 @@ pub async fn insert_attempt(db: &PgPool, attempt: &NewAttempt<'_>, lease: Durati
 /// answer stored for it, and the attempt it started.
 #[derive(Debug, Default)]
 pub struct Earlier {
-    /// The stored answer's fingerprint, status and body.
-    pub answer: Option<(Vec<u8>, i16, Vec<u8>)>,
+    pub answer: Option<StoredAnswer>,
     /// The attempt, with the fingerprint of the request that started it.
     pub attempt: Option<(Stored, Vec<u8>)>,
 }
@@ -157,10 +157,7 @@ pub async fn find_by_key(db: &PgPool, user_id: Uuid, key: &str) -> Result<Earlie
     )
     .fetch_one(db)
     .await?;
-    let answer = match (row.answer_fingerprint, row.answer_status, row.answer_body) {
-        (Some(fingerprint), Some(status), Some(body)) => Some((fingerprint, status, body)),
-        _ => None,
-    };
+    let answer = StoredAnswer::from_columns(row.answer_fingerprint, row.answer_status, row.answer_body);
     let attempt = match (row.id, row.order_id, row.user_id, row.amount, row.currency, row.status, row.refunded) {
         (Some(id), Some(order_id), Some(user_id), Some(amount), Some(currency), Some(status), Some(refunded)) => {
             let stored = Stored::try_from(PaymentRow {
