@@ -90,22 +90,32 @@ pub async fn on_commit(work: impl Future<Output = ()> + Send + 'static) {
     }
 }
 
+/// Runs `work` (an event's transaction), then what it asked [`on_commit`] to run, if
+/// `committed` says its outcome is a commit; otherwise that is dropped.
+async fn deferring<T>(work: impl Future<Output = T>, committed: impl FnOnce(&T) -> bool) -> T {
+    let (output, deferred) = ON_COMMIT
+        .scope(std::cell::RefCell::default(), async {
+            let output = work.await;
+            (output, ON_COMMIT.with(std::cell::RefCell::take))
+        })
+        .await;
+    if committed(&output) {
+        for work in deferred {
+            work.await;
+        }
+    }
+    output
+}
+
 async fn apply_wanted(
     db: &PgPool,
     handler: &dyn EventHandler,
     topic: &str,
     event: &Envelope,
 ) -> anyhow::Result<Delivery> {
-    let (delivery, deferred) = ON_COMMIT
-        .scope(std::cell::RefCell::default(), async {
-            let delivery = apply_in_transaction(db, handler, topic, event).await;
-            (delivery, ON_COMMIT.with(std::cell::RefCell::take))
-        })
-        .await;
-    if matches!(delivery, Ok(Delivery::Applied)) {
-        for work in deferred {
-            work.await;
-        }
+    let applied = |delivery: &anyhow::Result<Delivery>| matches!(delivery, Ok(Delivery::Applied));
+    let delivery = deferring(apply_in_transaction(db, handler, topic, event), applied).await;
+    if applied(&delivery) {
         handler.after_commit(event).await;
     }
     delivery
@@ -195,17 +205,9 @@ pub async fn deliver_batch(
     if wanted.len() <= 1 {
         return one_by_one(db, group, handler, topic, events).await;
     }
-    let together = ON_COMMIT
-        .scope(std::cell::RefCell::default(), async {
-            let applied = waking(apply_batch(db, group, handler, topic, &wanted)).await;
-            (applied, ON_COMMIT.with(std::cell::RefCell::take))
-        })
-        .await;
+    let together = deferring(waking(apply_batch(db, group, handler, topic, &wanted)), Result::is_ok).await;
     match together {
-        (Ok(applied), deferred) => {
-            for work in deferred {
-                work.await;
-            }
+        Ok(applied) => {
             let mut deliveries = Vec::with_capacity(events.len());
             for (event, _) in events {
                 let delivery = if !handler.wants(&event.event_type) {
@@ -221,8 +223,8 @@ pub async fn deliver_batch(
             }
             Ok(deliveries)
         }
-        (Err(err), _) if is_transient(&err) => Err(err),
-        (Err(err), _) => {
+        Err(err) if is_transient(&err) => Err(err),
+        Err(err) => {
             tracing::warn!(topic, error = format!("{err:#}"), "a batch of events failed; applying them one by one");
             one_by_one(db, group, handler, topic, events).await
         }

@@ -85,14 +85,7 @@ pub async fn emit(
     aggregate_id: Uuid,
     data: &impl Serialize,
 ) -> Result<Envelope, sqlx::Error> {
-    let envelope = Envelope {
-        id: Uuid::now_v7(),
-        event_type: event_type.to_owned(),
-        occurred_at: Utc::now(),
-        aggregate_id,
-        data: serde_json::to_value(data).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
-    };
-    let json = serde_json::to_value(&envelope).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let (envelope, json) = new_envelope(event_type, aggregate_id, data)?;
     sqlx::query(
         "INSERT INTO outbox (id, topic, aggregate_id, event_type, envelope, traceparent)
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -123,14 +116,8 @@ pub async fn emit_many<T: Serialize>(
     let mut envelopes = Vec::with_capacity(events.len());
     let mut jsons = Vec::with_capacity(events.len());
     for (event_type, aggregate_id, data) in events {
-        let envelope = Envelope {
-            id: Uuid::now_v7(),
-            event_type: (*event_type).to_owned(),
-            occurred_at: Utc::now(),
-            aggregate_id: *aggregate_id,
-            data: serde_json::to_value(data).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
-        };
-        jsons.push(serde_json::to_value(&envelope).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+        let (envelope, json) = new_envelope(event_type, *aggregate_id, data)?;
+        jsons.push(json);
         envelopes.push(envelope);
     }
     let ids: Vec<Uuid> = envelopes.iter().map(|e| e.id).collect();
@@ -154,6 +141,23 @@ pub async fn emit_many<T: Serialize>(
     .await?;
     emitted(topic);
     Ok(envelopes)
+}
+
+/// A new event's envelope, and its JSON as the outbox keeps it.
+fn new_envelope(
+    event_type: &str,
+    aggregate_id: Uuid,
+    data: &impl Serialize,
+) -> Result<(Envelope, serde_json::Value), sqlx::Error> {
+    let envelope = Envelope {
+        id: Uuid::now_v7(),
+        event_type: event_type.to_owned(),
+        occurred_at: Utc::now(),
+        aggregate_id,
+        data: serde_json::to_value(data).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+    };
+    let json = serde_json::to_value(&envelope).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    Ok((envelope, json))
 }
 
 /// Notes that the work in [`waking`] emitted to `topic`.
