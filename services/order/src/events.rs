@@ -65,45 +65,56 @@ impl EventHandler for PaymentEvents {
                 return Ok(());
             }
             let payment: PaymentEvent = serde_json::from_value(event.data.clone())?;
-            if event.event_type == "payment.succeeded" {
-                // The usual case in one statement: an unpaid order is paid.
-                let cause = Cause { reason: None, payment_id: Some(payment.payment_id) };
-                let paid = repository::move_from(tx, payment.order_id, OrderStatus::PendingPayment, Action::Pay, cause)
-                    .await?;
-                if let Some((user_id, change)) = paid {
-                    let live = self.live.clone();
-                    common::events::on_commit(async move { live.publish(user_id, change).await }).await;
-                    return Ok(());
-                }
-            }
-            let order = match payment.refunded_total {
-                Some(refunded) => repository::record_refunded(tx, payment.order_id, refunded).await?,
-                None => repository::find_order_in(tx, payment.order_id).await?,
-            };
-            let Some(order) = order else {
-                tracing::warn!(order_id = %payment.order_id, event = event.event_type, "a payment event for an unknown order");
-                return Ok(());
-            };
-            let Some(action) = action_for(&event.event_type, &order, payment.refunded_total) else { return Ok(()) };
-            match order.status.transition(action) {
-                Ok(_) => {
-                    let reason = (action == Action::Cancel).then_some("refunded");
-                    let cause = Cause { reason, payment_id: Some(payment.payment_id) };
-                    let moved = repository::move_order(tx, &order, action, cause).await?;
-                    // Told to the owner's sockets once the move is visible.
-                    let live = self.live.clone();
-                    common::events::on_commit(async move {
-                        live.publish(moved.user_id, StatusChanged::of(&moved)).await;
-                    })
-                    .await;
-                }
-                // Paid already (the same payment again), or cancelled or expired first:
-                // the payment service refunds a payment for a cancelled order.
-                Err(illegal) => {
-                    tracing::info!(order_id = %order.id, status = illegal.from.as_str(), "payment for an order that can't be paid now");
-                }
+            if let Some((user_id, change)) = self.move_for(tx, event, &payment).await? {
+                // Told to the owner's sockets once the move is visible.
+                let live = self.live.clone();
+                common::events::on_commit(async move { live.publish(user_id, change).await }).await;
             }
             Ok(())
         })
+    }
+}
+
+impl PaymentEvents {
+    /// Moves the order as the payment event says, if it says anything: its owner and the
+    /// change, or `None` when nothing moved.
+    async fn move_for(
+        &self,
+        tx: &mut PgConnection,
+        event: &Envelope,
+        payment: &PaymentEvent,
+    ) -> anyhow::Result<Option<(Uuid, StatusChanged)>> {
+        if event.event_type == "payment.succeeded" {
+            // The usual case in one statement: an unpaid order is paid.
+            let cause = Cause { reason: None, payment_id: Some(payment.payment_id) };
+            let paid =
+                repository::move_from(tx, payment.order_id, OrderStatus::PendingPayment, Action::Pay, cause).await?;
+            if paid.is_some() {
+                return Ok(paid);
+            }
+        }
+        let order = match payment.refunded_total {
+            Some(refunded) => repository::record_refunded(tx, payment.order_id, refunded).await?,
+            None => repository::find_order_in(tx, payment.order_id).await?,
+        };
+        let Some(order) = order else {
+            tracing::warn!(order_id = %payment.order_id, event = event.event_type, "a payment event for an unknown order");
+            return Ok(None);
+        };
+        let Some(action) = action_for(&event.event_type, &order, payment.refunded_total) else { return Ok(None) };
+        match order.status.transition(action) {
+            Ok(_) => {
+                let reason = (action == Action::Cancel).then_some("refunded");
+                let cause = Cause { reason, payment_id: Some(payment.payment_id) };
+                let moved = repository::move_order(tx, &order, action, cause).await?;
+                Ok(Some((moved.user_id, StatusChanged::of(&moved))))
+            }
+            // Paid already (the same payment again), or cancelled or expired first:
+            // the payment service refunds a payment for a cancelled order.
+            Err(illegal) => {
+                tracing::info!(order_id = %order.id, status = illegal.from.as_str(), "payment for an order that can't be paid now");
+                Ok(None)
+            }
+        }
     }
 }
