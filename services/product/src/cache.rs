@@ -231,20 +231,36 @@ fn assemble(products: &[Arc<Cached>], next_cursor: Option<&str>) -> PageJson {
     let live: Vec<&Arc<Cached>> = products.iter().filter(|p| !p.is_null()).collect();
     let cursor = serde_json::to_string(&next_cursor).unwrap_or_else(|_| "null".to_owned());
     let mut json = Vec::with_capacity(live.iter().map(|p| p.json.len() + 1).sum::<usize>() + cursor.len() + 32);
-    json.extend_from_slice(b"{\"items\":[");
-    for (n, product) in live.iter().enumerate() {
-        if n > 0 {
-            json.push(b',');
-        }
-        json.extend_from_slice(&product.json);
-    }
-    json.extend_from_slice(b"],\"next_cursor\":");
+    push_items(&mut json, live.iter().map(|p| &p.json[..]));
+    json.extend_from_slice(b",\"next_cursor\":");
     json.extend_from_slice(cursor.as_bytes());
     json.push(b'}');
     let mut parts: Vec<&[u8]> = live.iter().map(|p| p.etag.as_bytes()).collect();
     parts.push(cursor.as_bytes());
     let etag = etag_of(&parts);
     Cached::tagged(Bytes::from(json), etag)
+}
+
+/// A lookup's answer, `{"items":[...]}`, out of the cached JSON: `null` for a product
+/// the catalogue does not have.
+pub fn lookup_json(products: &[Option<Arc<Cached>>]) -> Vec<u8> {
+    let mut json =
+        Vec::with_capacity(products.iter().map(|p| p.as_ref().map_or(4, |p| p.json.len()) + 1).sum::<usize>() + 12);
+    push_items(&mut json, products.iter().map(|p| p.as_ref().map_or(&b"null"[..], |p| &p.json[..])));
+    json.push(b'}');
+    json
+}
+
+/// Writes `{"items":[` and the JSON values, comma-separated, and `]`.
+fn push_items<'a>(json: &mut Vec<u8>, items: impl Iterator<Item = &'a [u8]>) {
+    json.extend_from_slice(b"{\"items\":[");
+    for (n, item) in items.enumerate() {
+        if n > 0 {
+            json.push(b',');
+        }
+        json.extend_from_slice(item);
+    }
+    json.push(b']');
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -555,17 +555,7 @@ async fn lookup_products(
         .ok()
         .filter(|ids: &Vec<Uuid>| (1..=LOOKUP_MAX).contains(&ids.len()))
         .ok_or_else(|| ApiError::bad_request("ids must be 1 to 100 comma-separated product ids"))?;
-    let products = state.catalog.products(&ids).await?;
-    let mut json =
-        Vec::with_capacity(products.iter().map(|p| p.as_ref().map_or(4, |p| p.json.len()) + 1).sum::<usize>() + 12);
-    json.extend_from_slice(b"{\"items\":[");
-    for (n, product) in products.iter().enumerate() {
-        if n > 0 {
-            json.push(b',');
-        }
-        json.extend_from_slice(product.as_ref().map_or(&b"null"[..], |p| &p.json[..]));
-    }
-    json.extend_from_slice(b"]}");
+    let json = crate::cache::lookup_json(&state.catalog.products(&ids).await?);
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
