@@ -127,16 +127,21 @@ impl CatalogCache {
     /// tag, `None` for an id the catalogue does not have (or deleted).
     pub async fn products(&self, ids: &[Uuid]) -> Result<Vec<Option<Arc<Cached>>>, Error> {
         let keys: Vec<String> = ids.iter().map(|id| product_key(*id)).collect();
-        let (db, wanted) = (self.db.clone(), ids.to_vec());
-        let cached = self
-            .cache
-            .load_cached_many(&keys, product_ttl, move |missing| async move {
-                let missing: Vec<Uuid> = missing.iter().map(|i| wanted[*i]).collect();
+        let cached = self.load_products(&keys, ids).await?;
+        Ok(cached.into_iter().map(|c| (!c.is_null()).then_some(c)).collect())
+    }
+
+    /// The products of `ids` (their cache `keys`) in one multi-get, those neither level
+    /// holds in one query; an unknown or deleted one is cached (and answered) as `null`.
+    async fn load_products(&self, keys: &[String], ids: &[Uuid]) -> Result<Vec<Arc<Cached>>, Error> {
+        let (db, ids) = (self.db.clone(), ids.to_vec());
+        self.cache
+            .load_cached_many(keys, product_ttl, move |missing| async move {
+                let missing: Vec<Uuid> = missing.iter().map(|i| ids[*i]).collect();
                 Ok(repository::find_products(&db, &missing).await?)
             })
             .await
-            .map_err(Error::Cache)?;
-        Ok(cached.into_iter().map(|c| (!c.is_null()).then_some(c)).collect())
+            .map_err(Error::Cache)
     }
 
     /// A listing page: its ids through the cache (straight from the database when the
@@ -182,16 +187,7 @@ impl CatalogCache {
         }
         let keys: Vec<String> = page.ids.ids.iter().map(|id| product_key(*id)).collect();
         let tickets = self.cache.l1_tickets(&keys);
-        let db = self.db.clone();
-        let ids = page.ids.ids.clone();
-        let products = self
-            .cache
-            .load_cached_many(&keys, product_ttl, move |missing| async move {
-                let wanted: Vec<Uuid> = missing.iter().map(|i| ids[*i]).collect();
-                Ok(repository::find_products(&db, &wanted).await?)
-            })
-            .await
-            .map_err(Error::Cache)?;
+        let products = self.load_products(&keys, &page.ids.ids).await?;
         let assembled = assemble(&products, page.ids.next_cursor.as_deref());
         if let Some(tickets) = tickets {
             *page.assembled.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new((tickets, assembled.clone())));
