@@ -55,18 +55,27 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const REVOCATIONS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A service's handler state: its `Inner` behind an `Arc`, so cloning per request is
-/// cheap. Services name theirs `type AppState = common::http::AppState<Inner>`.
-pub struct AppState<T>(Arc<T>);
+/// cheap, and the authenticator the auth extractors check tokens with. Services name
+/// theirs `type AppState = common::http::AppState<Inner>`.
+pub struct AppState<T> {
+    inner: Arc<T>,
+    auth: Arc<Authenticator>,
+}
 
 impl<T> AppState<T> {
-    pub fn new(inner: T) -> Self {
-        Self(Arc::new(inner))
+    pub fn new(auth: Arc<Authenticator>, inner: T) -> Self {
+        Self { inner: Arc::new(inner), auth }
+    }
+
+    /// Checks access tokens, issues them (the user service) and signs service tokens.
+    pub fn auth(&self) -> &Arc<Authenticator> {
+        &self.auth
     }
 }
 
 impl<T> Clone for AppState<T> {
     fn clone(&self) -> Self {
-        Self(self.0.clone())
+        Self { inner: self.inner.clone(), auth: self.auth.clone() }
     }
 }
 
@@ -74,18 +83,13 @@ impl<T> std::ops::Deref for AppState<T> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        &self.0
+        &self.inner
     }
 }
 
-/// A state that can check access tokens, which is what the auth extractors need.
-pub trait HasAuthenticator {
-    fn authenticator(&self) -> &Arc<Authenticator>;
-}
-
-impl<T: HasAuthenticator> axum::extract::FromRef<AppState<T>> for Arc<Authenticator> {
+impl<T> axum::extract::FromRef<AppState<T>> for Arc<Authenticator> {
     fn from_ref(state: &AppState<T>) -> Self {
-        state.authenticator().clone()
+        state.auth.clone()
     }
 }
 
@@ -128,8 +132,10 @@ impl utoipa::Modify for BearerScheme {
 /// Declares on every operation the problems the shared extractors and middleware answer
 /// with, so that each handler's document lists only its own: a body that is malformed,
 /// too large or not JSON (400, 413, 415, 422), a bad query or `Idempotency-Key` (400), a
-/// missing or bad token (401), a path segment that is not an id (404), and the database
-/// or a dependency away (503). Runs on the merged document of the process.
+/// missing or bad token (401), a token without the role the operation names in its
+/// security requirement (`bearer = ["admin"]`: 403), a path segment that is not an id
+/// (404), and the database or a dependency away (503). Runs on the merged document of
+/// the process.
 struct SharedProblems;
 
 impl utoipa::Modify for SharedProblems {
@@ -167,12 +173,23 @@ impl utoipa::Modify for SharedProblems {
                 if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
                     shared.push(("401", "`unauthorized`: no valid access token"));
                 }
+                if requires_admin(operation) {
+                    shared.push(("403", "`forbidden`: not an admin"));
+                }
                 for (status, description) in shared {
                     operation.responses.responses.entry(status.to_owned()).or_insert_with(|| problem(description));
                 }
             }
         }
     }
+}
+
+/// Whether `operation` asks for the `admin` role (`security(("bearer" = ["admin"]))`).
+fn requires_admin(operation: &utoipa::openapi::path::Operation) -> bool {
+    let requirements = serde_json::to_value(&operation.security).unwrap_or_default();
+    requirements.as_array().is_some_and(|all| {
+        all.iter().any(|r| r["bearer"].as_array().is_some_and(|roles| roles.iter().any(|role| role == "admin")))
+    })
 }
 
 /// What every service of one process shares: the cache, the revoked sessions,

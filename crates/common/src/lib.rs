@@ -6,6 +6,7 @@
 //!   with that shape;
 //! - [`request_id`]: `X-Request-Id`, echoed or generated, in every log line and error body;
 //! - [`http`]: the operational endpoints, the middleware stack and graceful serving;
+//! - [`service`]: one service as a binary of its own, its commands read the same way;
 //! - [`browsers`]: CORS and response compression;
 //! - [`finish`]: requests run to completion once started;
 //! - [`idempotency`]: `Idempotency-Key` replay, recorded with the effect it replays;
@@ -23,13 +24,6 @@
 //!   consumers that apply each event once;
 //! - [`trace`]: the W3C `traceparent` carried from requests into events;
 //! - `testing` (feature `testing`): fresh databases and spawned servers for tests.
-
-/// Every process of ours (the service binaries, `shop`, the tests) allocates with mimalloc:
-/// request handling is allocation-heavy, and glibc's malloc showed up as a tenth of the
-/// profile of a cached product read. Built with `no_thp`: its eagerly committed arena,
-/// backed by transparent huge pages, held about 10 MiB per idle process.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod auth;
 pub mod backoff;
@@ -50,6 +44,7 @@ pub mod page;
 pub mod ratelimit;
 pub mod request_id;
 pub mod revocations;
+pub mod service;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

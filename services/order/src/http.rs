@@ -83,7 +83,6 @@ async fn priced_cart(state: &AppState, user_id: Uuid, change: Option<Line>) -> R
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The cart, with current names and prices", body = Cart),
-        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`upstream_unavailable`: the product service can't be reached", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -121,7 +120,6 @@ impl Body for CartQuantity {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The cart after the change", body = Cart),
-        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such product, or it can't be ordered", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`conflict`: the cart already holds 50 products", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A quantity outside 1–100, or a cart total past 9999999999.99 (nothing is changed)", body = Problem, content_type = "application/problem+json"),
@@ -154,7 +152,6 @@ async fn put_cart_item(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The cart after the change", body = Cart),
-        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[tracing::instrument(skip_all, fields(user_id = %user.id, %product_id))]
@@ -173,7 +170,6 @@ async fn remove_cart_item(
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Emptied"),
-        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
@@ -251,7 +247,6 @@ impl PlaceOrder {
     security(("bearer" = [])),
     responses(
         (status = 201, description = "Placed: `pending_payment`, stock reserved at the prices shown; emits `order.created`", body = Order),
-        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`insufficient_stock` (nothing reserved), or `request_in_progress` for a key still running", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid items or address, an empty cart, a product that can't be ordered, or `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "`rate_limited`, with `Retry-After`", body = Problem, content_type = "application/problem+json"),
@@ -293,7 +288,6 @@ pub struct ListParams {
     responses(
         (status = 200, description = "A page of orders", body = Page<Order>),
         (status = 400, description = "A malformed parameter or cursor", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A customer asking for another user's orders", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -333,7 +327,6 @@ async fn visible_order(state: &AppState, user: &AuthUser, id: Uuid) -> Result<Or
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The order", body = Order),
-        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order, or not yours", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -365,7 +358,6 @@ async fn change(state: &AppState, user: &AuthUser, id: Uuid, action: Action, rea
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Cancelled", body = Order),
-        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order, or not yours", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`invalid_state_transition`: shipped, delivered or already cancelled", body = Problem, content_type = "application/problem+json"),
     )
@@ -384,10 +376,9 @@ async fn cancel_order(
 #[utoipa::path(
     post, path = "/api/orders/{id}/ship", tag = "orders",
     params(("id" = Uuid, Path)),
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "Shipped", body = Order),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`invalid_state_transition`: the order is not paid", body = Problem, content_type = "application/problem+json"),
     )
@@ -405,10 +396,9 @@ async fn ship_order(
 #[utoipa::path(
     post, path = "/api/orders/{id}/deliver", tag = "orders",
     params(("id" = Uuid, Path)),
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "Delivered", body = Order),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`invalid_state_transition`: the order is not shipped", body = Problem, content_type = "application/problem+json"),
     )
@@ -460,13 +450,13 @@ async fn order_updates(
         .map(str::to_owned)
         .or(params.access_token)
         .ok_or_else(|| ApiError::unauthorized("a bearer access token (header or access_token) is required"))?;
-    let claims = state.auth.verify(&token).await?;
+    let claims = state.auth().verify(&token).await?;
     let upgrade = upgrade.map_err(|_| ApiError::bad_request("this endpoint speaks WebSocket only"))?;
     if state.live.hub().count(claims.sub) >= MAX_SOCKETS_PER_USER {
         return Err(ApiError::new(ErrorCode::RateLimited)
             .with_detail(format!("at most {MAX_SOCKETS_PER_USER} live connections per user")));
     }
-    let socket = Socket { live: state.live.clone(), auth: state.auth.clone(), token, heartbeat: state.ws_heartbeat };
+    let socket = Socket { live: state.live.clone(), auth: state.auth().clone(), token, heartbeat: state.ws_heartbeat };
     Ok(upgrade.on_upgrade(move |ws| serve_socket(ws, socket, claims.sub)))
 }
 

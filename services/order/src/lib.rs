@@ -23,12 +23,11 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::auth::Authenticator;
 use common::client::Upstream;
 use common::config::{CommonConfig, ConfigError, Env};
 use common::db::{self, Schema};
 use common::events::Subscription;
-use common::http::{HasAuthenticator, Service, Shared};
+use common::http::{Service, Shared};
 use common::ratelimit::Limiter;
 use secrecy::SecretString;
 use sqlx::PgPool;
@@ -103,8 +102,6 @@ pub type AppState = common::http::AppState<Inner>;
 pub struct Inner {
     /// The pool of the `ordering` schema.
     pub db: PgPool,
-    /// Checks access tokens and signs the service tokens of upstream calls.
-    pub auth: Arc<Authenticator>,
     /// The product service, behind its circuit breaker.
     pub products: Products,
     /// Where status changes go for WebSocket clients.
@@ -118,9 +115,21 @@ pub struct Inner {
     pub checkout_limiter: Limiter,
 }
 
-impl HasAuthenticator for Inner {
-    fn authenticator(&self) -> &Arc<Authenticator> {
-        &self.auth
+/// The service as a binary of its own (`order-service`): `common::service::main` runs it.
+impl common::service::Binary for Config {
+    const NAME: &'static str = "order-service";
+
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Self::from_env(env)
+    }
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+    async fn migrate(&self) -> anyhow::Result<()> {
+        migrate(&self.common.database_url).await
+    }
+    async fn start(&self, shared: &Shared) -> anyhow::Result<Service> {
+        start(self, shared).await
     }
 }
 
@@ -139,16 +148,18 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
     };
     let upstream =
         Upstream::new("product", &config.product_service_url, SERVICE, config.upstream_timeout, shared.auth.clone());
-    let state = AppState::new(Inner {
-        db: db.clone(),
-        auth: shared.auth.clone(),
-        products: Products::new(upstream),
-        live: live.clone(),
-        payment_timeout: config.payment_timeout,
-        checkout_lease: config.upstream_timeout * 4,
-        ws_heartbeat: config.ws_heartbeat,
-        checkout_limiter: shared.limiter("checkout", config.checkouts_per_minute, Duration::from_secs(60)),
-    });
+    let state = AppState::new(
+        shared.auth.clone(),
+        Inner {
+            db: db.clone(),
+            products: Products::new(upstream),
+            live: live.clone(),
+            payment_timeout: config.payment_timeout,
+            checkout_lease: config.upstream_timeout * 4,
+            ws_heartbeat: config.ws_heartbeat,
+            checkout_limiter: shared.limiter("checkout", config.checkouts_per_minute, Duration::from_secs(60)),
+        },
+    );
     shared.events.ensure_topics(&[TOPIC.to_owned()]).await;
     shared.events.spawn_relay(SERVICE, db.clone());
     shared

@@ -95,7 +95,6 @@ impl CreatePayment {
     responses(
         (status = 201, description = "Charged (`succeeded`) or declined (`failed`, with `failure_code`; the order stays payable); emits `payment.succeeded` or `payment.failed`", body = Payment),
         (status = 400, description = "No or a malformed `Idempotency-Key`, or malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order, or not yours", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`already_paid`, `invalid_state_transition` (the order is cancelled), `conflict` (another payment for the order is being processed) or `request_in_progress`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`amount_mismatch`, `idempotency_key_reused`, or invalid fields", body = Problem, content_type = "application/problem+json"),
@@ -147,7 +146,6 @@ pub struct PaymentPage {
     responses(
         (status = 200, description = "A page of payments", body = PaymentPage),
         (status = 400, description = "A malformed parameter or cursor", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
@@ -175,7 +173,6 @@ async fn list_payments(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The payment", body = Payment),
-        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such payment, or not yours", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -210,10 +207,9 @@ impl Body for CreateRefund {}
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]{1,255}$", description = "Optional; 1–255 visible ASCII characters. A retry with the same key and body makes no second refund"),
     ),
     request_body = CreateRefund,
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     responses(
         (status = 201, description = "Refunded (`pending` if the provider has yet to carry it out)", body = Refund),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such payment", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`invalid_state_transition`: a failed payment, or one refunded in full; `request_in_progress`: a request with this key is still running", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "An amount of zero or more than is left, or `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),

@@ -24,13 +24,12 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::auth::Authenticator;
 use common::client::{Breaker, Upstream};
 use common::config::{CommonConfig, ConfigError, Env};
 use common::db::{self, Schema};
 use common::events::Subscription;
 use common::finish::TaskTracker;
-use common::http::{HasAuthenticator, Service, Shared};
+use common::http::{Service, Shared};
 use common::ratelimit::Limiter;
 use secrecy::SecretString;
 use sqlx::PgPool;
@@ -84,7 +83,6 @@ pub type AppState = common::http::AppState<Inner>;
 pub struct Inner {
     /// The pool of the `payments` schema.
     pub db: PgPool,
-    pub auth: Arc<Authenticator>,
     /// The order service, behind its circuit breaker.
     pub orders: Orders,
     /// The card provider.
@@ -104,9 +102,21 @@ pub struct Inner {
     pub requests: TaskTracker,
 }
 
-impl HasAuthenticator for Inner {
-    fn authenticator(&self) -> &Arc<Authenticator> {
-        &self.auth
+/// The service as a binary of its own (`payment-service`): `common::service::main` runs it.
+impl common::service::Binary for Config {
+    const NAME: &'static str = "payment-service";
+
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Self::from_env(env)
+    }
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+    async fn migrate(&self) -> anyhow::Result<()> {
+        migrate(&self.common.database_url).await
+    }
+    async fn start(&self, shared: &Shared) -> anyhow::Result<Service> {
+        start(self, shared).await
     }
 }
 
@@ -121,17 +131,19 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
     let db = db::connect(&config.common.database_url, SCHEMA, config.common.db_max_connections).await?;
     let upstream =
         Upstream::new("order", &config.order_service_url, SERVICE, config.upstream_timeout, shared.auth.clone());
-    let state = AppState::new(Inner {
-        db: db.clone(),
-        auth: shared.auth.clone(),
-        orders: Orders::new(upstream),
-        provider: Arc::new(Simulated { db: db.clone() }),
-        provider_breaker: common::client::breaker(),
-        provider_timeout: config.provider_timeout,
-        attempt_lease: config.provider_timeout * 4 + Duration::from_secs(1),
-        payment_limiter: shared.limiter("payment", config.payments_per_minute, Duration::from_secs(60)),
-        requests: shared.requests.clone(),
-    });
+    let state = AppState::new(
+        shared.auth.clone(),
+        Inner {
+            db: db.clone(),
+            orders: Orders::new(upstream),
+            provider: Arc::new(Simulated { db: db.clone() }),
+            provider_breaker: common::client::breaker(),
+            provider_timeout: config.provider_timeout,
+            attempt_lease: config.provider_timeout * 4 + Duration::from_secs(1),
+            payment_limiter: shared.limiter("payment", config.payments_per_minute, Duration::from_secs(60)),
+            requests: shared.requests.clone(),
+        },
+    );
     shared.events.ensure_topics(&[TOPIC.to_owned()]).await;
     shared.events.spawn_relay(SERVICE, db.clone());
     shared

@@ -236,11 +236,9 @@ impl Body for CreateProduct {
 #[utoipa::path(
     post, path = "/api/products", tag = "products",
     request_body = CreateProduct,
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     responses(
         (status = 201, description = "Created; emits `product.created`", body = Product),
-        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`conflict`: the SKU is taken", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields (an unknown `category_id` included)", body = Problem, content_type = "application/problem+json"),
     )
@@ -316,10 +314,9 @@ impl Body for UpdateProduct {
     patch, path = "/api/products/{id}", tag = "products",
     params(("id" = Uuid, Path)),
     request_body = UpdateProduct,
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "Updated; emits `product.updated`", body = Product),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`conflict`: the SKU is taken", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
@@ -344,10 +341,9 @@ async fn update_product(
 #[utoipa::path(
     delete, path = "/api/products/{id}", tag = "products",
     params(("id" = Uuid, Path)),
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     responses(
         (status = 204, description = "Deleted; emits `product.updated` with `deleted: true`"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -410,10 +406,9 @@ fn delta_schema() -> utoipa::openapi::OneOfBuilder {
     post, path = "/api/products/{id}/stock", tag = "products",
     params(("id" = Uuid, Path)),
     request_body = StockDelta,
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "The product with its new stock; emits `product.stock_changed`", body = Product),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`insufficient_stock`: it would go below zero", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A zero or out-of-range delta", body = Problem, content_type = "application/problem+json"),
@@ -492,10 +487,9 @@ impl Body for CreateCategory {
 #[utoipa::path(
     post, path = "/api/categories", tag = "categories",
     request_body = CreateCategory,
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     responses(
         (status = 201, description = "Created", body = Category),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`conflict`: a sibling has this name", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields (an unknown `parent_id` included)", body = Problem, content_type = "application/problem+json"),
     )

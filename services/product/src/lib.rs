@@ -19,11 +19,10 @@ pub mod seed;
 
 use std::sync::Arc;
 
-use common::auth::Authenticator;
 use common::config::{CommonConfig, ConfigError, Env};
 use common::db::{self, Schema};
 use common::events::Subscription;
-use common::http::{HasAuthenticator, Service, Shared};
+use common::http::{Service, Shared};
 use secrecy::SecretString;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -54,15 +53,31 @@ pub type AppState = common::http::AppState<Inner>;
 pub struct Inner {
     /// The pool of the `catalog` schema.
     pub db: PgPool,
-    /// Checks access tokens (admin writes).
-    pub auth: Arc<Authenticator>,
     /// Products and listing pages through the cache.
     pub catalog: CatalogCache,
 }
 
-impl HasAuthenticator for Inner {
-    fn authenticator(&self) -> &Arc<Authenticator> {
-        &self.auth
+/// The service as a binary of its own (`product-service`): `common::service::main` runs it.
+impl common::service::Binary for Config {
+    const NAME: &'static str = "product-service";
+    const SEEDS: bool = true;
+
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Self::from_env(env)
+    }
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+    async fn migrate(&self) -> anyhow::Result<()> {
+        migrate(&self.common.database_url).await
+    }
+    async fn start(&self, shared: &Shared) -> anyhow::Result<Service> {
+        start(self, shared).await
+    }
+    async fn seed(&self, count: usize) -> anyhow::Result<()> {
+        seed::seed(&connect(self).await?, count, true).await?;
+        println!("seeded {count} products");
+        Ok(())
     }
 }
 
@@ -81,7 +96,7 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
     db::prepare(&config.common, SCHEMA, &MIGRATOR).await?;
     let db = connect(config).await?;
     let catalog = CatalogCache::new(shared.cache.clone(), db.clone());
-    let state = AppState::new(Inner { db: db.clone(), auth: shared.auth.clone(), catalog: catalog.clone() });
+    let state = AppState::new(shared.auth.clone(), Inner { db: db.clone(), catalog: catalog.clone() });
     shared.events.ensure_topics(&[TOPIC.to_owned()]).await;
     shared.events.spawn_relay(SERVICE, db.clone());
     shared

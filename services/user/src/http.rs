@@ -201,7 +201,7 @@ async fn open_session(state: &AppState, user: User) -> Result<Tokens, ApiError> 
 }
 
 fn tokens_for(state: &AppState, user: User, family_id: Uuid, refresh_token: String) -> Result<Tokens, ApiError> {
-    let access = state.auth.issue(user.id, user.role, family_id)?;
+    let access = state.auth().issue(user.id, user.role, family_id)?;
     Ok(Tokens { access_token: access.token, refresh_token, token_type: "Bearer", expires_in: access.expires_in, user })
 }
 
@@ -309,7 +309,7 @@ async fn refresh(State(state): State<AppState>, Json(req): Json<RefreshRequest>)
             repository::revoke_family(&mut *tx, stored.family_id, stored.user_id).await?;
             let revoked = revoke_sessions(&state, &mut tx, vec![stored.family_id]).await?;
             tx.commit().await?;
-            state.auth.revocations().revoked(&revoked).await;
+            state.auth().revocations().revoked(&revoked).await;
             tracing::warn!(user_id = %stored.user_id, "refresh token reused; session revoked");
             return Err(Error::RefreshToken("revoked").into());
         }
@@ -338,7 +338,6 @@ async fn refresh(State(state): State<AppState>, Json(req): Json<RefreshRequest>)
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Logged out"),
-        (status = 401, description = "Missing or invalid access token", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The revocation could not be recorded; retry", body = Problem, content_type = "application/problem+json"),
     )
@@ -357,7 +356,7 @@ async fn logout(
     let sessions = std::iter::once(user.claims.sid).chain(other.filter(|&family| family != user.claims.sid));
     let revoked = revoke_sessions(&state, &mut tx, sessions.collect()).await?;
     tx.commit().await?;
-    state.auth.revocations().revoked(&revoked).await;
+    state.auth().revocations().revoked(&revoked).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -371,7 +370,7 @@ async fn revoke_sessions(
     if sessions.is_empty() {
         return Ok(Vec::new());
     }
-    let until = Utc::now() + state.auth.access_ttl() + chrono::Duration::seconds(1);
+    let until = Utc::now() + state.auth().access_ttl() + chrono::Duration::seconds(1);
     repository::revoke_sessions(&mut **tx, &sessions, until).await?;
     Ok(sessions.into_iter().map(|session_id| Revoked { session_id, until }).collect())
 }
@@ -396,7 +395,6 @@ async fn revocations(State(state): State<AppState>, _caller: ServiceCaller) -> R
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller", body = User),
-        (status = 401, description = "Missing or invalid access token", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
@@ -450,7 +448,7 @@ async fn update_me(
         revoked = revoke_sessions(&state, &mut tx, others).await?;
     }
     tx.commit().await?;
-    state.auth.revocations().revoked(&revoked).await;
+    state.auth().revocations().revoked(&revoked).await;
     // Never over a later update's value, whichever of two concurrent updates lands last.
     let key = profile_key(user.id);
     state.cache.put_versioned(&key, version.timestamp_micros(), &updated, PROFILE_TTL).await;
@@ -462,11 +460,9 @@ async fn update_me(
 #[utoipa::path(
     get, path = "/api/users/{id}", tag = "users",
     params(("id" = Uuid, Path, description = "The user's id")),
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "The user", body = User),
-        (status = 401, description = "Missing or invalid access token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user (or not a UUID)", body = Problem, content_type = "application/problem+json"),
     )
 )]

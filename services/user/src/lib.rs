@@ -19,10 +19,11 @@ mod tokens;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::auth::{Authenticator, PasswordHasher};
+use common::auth::PasswordHasher;
 use common::cache::Cache;
+use common::config::{CommonConfig, ConfigError, Env};
 use common::db::{self, Schema};
-use common::http::{HasAuthenticator, Service, Shared};
+use common::http::{Service, Shared};
 use common::ratelimit::Limiter;
 use secrecy::SecretString;
 use sqlx::PgPool;
@@ -51,8 +52,6 @@ pub type AppState = common::http::AppState<Inner>;
 pub struct Inner {
     /// The pool of the `users` schema.
     pub db: PgPool,
-    /// Signs and checks access tokens; shared with the other services of the process.
-    pub auth: Arc<Authenticator>,
     /// bcrypt, off the async workers.
     pub passwords: PasswordHasher,
     /// Profiles by id, five minutes.
@@ -68,9 +67,21 @@ pub struct Inner {
     pub refresh_token_ttl: Duration,
 }
 
-impl HasAuthenticator for Inner {
-    fn authenticator(&self) -> &Arc<Authenticator> {
-        &self.auth
+/// The service as a binary of its own (`user-service`): `common::service::main` runs it.
+impl common::service::Binary for Config {
+    const NAME: &'static str = "user-service";
+
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Self::from_env(env)
+    }
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+    async fn migrate(&self) -> anyhow::Result<()> {
+        migrate(&self.common.database_url).await
+    }
+    async fn start(&self, shared: &Shared) -> anyhow::Result<Service> {
+        start(self, shared).await
     }
 }
 
@@ -79,21 +90,23 @@ impl Inner {
     pub async fn state(config: &Config, shared: &Shared, db: PgPool) -> anyhow::Result<AppState> {
         let per_minute = config.login_attempts_per_minute;
         let minute = Duration::from_secs(60);
-        Ok(common::http::AppState::new(Inner {
-            db,
-            auth: shared.auth.clone(),
-            passwords: PasswordHasher::new(config.bcrypt_cost).await?,
-            cache: shared.cache.clone(),
-            login_limiter: shared.limiter("login", per_minute, minute),
-            login_address_limiter: shared.limiter(
-                "login-address",
-                config.login_attempts_per_address_per_minute,
-                minute,
-            ),
-            registration_limiter: shared.limiter("registration", config.registrations_per_minute, minute),
-            password_check_limiter: shared.limiter("password-check", per_minute, minute),
-            refresh_token_ttl: config.refresh_token_ttl,
-        }))
+        Ok(common::http::AppState::new(
+            shared.auth.clone(),
+            Inner {
+                db,
+                passwords: PasswordHasher::new(config.bcrypt_cost).await?,
+                cache: shared.cache.clone(),
+                login_limiter: shared.limiter("login", per_minute, minute),
+                login_address_limiter: shared.limiter(
+                    "login-address",
+                    config.login_attempts_per_address_per_minute,
+                    minute,
+                ),
+                registration_limiter: shared.limiter("registration", config.registrations_per_minute, minute),
+                password_check_limiter: shared.limiter("password-check", per_minute, minute),
+                refresh_token_ttl: config.refresh_token_ttl,
+            },
+        ))
     }
 }
 

@@ -133,6 +133,12 @@ async fn the_openapi_document_and_docs_page_are_served() {
     for status in ["401", "403", "404", "503"] {
         assert!(user.contains(&status.to_owned()), "GET /api/users/{{id}} declares {status}: {user:?}");
     }
+    // An admin-only operation names the role, and gets the 403 with it.
+    let by_id = &doc["paths"]["/api/users/{id}"]["get"];
+    assert_eq!(by_id["security"], serde_json::json!([{ "bearer": ["admin"] }]));
+    assert_eq!(by_id["responses"]["403"]["description"], "`forbidden`: not an admin");
+    let me = &doc["paths"]["/api/users/me"]["get"];
+    assert!(me["responses"]["403"].is_null(), "a customer's own profile has no 403: {me}");
 
     let res = app.get("/docs/", None).await;
     assert_eq!(res.status(), 200);
