@@ -20,6 +20,7 @@
 //! - [`ratelimit`]: limits shared across replicas through Redis;
 //! - [`auth`]: access tokens, auth extractors, password hashing;
 //! - [`revocations`]: revoked sessions, refused by every process through a cache outage;
+//! - [`contracts`]: the topics, event types, payloads and order statuses services share;
 //! - [`events`]: the transactional outbox, its relay, Kafka or in-process delivery, and
 //!   consumers that apply each event once;
 //! - [`trace`]: the W3C `traceparent` carried from requests into events;
@@ -32,6 +33,7 @@ pub mod cache;
 pub mod client;
 pub mod conditional;
 pub mod config;
+pub mod contracts;
 pub mod db;
 pub mod error;
 pub mod events;

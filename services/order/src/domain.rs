@@ -8,106 +8,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// Where an order is in its life (API.md, "Order service").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OrderStatus {
-    PendingPayment,
-    Paid,
-    Shipped,
-    Delivered,
-    Cancelled,
-    /// Shipped or delivered, then refunded in full.
-    Refunded,
-}
-
-/// What can happen to an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// `payment.succeeded` arrived.
-    Pay,
-    Ship,
-    Deliver,
-    /// By the customer or an admin; a paid order is refunded by the payment service.
-    Cancel,
-    /// The payment window passed.
-    Expire,
-    /// An admin refunded the payment of a shipped or delivered order in full (a paid
-    /// order refunded in full is cancelled instead).
-    Refund,
-}
-
-impl Action {
-    /// The event that announces the move.
-    pub fn event_type(self) -> &'static str {
-        match self {
-            Action::Pay => "order.paid",
-            Action::Ship => "order.shipped",
-            Action::Deliver => "order.delivered",
-            Action::Cancel => "order.cancelled",
-            Action::Expire => "order.expired",
-            Action::Refund => "order.refunded",
-        }
-    }
-}
-
-/// A move the status machine does not allow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("an order that is {} can't be {}", from.as_str(), action_word(*action))]
-pub struct IllegalTransition {
-    pub from: OrderStatus,
-    pub action: Action,
-}
-
-fn action_word(action: Action) -> &'static str {
-    match action {
-        Action::Pay => "paid",
-        Action::Ship => "shipped",
-        Action::Deliver => "delivered",
-        Action::Cancel => "cancelled",
-        Action::Expire => "expired",
-        Action::Refund => "refunded",
-    }
-}
-
-impl OrderStatus {
-    /// The one transition function: the status after `action`, or why it can't happen.
-    pub fn transition(self, action: Action) -> Result<OrderStatus, IllegalTransition> {
-        use {Action::*, OrderStatus::*};
-        match (self, action) {
-            (PendingPayment, Pay) => Ok(Paid),
-            (Paid, Ship) => Ok(Shipped),
-            (Shipped, Deliver) => Ok(Delivered),
-            (PendingPayment | Paid, Cancel) => Ok(Cancelled),
-            (PendingPayment, Expire) => Ok(Cancelled),
-            (Shipped | Delivered, Refund) => Ok(Refunded),
-            (from, action) => Err(IllegalTransition { from, action }),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrderStatus::PendingPayment => "pending_payment",
-            OrderStatus::Paid => "paid",
-            OrderStatus::Shipped => "shipped",
-            OrderStatus::Delivered => "delivered",
-            OrderStatus::Cancelled => "cancelled",
-            OrderStatus::Refunded => "refunded",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Some(match raw {
-            "pending_payment" => OrderStatus::PendingPayment,
-            "paid" => OrderStatus::Paid,
-            "shipped" => OrderStatus::Shipped,
-            "delivered" => OrderStatus::Delivered,
-            "cancelled" => OrderStatus::Cancelled,
-            "refunded" => OrderStatus::Refunded,
-            _ => return None,
-        })
-    }
-}
+/// The status machine is the contract's (`common::contracts`): the payment service reads
+/// the same statuses, and each move names the event that announces it.
+pub use common::contracts::{IllegalTransition, OrderAction as Action, OrderStatus};
 
 /// Units of one product in a cart or an order line: 1 to 100.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,46 +261,6 @@ impl StatusChanged {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_status_machine_allows_exactly_the_moves_of_the_contract() {
-        use {Action::*, OrderStatus::*};
-        let all = [PendingPayment, Paid, Shipped, Delivered, Cancelled, Refunded];
-        let allowed = [
-            (PendingPayment, Pay, Paid),
-            (PendingPayment, Cancel, Cancelled),
-            (PendingPayment, Expire, Cancelled),
-            (Paid, Ship, Shipped),
-            (Paid, Cancel, Cancelled),
-            (Shipped, Deliver, Delivered),
-            (Shipped, Refund, Refunded),
-            (Delivered, Refund, Refunded),
-        ];
-        for from in all {
-            for action in [Pay, Ship, Deliver, Cancel, Expire, Refund] {
-                let expected = allowed.iter().find(|(f, a, _)| *f == from && *a == action).map(|(_, _, to)| *to);
-                assert_eq!(from.transition(action).ok(), expected, "{from:?} + {action:?}");
-            }
-        }
-        let err = Delivered.transition(Cancel).unwrap_err();
-        assert_eq!(err.to_string(), "an order that is delivered can't be cancelled");
-    }
-
-    #[test]
-    fn statuses_round_trip_through_their_names() {
-        for status in [
-            OrderStatus::PendingPayment,
-            OrderStatus::Paid,
-            OrderStatus::Shipped,
-            OrderStatus::Delivered,
-            OrderStatus::Cancelled,
-            OrderStatus::Refunded,
-        ] {
-            assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
-            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
-        }
-        assert_eq!(OrderStatus::parse("lost"), None);
-    }
 
     #[test]
     fn quantities_are_one_to_a_hundred() {

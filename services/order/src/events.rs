@@ -6,9 +6,10 @@
 //!   finds nothing left to refund) and a `shipped` or `delivered` one becomes `refunded`.
 //!   A partial refund, or one of an order cancelled already, moves nothing.
 
+use common::contracts::{EventType, PaymentRefunded, PaymentSettled};
 use common::events::{Envelope, EventHandler};
 use futures::future::BoxFuture;
-use serde::Deserialize;
+use serde::Deserialize as _;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -18,24 +19,39 @@ use crate::domain::{Action, Order, OrderStatus, StatusChanged};
 use crate::live::Live;
 use crate::repository::{self, Cause};
 
-/// The topic the payment service publishes to.
-pub const PAYMENT_TOPIC: &str = "payment.events";
-
-/// The part of a `payment.*` event this service reads.
-#[derive(Debug, Deserialize)]
+/// What this service reads of a `payment.succeeded` or `payment.refunded`.
+#[derive(Debug)]
 struct PaymentEvent {
+    kind: EventType,
     payment_id: Uuid,
     order_id: Uuid,
     /// `payment.refunded`: everything the payment has refunded so far.
-    #[serde(default)]
     refunded_total: Option<Money>,
 }
 
-/// What a `payment.*` event does to its order, if anything.
-fn action_for(event_type: &str, order: &Order, refunded_total: Option<Money>) -> Option<Action> {
-    match event_type {
-        "payment.succeeded" => Some(Action::Pay),
-        "payment.refunded" if refunded_total.is_some_and(|r| r.amount() >= order.total.amount()) => {
+impl PaymentEvent {
+    /// The event, if it is one that can move an order.
+    fn read(event: &Envelope) -> anyhow::Result<Option<Self>> {
+        Ok(match EventType::parse(&event.event_type) {
+            Some(kind @ EventType::PaymentSucceeded) => {
+                let settled = PaymentSettled::deserialize(&event.data)?;
+                Some(Self { kind, payment_id: settled.payment_id, order_id: settled.order_id, refunded_total: None })
+            }
+            Some(kind @ EventType::PaymentRefunded) => {
+                let refunded = PaymentRefunded::deserialize(&event.data)?;
+                let (payment_id, order_id) = (refunded.payment_id, refunded.order_id);
+                Some(Self { kind, payment_id, order_id, refunded_total: Some(refunded.refunded_total) })
+            }
+            _ => None,
+        })
+    }
+}
+
+/// What a payment event does to its order, if anything.
+fn action_for(payment: &PaymentEvent, order: &Order) -> Option<Action> {
+    match (payment.kind, payment.refunded_total) {
+        (EventType::PaymentSucceeded, _) => Some(Action::Pay),
+        (EventType::PaymentRefunded, Some(refunded)) if refunded.amount() >= order.total.amount() => {
             match order.status {
                 OrderStatus::Paid => Some(Action::Cancel),
                 OrderStatus::Shipped | OrderStatus::Delivered => Some(Action::Refund),
@@ -47,7 +63,7 @@ fn action_for(event_type: &str, order: &Order, refunded_total: Option<Money>) ->
 }
 
 fn moves_orders(event_type: &str) -> bool {
-    matches!(event_type, "payment.succeeded" | "payment.refunded")
+    matches!(EventType::parse(event_type), Some(EventType::PaymentSucceeded | EventType::PaymentRefunded))
 }
 
 pub struct PaymentEvents {
@@ -61,10 +77,7 @@ impl EventHandler for PaymentEvents {
 
     fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a Envelope) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            if !moves_orders(&event.event_type) {
-                return Ok(());
-            }
-            let payment: PaymentEvent = serde_json::from_value(event.data.clone())?;
+            let Some(payment) = PaymentEvent::read(event)? else { return Ok(()) };
             if let Some((user_id, change)) = self.move_for(tx, event, &payment).await? {
                 // Told to the owner's sockets once the move is visible.
                 let live = self.live.clone();
@@ -84,7 +97,7 @@ impl PaymentEvents {
         event: &Envelope,
         payment: &PaymentEvent,
     ) -> anyhow::Result<Option<(Uuid, StatusChanged)>> {
-        if event.event_type == "payment.succeeded" {
+        if payment.kind == EventType::PaymentSucceeded {
             // The usual case in one statement: an unpaid order is paid.
             let cause = Cause { reason: None, payment_id: Some(payment.payment_id) };
             let paid =
@@ -101,7 +114,7 @@ impl PaymentEvents {
             tracing::warn!(order_id = %payment.order_id, event = event.event_type, "a payment event for an unknown order");
             return Ok(None);
         };
-        let Some(action) = action_for(&event.event_type, &order, payment.refunded_total) else { return Ok(None) };
+        let Some(action) = action_for(payment, &order) else { return Ok(None) };
         match order.status.transition(action) {
             Ok(_) => {
                 let reason = (action == Action::Cancel).then_some("refunded");

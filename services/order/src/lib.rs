@@ -37,7 +37,7 @@ use crate::live::Live;
 use crate::products::Products;
 
 pub const SERVICE: &str = "order";
-pub const TOPIC: &str = "order.events";
+pub const TOPIC: &str = common::contracts::topic::ORDER;
 pub const SCHEMA: Schema = Schema { name: "ordering", role: "ordering_svc" };
 pub const DEFAULT_PORT: u16 = 8083;
 /// Where the product service is when nothing says otherwise.
@@ -166,7 +166,7 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
         .events
         .subscribe(Subscription {
             group: SERVICE.to_owned(),
-            topics: vec![events::PAYMENT_TOPIC.to_owned()],
+            topics: vec![common::contracts::topic::PAYMENT.to_owned()],
             db: db.clone(),
             handler: Arc::new(events::PaymentEvents { live: live.clone() }),
         })

@@ -3,68 +3,48 @@
 //! two concurrent moves of one order only one can win, and it writes its event in the
 //! same transaction.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common::contracts::EventType;
 use common::events;
 use common::idempotency::StoredAnswer;
 use common::money::Money;
-use serde::Serialize;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::TOPIC;
 use crate::domain::{Action, Line, MAX_LINES, Order, OrderLine, OrderStatus, ShippingAddress, StatusChanged};
 use crate::error::Error;
 
 /// The largest possible id, where a first page starts (ids are compared with `<`).
 const AFTER_ALL: Uuid = Uuid::max();
 
-/// The data of every `order.*` event: the order's id, owner and new status, with what
-/// the consumers need of the rest (the total for refunds; the lines on creation).
-#[derive(Debug, Serialize)]
-pub struct OrderEvent<'a> {
-    pub order_id: Uuid,
-    pub user_id: Uuid,
-    pub status: OrderStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub previous_status: Option<OrderStatus>,
-    /// Why it was cancelled: `customer`, `admin`, `payment_timeout`, `checkout_failed`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub total: Option<Money>,
-    pub currency: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub items: Option<&'a [OrderLine]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payment_id: Option<Uuid>,
-}
+/// The data of an `order.*` event, with the lines (on creation) borrowed from the order.
+type OrderEvent<'a> = common::contracts::OrderEvent<'a, &'a [OrderLine]>;
 
-impl<'a> OrderEvent<'a> {
-    /// The event of a status move (`order.paid`, `order.cancelled`, `order.expired`, …).
-    fn moved(
-        order_id: Uuid,
-        user_id: Uuid,
-        from: OrderStatus,
-        to: OrderStatus,
-        total: Money,
-        currency: &'a str,
-        cause: Cause<'a>,
-    ) -> Self {
-        Self {
-            order_id,
-            user_id,
-            status: to,
-            previous_status: Some(from),
-            reason: cause.reason,
-            total: Some(total),
-            currency,
-            items: None,
-            payment_id: cause.payment_id,
-        }
+/// The event of a status move (`order.paid`, `order.cancelled`, `order.expired`, …).
+fn moved_event<'a>(
+    order_id: Uuid,
+    user_id: Uuid,
+    from: OrderStatus,
+    to: OrderStatus,
+    total: Money,
+    currency: &'a str,
+    cause: Cause<'a>,
+) -> OrderEvent<'a> {
+    OrderEvent {
+        order_id,
+        user_id,
+        status: to,
+        previous_status: Some(from),
+        reason: cause.reason.map(Cow::Borrowed),
+        total: Some(total),
+        currency: Cow::Borrowed(currency),
+        items: None,
+        payment_id: cause.payment_id,
     }
 }
 
@@ -282,13 +262,13 @@ async fn checkout_failed(tx: &mut PgConnection, order_id: Uuid, user_id: Uuid) -
         user_id,
         status: OrderStatus::Cancelled,
         previous_status: None,
-        reason: Some("checkout_failed"),
+        reason: Some(Cow::Borrowed("checkout_failed")),
         total: None,
-        currency: common::money::CURRENCY,
+        currency: Cow::Borrowed(common::money::CURRENCY),
         items: None,
         payment_id: None,
     };
-    events::emit(tx, TOPIC, Action::Cancel.event_type(), order_id, &event).await?;
+    events::emit_event(tx, Action::Cancel.event_type(), order_id, &event).await?;
     Ok(())
 }
 
@@ -406,11 +386,11 @@ pub async fn place_order(tx: &mut PgConnection, order: &Order, from_cart: bool) 
         previous_status: None,
         reason: None,
         total: Some(order.total),
-        currency: &order.currency,
+        currency: Cow::Borrowed(&order.currency),
         items: Some(&order.items),
         payment_id: None,
     };
-    events::emit(tx, TOPIC, "order.created", order.id, &event).await?;
+    events::emit_event(tx, EventType::OrderCreated, order.id, &event).await?;
     Ok(true)
 }
 
@@ -564,8 +544,8 @@ pub async fn move_order(
         return Err(Error::ChangedConcurrently(now));
     };
     let moved = Order { status: next, updated_at, expires_at: None, ..order.clone() };
-    let event = OrderEvent::moved(moved.id, moved.user_id, order.status, next, moved.total, &moved.currency, cause);
-    events::emit(tx, TOPIC, action.event_type(), moved.id, &event).await?;
+    let event = moved_event(moved.id, moved.user_id, order.status, next, moved.total, &moved.currency, cause);
+    events::emit_event(tx, action.event_type(), moved.id, &event).await?;
     Ok(moved)
 }
 
@@ -591,8 +571,8 @@ pub async fn move_from(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(moved) = moved else { return Ok(None) };
-    let event = OrderEvent::moved(id, moved.user_id, from, next, moved.total, &moved.currency, cause);
-    events::emit(tx, TOPIC, action.event_type(), id, &event).await?;
+    let event = moved_event(id, moved.user_id, from, next, moved.total, &moved.currency, cause);
+    events::emit_event(tx, action.event_type(), id, &event).await?;
     Ok(Some((moved.user_id, StatusChanged::new(id, next, moved.updated_at))))
 }
 
@@ -626,8 +606,8 @@ pub async fn expire_due(db: &PgPool, limit: i64) -> Result<Vec<Expired>, Error> 
     for row in &expired {
         let cause = Cause { reason: Some("payment_timeout"), payment_id: None };
         let (from, to) = (OrderStatus::PendingPayment, OrderStatus::Cancelled);
-        let event = OrderEvent::moved(row.id, row.user_id, from, to, row.total, &row.currency, cause);
-        events::emit(&mut tx, TOPIC, Action::Expire.event_type(), row.id, &event).await?;
+        let event = moved_event(row.id, row.user_id, from, to, row.total, &row.currency, cause);
+        events::emit_event(&mut tx, Action::Expire.event_type(), row.id, &event).await?;
     }
     tx.commit().await?;
     Ok(expired.into_iter().map(|r| Expired { id: r.id, user_id: r.user_id, updated_at: r.updated_at }).collect())

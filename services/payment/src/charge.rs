@@ -87,7 +87,7 @@ pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idem
             let order = order.filter(|o| o.user_id == user.id).ok_or(Error::NotFound)?;
             match order.status {
                 OrderStatus::PendingPayment => {}
-                OrderStatus::Paid | OrderStatus::Shipped | OrderStatus::Delivered => {
+                OrderStatus::Paid | OrderStatus::Shipped | OrderStatus::Delivered | OrderStatus::Refunded => {
                     return Err(Error::AlreadyPaid.into());
                 }
                 OrderStatus::Cancelled => return Err(Error::NotPayable("cancelled").into()),

@@ -3,6 +3,7 @@
 //! full (once: the inbox makes redeliveries no-ops, and a refund never exceeds what is
 //! left).
 
+use common::contracts::EventType;
 use common::events::{Envelope, EventHandler};
 use futures::future::BoxFuture;
 use sqlx::PgConnection;
@@ -10,15 +11,12 @@ use sqlx::PgConnection;
 use crate::AppState;
 use crate::repository;
 
-/// The topic the order service publishes to.
-pub const ORDER_TOPIC: &str = "order.events";
-
 pub struct OrderEvents {
     pub state: AppState,
 }
 
 fn closes(event_type: &str) -> bool {
-    matches!(event_type, "order.cancelled" | "order.expired")
+    matches!(EventType::parse(event_type), Some(EventType::OrderCancelled | EventType::OrderExpired))
 }
 
 impl EventHandler for OrderEvents {

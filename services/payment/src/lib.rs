@@ -39,7 +39,7 @@ use crate::orders::Orders;
 use crate::provider::{Provider, Simulated};
 
 pub const SERVICE: &str = "payment";
-pub const TOPIC: &str = "payment.events";
+pub const TOPIC: &str = common::contracts::topic::PAYMENT;
 pub const SCHEMA: Schema = Schema { name: "payments", role: "payments_svc" };
 pub const DEFAULT_PORT: u16 = 8084;
 pub const DEFAULT_ORDER_SERVICE_URL: &str = "http://127.0.0.1:8083";
@@ -150,7 +150,7 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
         .events
         .subscribe(Subscription {
             group: SERVICE.to_owned(),
-            topics: vec![events::ORDER_TOPIC.to_owned()],
+            topics: vec![common::contracts::topic::ORDER.to_owned()],
             db: db.clone(),
             handler: Arc::new(events::OrderEvents { state: state.clone() }),
         })

@@ -7,16 +7,7 @@ use common::money::Money;
 use serde::Deserialize;
 use uuid::Uuid;
 
-/// An order's status, as the order service names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OrderStatus {
-    PendingPayment,
-    Paid,
-    Shipped,
-    Delivered,
-    Cancelled,
-}
+pub use common::contracts::OrderStatus;
 
 /// An order, as far as paying it goes.
 #[derive(Debug, Clone, Deserialize)]

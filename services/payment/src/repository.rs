@@ -2,18 +2,18 @@
 //! called and settled after; the settlement and an order's closing take the same per-order
 //! lock, so a payment that succeeds as its order expires is always refunded.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common::contracts::{EventType, PaymentRefunded, PaymentSettled};
 use common::db::is_unique_violation;
 use common::events;
 use common::idempotency::StoredAnswer;
 use common::money::Money;
-use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::TOPIC;
 use crate::domain::{self, Outcome, Payment, PaymentStatus, Refund, RefundStatus};
 use crate::error::Error;
 
@@ -336,16 +336,16 @@ pub async fn settle(
         created_at: moved.created_at,
     })?
     .payment;
-    let event_type = if status == PaymentStatus::Succeeded { "payment.succeeded" } else { "payment.failed" };
-    let data = json!({
-        "payment_id": payment.id,
-        "order_id": payment.order_id,
-        "user_id": payment.user_id,
-        "amount": payment.amount,
-        "currency": payment.currency,
-        "failure_code": payment.failure_code,
-    });
-    events::emit(tx, TOPIC, event_type, payment.id, &data).await?;
+    let kind = if status == PaymentStatus::Succeeded { EventType::PaymentSucceeded } else { EventType::PaymentFailed };
+    let data = PaymentSettled {
+        payment_id: payment.id,
+        order_id: payment.order_id,
+        user_id: payment.user_id,
+        amount: payment.amount,
+        currency: Cow::Borrowed(&payment.currency),
+        failure_code: payment.failure_code.as_deref().map(Cow::Borrowed),
+    };
+    events::emit_event(tx, kind, payment.id, &data).await?;
     if status == PaymentStatus::Succeeded && closed {
         tracing::warn!(order_id = %payment.order_id, "a payment succeeded for an order that is over; refunding it");
         let refund = refund(tx, payment.id, None, "order_cancelled").await?.id;
@@ -388,17 +388,17 @@ pub async fn refund(
     )
     .execute(&mut *tx)
     .await?;
-    let data = json!({
-        "payment_id": payment_id,
-        "refund_id": id,
-        "order_id": payment.order_id,
-        "user_id": payment.user_id,
-        "amount": amount,
-        "refunded_total": refunded,
-        "currency": payment.currency,
-        "reason": reason,
-    });
-    events::emit(tx, TOPIC, "payment.refunded", payment_id, &data).await?;
+    let data = PaymentRefunded {
+        payment_id,
+        refund_id: id,
+        order_id: payment.order_id,
+        user_id: payment.user_id,
+        amount,
+        refunded_total: refunded,
+        currency: Cow::Borrowed(&payment.currency),
+        reason: Cow::Borrowed(reason),
+    };
+    events::emit_event(tx, EventType::PaymentRefunded, payment_id, &data).await?;
     let status = RefundStatus::Pending;
     Ok(Refund { id, payment_id, amount, currency: payment.currency.clone(), status, created_at })
 }

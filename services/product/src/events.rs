@@ -1,6 +1,7 @@
 //! What the product service does with other services' events: an order's fate settles
 //! its reservation (paid: the units are sold; cancelled or expired: they go back on sale).
 
+use common::contracts::EventType;
 use common::events::{Envelope, EventHandler};
 use futures::future::BoxFuture;
 use sqlx::PgConnection;
@@ -10,18 +11,15 @@ use crate::domain::Product;
 use crate::domain::ReservationEvent;
 use crate::repository;
 
-/// The topic whose events settle reservations.
-pub const ORDER_TOPIC: &str = "order.events";
-
 pub struct OrderEvents {
     pub catalog: CatalogCache,
     pub db: sqlx::PgPool,
 }
 
 fn reservation_event(event_type: &str) -> Option<ReservationEvent> {
-    match event_type {
-        "order.paid" => Some(ReservationEvent::Paid),
-        "order.cancelled" | "order.expired" => Some(ReservationEvent::Ended),
+    match EventType::parse(event_type)? {
+        EventType::OrderPaid => Some(ReservationEvent::Paid),
+        EventType::OrderCancelled | EventType::OrderExpired => Some(ReservationEvent::Ended),
         _ => None,
     }
 }

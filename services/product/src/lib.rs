@@ -30,7 +30,7 @@ use sqlx::migrate::Migrator;
 use crate::cache::CatalogCache;
 
 pub const SERVICE: &str = "product";
-pub const TOPIC: &str = "product.events";
+pub const TOPIC: &str = common::contracts::topic::PRODUCT;
 pub const SCHEMA: Schema = Schema { name: "catalog", role: "catalog_svc" };
 pub const DEFAULT_PORT: u16 = 8082;
 
@@ -103,7 +103,7 @@ pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> 
         .events
         .subscribe(Subscription {
             group: SERVICE.to_owned(),
-            topics: vec![events::ORDER_TOPIC.to_owned()],
+            topics: vec![common::contracts::topic::ORDER.to_owned()],
             db: db.clone(),
             handler: Arc::new(events::OrderEvents { catalog, db: db.clone() }),
         })

@@ -2,10 +2,12 @@
 //! whose filters vary, is built with `QueryBuilder` so each combination gets a plan that
 //! uses its index.
 
+use std::borrow::Cow;
+
+use common::contracts::{EventType, ProductUpdated, StockChanged};
 use common::events;
 use common::money::Money;
 use rust_decimal::Decimal;
-use serde_json::json;
 use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
@@ -68,7 +70,7 @@ pub async fn insert_product(tx: &mut PgConnection, product: &NewProduct) -> Resu
     .fetch_one(&mut *tx)
     .await
     .map_err(on_constraint)?;
-    events::emit(tx, TOPIC, "product.created", created.id, &created).await?;
+    events::emit_event(tx, EventType::ProductCreated, created.id, &created).await?;
     Ok(created)
 }
 
@@ -127,7 +129,13 @@ pub async fn update_product(tx: &mut PgConnection, id: Uuid, changes: &ProductCh
     .await
     .map_err(on_constraint)?
     .ok_or(Error::NotFound)?;
-    events::emit(tx, TOPIC, "product.updated", updated.id, &json!({"product": updated, "deleted": false})).await?;
+    events::emit_event(
+        tx,
+        EventType::ProductUpdated,
+        updated.id,
+        &ProductUpdated { product: &updated, deleted: false },
+    )
+    .await?;
     if changes.stock.is_some() {
         stock_changed(tx, &updated, None, "set").await?;
     }
@@ -147,7 +155,8 @@ pub async fn soft_delete(tx: &mut PgConnection, id: Uuid) -> Result<Product, Err
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(Error::NotFound)?;
-    events::emit(tx, TOPIC, "product.updated", deleted.id, &json!({"product": deleted, "deleted": true})).await?;
+    events::emit_event(tx, EventType::ProductUpdated, deleted.id, &ProductUpdated { product: &deleted, deleted: true })
+        .await?;
     Ok(deleted)
 }
 
@@ -157,8 +166,8 @@ async fn stock_changed(
     order_id: Option<Uuid>,
     reason: &str,
 ) -> Result<(), sqlx::Error> {
-    let data = json!({"product_id": product.id, "stock": product.stock, "reason": reason, "order_id": order_id});
-    events::emit(tx, TOPIC, "product.stock_changed", product.id, &data).await?;
+    let data = StockChanged { product_id: product.id, stock: product.stock, reason: Cow::Borrowed(reason), order_id };
+    events::emit_event(tx, EventType::ProductStockChanged, product.id, &data).await?;
     Ok(())
 }
 
@@ -303,9 +312,9 @@ pub async fn reserve(
     let events: Vec<_> = taken
         .iter()
         .map(|product| {
-            let data =
-                json!({"product_id": product.id, "stock": product.stock, "reason": "reserved", "order_id": order_id});
-            ("product.stock_changed", product.id, data)
+            let reason = Cow::Borrowed("reserved");
+            let data = StockChanged { product_id: product.id, stock: product.stock, reason, order_id: Some(order_id) };
+            (EventType::ProductStockChanged.as_str(), product.id, data)
         })
         .collect();
     events::emit_many(tx, TOPIC, &events).await?;

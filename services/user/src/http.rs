@@ -8,6 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use common::auth::{AdminUser, AuthUser, ServiceCaller};
+use common::contracts::EventType;
 use common::error::Problem;
 use common::events;
 use common::extract::{Body, ClientAddr, Json, Path, rule_errors_of};
@@ -22,7 +23,7 @@ use uuid::Uuid;
 
 use crate::domain::{Email, NewUser, Password, ProfileChanges, RefreshVerdict, Role, User, Username};
 use crate::error::Error;
-use crate::{AppState, PROFILE_TTL, TOPIC, repository, tokens};
+use crate::{AppState, PROFILE_TTL, repository, tokens};
 
 /// The routes of this service, with their OpenAPI description.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -236,7 +237,7 @@ async fn register_user(state: &AppState, req: RegisterRequest) -> Result<impl In
     let hash = state.passwords.hash(new_user.password.secret()).await?;
     let mut tx = state.db.begin().await?;
     let user = repository::insert_user(&mut *tx, &new_user, &hash, Role::Customer).await?;
-    events::emit(&mut tx, TOPIC, "user.registered", user.id, &user).await?;
+    events::emit_event(&mut tx, EventType::UserRegistered, user.id, &user).await?;
     tx.commit().await?;
     tracing::info!(user_id = %user.id, "registered");
     Ok((StatusCode::CREATED, Json(user)))

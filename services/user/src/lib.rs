@@ -41,7 +41,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/users");
 /// The service's name, as its consumer group and in metrics.
 pub const SERVICE: &str = "user";
 /// Where this service's events go.
-pub const TOPIC: &str = "user.events";
+pub const TOPIC: &str = common::contracts::topic::USER;
 
 /// How long a profile stays cached (API: five minutes, invalidated on change).
 pub const PROFILE_TTL: Duration = Duration::from_secs(300);

@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::contracts::EventType;
+
 pub use consume::{
     Delivery, EventHandler, MAX_ATTEMPTS, PRUNE_EVERY, Subscription, apply_once, deliver, deliver_batch, on_commit,
     prune_inbox, spawn_inbox_pruning,
@@ -100,6 +102,16 @@ pub async fn emit(
     .await?;
     emitted(topic);
     Ok(envelope)
+}
+
+/// [`emit`] of one of the platform's events ([`EventType`]), to its owner's topic.
+pub async fn emit_event(
+    conn: &mut PgConnection,
+    kind: EventType,
+    aggregate_id: Uuid,
+    data: &impl Serialize,
+) -> Result<Envelope, sqlx::Error> {
+    emit(conn, kind.topic(), kind.as_str(), aggregate_id, data).await
 }
 
 /// [`emit`] for several events in one statement: `(event type, aggregate id, data)` each,

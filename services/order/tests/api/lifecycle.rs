@@ -4,28 +4,42 @@
 use common::testing::eventually;
 use std::sync::Arc;
 
+use common::contracts::{PaymentRefunded, PaymentSettled};
 use common::events::{Delivery, Envelope, apply_once};
+use common::money::Money;
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, expected, id_of, problem};
 
-/// A `payment.*` event as the payment service publishes it.
+/// A `payment.succeeded` or `payment.failed` as the payment service publishes it.
 fn payment_event(kind: &str, order_id: Uuid) -> Envelope {
+    let data = PaymentSettled {
+        payment_id: Uuid::now_v7(),
+        order_id,
+        user_id: Uuid::now_v7(),
+        amount: Money::parse("1.00").unwrap(),
+        currency: "USD".into(),
+        failure_code: (kind == "payment.failed").then_some("card_declined".into()),
+    };
+    envelope(kind, serde_json::to_value(data).unwrap())
+}
+
+fn envelope(kind: &str, data: Value) -> Envelope {
     Envelope {
         id: Uuid::now_v7(),
         event_type: kind.into(),
         occurred_at: chrono::Utc::now(),
         aggregate_id: Uuid::now_v7(),
-        data: json!({"payment_id": Uuid::now_v7(), "order_id": order_id, "amount": "1.00", "currency": "USD"}),
+        data,
     }
 }
 
 /// Applies a payment event the way the order service's consumer does.
 async fn deliver(app: &TestApp, event: &Envelope) -> Delivery {
     let handler = order::events::PaymentEvents { live: order::live::Live::local() };
-    apply_once(&app.db, &handler, order::events::PAYMENT_TOPIC, event).await.unwrap()
+    apply_once(&app.db, &handler, common::contracts::topic::PAYMENT, event).await.unwrap()
 }
 
 async fn status(app: &TestApp, id: Uuid) -> String {
@@ -262,10 +276,17 @@ async fn the_payment_service_reads_orders_with_a_service_token_only() {
 /// A `payment.refunded` as the payment service publishes it: `refunded_total` is all the
 /// payment has refunded so far.
 fn refund_event(order_id: Uuid, amount: &str, refunded_total: &str) -> Envelope {
-    let mut event = payment_event("payment.refunded", order_id);
-    event.data["amount"] = json!(amount);
-    event.data["refunded_total"] = json!(refunded_total);
-    event
+    let data = PaymentRefunded {
+        payment_id: Uuid::now_v7(),
+        refund_id: Uuid::now_v7(),
+        order_id,
+        user_id: Uuid::now_v7(),
+        amount: Money::parse(amount).unwrap(),
+        refunded_total: Money::parse(refunded_total).unwrap(),
+        currency: "USD".into(),
+        reason: "admin".into(),
+    };
+    envelope("payment.refunded", serde_json::to_value(data).unwrap())
 }
 
 async fn order_of(app: &TestApp, id: Uuid) -> Value {

@@ -183,3 +183,24 @@ async fn a_refund_retried_with_its_idempotency_key_is_made_once() {
     assert_eq!(refund(json!({"amount": "2.50"}), "refund-2").await.status(), 201);
     assert_eq!(app.provider_books(order).await, ("10.00".into(), "5.00".into()));
 }
+
+#[tokio::test]
+async fn an_order_refunded_after_delivery_is_not_paid_again() {
+    let app = TestApp::spawn().await;
+    let (alice, order, payment) = paid(&app, "6.00").await;
+    eventually("the order to be paid", || async { app.order_status(order).await == "paid" }).await;
+    for step in ["ship", "deliver"] {
+        let res = app.orders.post(&format!("/api/orders/{order}/{step}"), &json!({}), Some(&app.admin)).await;
+        assert_eq!(res.status(), 200, "{step}");
+    }
+    let path = format!("/api/payments/{}/refunds", payment["id"].as_str().unwrap());
+    assert_eq!(app.server.post(&path, &json!({}), Some(&app.admin)).await.status(), 201);
+    eventually("the order to be refunded", || async { app.order_status(order).await == "refunded" }).await;
+
+    // The payment service reads the order's status as the order service names it, the
+    // status a refund leaves included.
+    let res = app.pay(&alice.token, "again", &TestApp::body(order, "6.00", "tok_visa")).await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(problem(res).await["code"], "already_paid");
+    assert_eq!(app.provider_books(order).await, ("6.00".into(), "6.00".into()));
+}
