@@ -1,0 +1,94 @@
+//! The parts of the OpenAPI document every service shares, and the problems declared on
+//! every operation they can happen to.
+
+use utoipa::openapi::OpenApi;
+
+/// The parts of the OpenAPI document every service shares: the title, the error shape
+/// and the bearer scheme. Each service merges its paths into it.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Shop API",
+        description = "The public REST API of the shop platform. Errors are `application/problem+json` \
+            (RFC 9457) with a stable `code`; see the `Problem` schema.",
+    ),
+    modifiers(&BearerScheme),
+    components(schemas(crate::error::Problem, crate::error::FieldErrors)),
+)]
+pub(super) struct ApiDoc;
+
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+/// Declares on every operation the problems the shared extractors and middleware answer
+/// with, so that each handler's document lists only its own: a body that is malformed,
+/// too large or not JSON (400, 413, 415, 422), a bad query or `Idempotency-Key` (400), a
+/// missing or bad token (401), a token without the role the operation names in its
+/// security requirement (`bearer = ["admin"]`: 403), a path segment that is not an id
+/// (404), and the database or a dependency away (503). Runs on the merged document of
+/// the process.
+pub(super) struct SharedProblems;
+
+impl utoipa::Modify for SharedProblems {
+    fn modify(&self, openapi: &mut OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let problem = |description: &str| {
+            let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build();
+            RefOr::T(
+                ResponseBuilder::new().description(description).content("application/problem+json", content).build(),
+            )
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for operation in operations.into_iter().flatten() {
+                let parameters = operation.parameters.as_deref().unwrap_or_default();
+                let in_path = parameters.iter().any(|p| p.parameter_in == ParameterIn::Path);
+                let in_query_or_header =
+                    parameters.iter().any(|p| matches!(p.parameter_in, ParameterIn::Query | ParameterIn::Header));
+                let mut shared = vec![("503", "`unavailable` or `upstream_unavailable`: try again later")];
+                if operation.request_body.is_some() {
+                    shared.extend([
+                        ("400", "`bad_request`: malformed JSON, or not an object"),
+                        ("413", "`payload_too_large`: a body over 64 KiB"),
+                        ("415", "`unsupported_media_type`: not `application/json`"),
+                        ("422", "`validation_failed`: fields missing, unknown or invalid"),
+                    ]);
+                }
+                if in_query_or_header {
+                    shared.push(("400", "`bad_request`: a malformed parameter or header"));
+                }
+                if in_path {
+                    shared.push(("404", "`not_found`"));
+                }
+                if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    shared.push(("401", "`unauthorized`: no valid access token"));
+                }
+                if requires_admin(operation) {
+                    shared.push(("403", "`forbidden`: not an admin"));
+                }
+                for (status, description) in shared {
+                    operation.responses.responses.entry(status.to_owned()).or_insert_with(|| problem(description));
+                }
+            }
+        }
+    }
+}
+
+/// Whether `operation` asks for the `admin` role (`security(("bearer" = ["admin"]))`).
+fn requires_admin(operation: &utoipa::openapi::path::Operation) -> bool {
+    let requirements = serde_json::to_value(&operation.security).unwrap_or_default();
+    requirements.as_array().is_some_and(|all| {
+        all.iter().any(|r| r["bearer"].as_array().is_some_and(|roles| roles.iter().any(|role| role == "admin")))
+    })
+}
