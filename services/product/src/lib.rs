@@ -4,12 +4,14 @@
 //!   reservation lines and states;
 //! - [`repository`]: the SQL of the `catalog` schema, where stock is guarded;
 //! - [`cache`]: cache-aside for products and listing pages that a write never leaves stale;
-//! - [`http`]: the handlers of `/api/products/*`, `/api/categories/*` and
-//!   `/internal/reservations`;
+//! - [`catalog`]: catalogue writes, each committed with its event, then told to the cache;
+//! - [`http`]: the handlers of `/api/products/*`, `/api/categories/*`,
+//!   `/internal/reservations` and `/internal/products`;
 //! - [`events`]: orders paid, cancelled or expired settle their reservations;
 //! - [`seed`]: generated catalogues for demos and load tests.
 
 pub mod cache;
+pub mod catalog;
 pub mod domain;
 pub mod error;
 pub mod events;
