@@ -2,12 +2,11 @@
 //! rules, map the outcome.
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use common::auth::{AdminUser, AuthUser};
 use common::error::Problem;
 use common::extract::{Body, Json, Path, Query, rule_errors_of};
-use common::idempotency::{Begin, Idempotent};
+use common::idempotency::Idempotent;
 use common::money::{CURRENCY, Money, PositiveMoney};
 use common::page::{self, IdCursor};
 use common::{ApiError, FieldErrors};
@@ -21,6 +20,7 @@ use crate::AppState;
 use crate::charge::{self, Request};
 use crate::domain::{Payment, Refund};
 use crate::error::Error;
+use crate::refunds;
 use crate::repository;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -222,26 +222,5 @@ async fn refund_payment(
     Path(id): Path<Uuid>,
     request: Idempotent<CreateRefund>,
 ) -> Result<Response, ApiError> {
-    repository::find_payment(&state.db, id).await?.ok_or(Error::NotFound)?;
-    let scope = admin.id.to_string();
-    let mut tx = state.db.begin().await?;
-    // The key's record is kept in the refund's own transaction: it exists exactly when the
-    // refund does. A replay answers that refund as it stands now (carried out since, or not).
-    if let Some(key) = &request.key
-        && let Begin::Replay(stored) = key.begin(&mut tx, &scope).await?
-    {
-        let (parts, body) = stored.into_parts();
-        let body = axum::body::to_bytes(body, usize::MAX).await.map_err(ApiError::internal)?;
-        let first: Refund = serde_json::from_slice(&body).map_err(ApiError::internal)?;
-        let refund = repository::find_refund(&state.db, first.id).await?.unwrap_or(first);
-        return Ok((parts, Json(refund)).into_response());
-    }
-    let refund = repository::refund(&mut tx, id, request.body.amount, "admin").await?;
-    if let Some(key) = &request.key {
-        key.finish(&mut tx, &scope, StatusCode::CREATED, &refund).await?;
-    }
-    tx.commit().await?;
-    crate::jobs::carry_out_refunds(&state, &[refund.id]).await;
-    let refund = repository::find_refund(&state.db, refund.id).await?.unwrap_or(refund);
-    Ok((StatusCode::CREATED, Json(refund)).into_response())
+    refunds::refund(&state, &admin.id.to_string(), id, request.body.amount, request.key.as_ref()).await
 }

@@ -4,6 +4,7 @@
 //! - [`domain`]: payment statuses, refund rules;
 //! - [`provider`]: the provider trait and the simulated provider with its test tokens;
 //! - [`charge`]: paying an order, safe against timeouts and crashes;
+//! - [`refunds`]: refunding a payment on an admin's request, once per key;
 //! - [`repository`]: the SQL of the `payments` schema;
 //! - [`orders`]: what it asks the order service;
 //! - [`http`]: the handlers of `/api/payments/*`;
@@ -18,6 +19,7 @@ pub mod http;
 pub mod jobs;
 pub mod orders;
 pub mod provider;
+pub mod refunds;
 pub mod repository;
 
 use std::num::NonZeroU32;
