@@ -1,29 +1,26 @@
 //! The handlers of `/api/auth/*` and `/api/users/*`: parse the request into domain types,
-//! apply the rules, map the outcome. Each carries its OpenAPI description.
-
-use std::time::Duration;
+//! call the step ([`crate::sessions`], [`crate::accounts`]), map the outcome. Each carries
+//! its OpenAPI description.
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
 use common::auth::{AdminUser, AuthUser, ServiceCaller};
-use common::contracts::EventType;
 use common::error::Problem;
-use common::events;
 use common::extract::{Body, ClientAddr, Json, Path, rule_errors_of};
-use common::revocations::{Revoked, RevokedList};
+use common::revocations::RevokedList;
 use common::{ApiError, FieldErrors};
 use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::domain::{Email, NewUser, Password, ProfileChanges, RefreshVerdict, Role, User, Username};
+use crate::domain::{Email, NewUser, Password, ProfileChanges, User, Username};
 use crate::error::Error;
-use crate::{AppState, PROFILE_TTL, repository, tokens};
+use crate::sessions::{self, Tokens};
+use crate::{AppState, accounts, repository};
 
 /// The routes of this service, with their OpenAPI description.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -151,61 +148,6 @@ impl Body for UpdateProfileRequest {
     }
 }
 
-/// A login session: a short-lived access token and the refresh token that renews it.
-#[derive(Serialize, ToSchema)]
-pub struct Tokens {
-    /// A JWT to send as `Authorization: Bearer …`.
-    access_token: String,
-    /// Opaque; each use returns a new one and retires this one.
-    refresh_token: String,
-    #[schema(example = "Bearer")]
-    token_type: &'static str,
-    /// Seconds until the access token expires.
-    #[schema(example = 900)]
-    expires_in: u64,
-    user: User,
-}
-
-fn profile_key(id: Uuid) -> String {
-    format!("user:{id}")
-}
-
-/// How long an unknown user id is remembered as unknown.
-const MISSING_TTL: Duration = Duration::from_secs(15);
-
-/// A profile's JSON through both cache levels: a miss is filled without ever overwriting
-/// a fresher value a concurrent update just wrote, and an update invalidates it on every
-/// replica (which may serve the old one for up to `CACHE_STALE_MAX`; the updating replica
-/// never does).
-async fn profile(state: &AppState, id: Uuid) -> Result<Response, ApiError> {
-    let db = state.db.clone();
-    let ttl = |user: &Option<User>| if user.is_some() { PROFILE_TTL } else { MISSING_TTL };
-    let cached = state
-        .cache
-        .load_cached(&profile_key(id), ttl, move || async move { Ok(repository::find_by_id(&db, id).await?) })
-        .await?;
-    if cached.is_null() {
-        return Err(Error::NotFound.into());
-    }
-    let content_type = [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
-    Ok((content_type, cached.json.clone()).into_response())
-}
-
-/// Starts a session (a refresh-token family) for `user` and issues its first tokens.
-async fn open_session(state: &AppState, user: User) -> Result<Tokens, ApiError> {
-    let family_id = Uuid::now_v7();
-    let refresh_token = tokens::generate();
-    let expires_at = Utc::now() + state.refresh_token_ttl;
-    repository::insert_refresh_token(&state.db, family_id, user.id, &tokens::digest(&refresh_token), expires_at)
-        .await?;
-    tokens_for(state, user, family_id, refresh_token)
-}
-
-fn tokens_for(state: &AppState, user: User, family_id: Uuid, refresh_token: String) -> Result<Tokens, ApiError> {
-    let access = state.auth().issue(user.id, user.role, family_id)?;
-    Ok(Tokens { access_token: access.token, refresh_token, token_type: "Bearer", expires_in: access.expires_in, user })
-}
-
 /// Register a customer account. Emits `user.registered` (data: the `User`).
 ///
 /// Limited to 10 a minute per client address (`REGISTRATION_RATE_LIMIT`); every answer
@@ -229,18 +171,8 @@ async fn register(
     Json(req): Json<RegisterRequest>,
 ) -> Result<Response, ApiError> {
     let limit = state.registration_limiter.check(addr).await.enforce()?;
-    limit.attach(register_user(&state, req).await)
-}
-
-async fn register_user(state: &AppState, req: RegisterRequest) -> Result<impl IntoResponse + use<>, ApiError> {
-    let new_user = req.parse()?;
-    let hash = state.passwords.hash(new_user.password.secret()).await?;
-    let mut tx = state.db.begin().await?;
-    let user = repository::insert_user(&mut *tx, &new_user, &hash, Role::Customer).await?;
-    events::emit_event(&mut tx, EventType::UserRegistered, user.id, &user).await?;
-    tx.commit().await?;
-    tracing::info!(user_id = %user.id, "registered");
-    Ok((StatusCode::CREATED, Json(user)))
+    let registered = async { Ok((StatusCode::CREATED, Json(accounts::register(&state, &req.parse()?).await?))) };
+    limit.attach(registered.await)
 }
 
 /// Log in with email and password.
@@ -280,7 +212,7 @@ async fn login(
             return Err(err.with_headers(limit.headers()));
         }
     };
-    let tokens = open_session(&state, user).await?;
+    let tokens = sessions::open(&state, user).await?;
     Ok((limit.headers(), Json(tokens)))
 }
 
@@ -300,36 +232,7 @@ async fn login(
 #[tracing::instrument(skip_all)]
 async fn refresh(State(state): State<AppState>, Json(req): Json<RefreshRequest>) -> Result<Json<Tokens>, ApiError> {
     use secrecy::ExposeSecret;
-    let digest = tokens::digest(req.refresh_token.expose_secret());
-    let mut tx = state.db.begin().await?;
-    let stored =
-        repository::lock_refresh_token(&mut tx, &digest).await?.ok_or(Error::RefreshToken("not recognised"))?;
-    match stored.judge(Utc::now()) {
-        RefreshVerdict::Rotate => {}
-        RefreshVerdict::Reused => {
-            repository::revoke_family(&mut *tx, stored.family_id, stored.user_id).await?;
-            let revoked = revoke_sessions(&state, &mut tx, vec![stored.family_id]).await?;
-            tx.commit().await?;
-            state.auth().revocations().revoked(&revoked).await;
-            tracing::warn!(user_id = %stored.user_id, "refresh token reused; session revoked");
-            return Err(Error::RefreshToken("revoked").into());
-        }
-        RefreshVerdict::Revoked => return Err(Error::RefreshToken("revoked").into()),
-        RefreshVerdict::Expired => return Err(Error::RefreshToken("expired").into()),
-    }
-    // Everything that can fail happens before the commit: once the old token is retired,
-    // the client must get the new ones, or its retry would look like a replay.
-    let next = tokens::generate();
-    // Through the transaction's own connection: every other refresh of this token holds a
-    // pooled connection while it waits for our row lock.
-    let user = repository::find_by_id(&mut *tx, stored.user_id).await?.ok_or(Error::NotFound)?;
-    let tokens = tokens_for(&state, user, stored.family_id, next.clone())?;
-    repository::mark_rotated(&mut *tx, stored.id).await?;
-    let expires_at = Utc::now() + state.refresh_token_ttl;
-    repository::insert_refresh_token(&mut *tx, stored.family_id, stored.user_id, &tokens::digest(&next), expires_at)
-        .await?;
-    tx.commit().await?;
-    Ok(Json(tokens))
+    Ok(Json(sessions::refresh(&state, req.refresh_token.expose_secret()).await?))
 }
 
 /// Log out: the access token and the session's refresh token stop working at once.
@@ -350,30 +253,8 @@ async fn logout(
     Json(req): Json<LogoutRequest>,
 ) -> Result<StatusCode, ApiError> {
     use secrecy::ExposeSecret;
-    let mut tx = state.db.begin().await?;
-    let other =
-        repository::revoke_family_of(&mut *tx, &tokens::digest(req.refresh_token.expose_secret()), user.id).await?;
-    repository::revoke_family(&mut *tx, user.claims.sid, user.id).await?;
-    let sessions = std::iter::once(user.claims.sid).chain(other.filter(|&family| family != user.claims.sid));
-    let revoked = revoke_sessions(&state, &mut tx, sessions.collect()).await?;
-    tx.commit().await?;
-    state.auth().revocations().revoked(&revoked).await;
+    sessions::logout(&state, &user, req.refresh_token.expose_secret()).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Records in `tx` that the access tokens of `sessions` are refused until the last of them
-/// has expired; what to hand to [`common::revocations::Revocations::revoked`] once committed.
-async fn revoke_sessions(
-    state: &AppState,
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    sessions: Vec<Uuid>,
-) -> Result<Vec<Revoked>, ApiError> {
-    if sessions.is_empty() {
-        return Ok(Vec::new());
-    }
-    let until = Utc::now() + state.auth().access_ttl() + chrono::Duration::seconds(1);
-    repository::revoke_sessions(&mut **tx, &sessions, until).await?;
-    Ok(sessions.into_iter().map(|session_id| Revoked { session_id, until }).collect())
 }
 
 /// The sessions every other service must refuse (services only).
@@ -400,7 +281,7 @@ async fn revocations(State(state): State<AppState>, _caller: ServiceCaller) -> R
 )]
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
 async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Response, ApiError> {
-    profile(&state, user.id).await
+    accounts::profile(&state, user.id).await
 }
 
 /// Change the caller's username, email or password.
@@ -436,25 +317,7 @@ async fn update_me(
         let err = ApiError::from(Error::InvalidCredentials);
         return Err(err.with_headers(limit.headers()));
     }
-    let new_hash = match &changes.password {
-        Some(password) => Some(state.passwords.hash(password.secret()).await?),
-        None => None,
-    };
-
-    let mut tx = state.db.begin().await?;
-    let (updated, version) = repository::update_profile(&mut *tx, user.id, &changes, new_hash.as_deref()).await?;
-    let mut revoked = Vec::new();
-    if new_hash.is_some() {
-        let others = repository::revoke_other_families(&mut *tx, user.id, user.claims.sid).await?;
-        revoked = revoke_sessions(&state, &mut tx, others).await?;
-    }
-    tx.commit().await?;
-    state.auth().revocations().revoked(&revoked).await;
-    // Never over a later update's value, whichever of two concurrent updates lands last.
-    let key = profile_key(user.id);
-    state.cache.put_versioned(&key, version.timestamp_micros(), &updated, PROFILE_TTL).await;
-    state.cache.invalidate(&[key], &[]).await;
-    Ok(Json(updated))
+    Ok(Json(accounts::update_profile(&state, &user, &changes).await?))
 }
 
 /// Any user's profile (admins only).
@@ -469,5 +332,5 @@ async fn update_me(
 )]
 #[tracing::instrument(skip_all, fields(admin_id = %admin.0.id))]
 async fn get_user(State(state): State<AppState>, admin: AdminUser, Path(id): Path<Uuid>) -> Result<Response, ApiError> {
-    profile(&state, id).await
+    accounts::profile(&state, id).await
 }

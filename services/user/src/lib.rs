@@ -3,17 +3,21 @@
 //! - [`domain`]: what a valid username, email and password are; refresh-token verdicts;
 //! - [`repository`]: the SQL of the `users` schema;
 //! - [`http`]: the handlers of `/api/auth/*` and `/api/users/*` and their OpenAPI;
+//! - [`sessions`]: logging in, refreshing and logging out (refresh-token families);
+//! - [`accounts`]: registering, profiles through the cache, profile changes;
 //! - [`config`]: the variables this service reads;
 //! - [`error`]: its failures and their API codes.
 //!
 //! [`start`] migrates, builds the state, makes sure the first admin exists and returns the
 //! [`Service`] that `main.rs`, `shop` and the tests all serve.
 
+pub mod accounts;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http;
 pub mod repository;
+pub mod sessions;
 mod tokens;
 
 use std::sync::Arc;
