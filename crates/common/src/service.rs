@@ -1,43 +1,105 @@
-//! One service as a binary of its own: each service describes itself once ([`Binary`])
-//! and [`main`] runs it, so every `*-service` binary reads its command line and
-//! environment, refuses unsafe settings and serves the same way.
+//! One skeleton for every service. Each service's configuration implements [`Spec`]: its
+//! names and schema, its handler `state`, its `router`, and its `workers` (the consumers
+//! and jobs that run beside the handlers). [`Spec::start`] composes them the same way
+//! for every service, so `shop`, the tests and each service's own binary ([`main`]) run
+//! exactly the same pieces.
 //!
-//! The commands: none (migrate unless `MIGRATE_ON_START=false`, and serve until SIGTERM),
-//! `migrate` (apply the schema's migrations and exit), `dlq replay TOPIC` (put the dead
-//! letters of `TOPIC.dlq` back on their topics), and `seed --products N` where the
-//! service has something to seed.
+//! A binary's commands: none (migrate unless `MIGRATE_ON_START=false`, and serve until
+//! SIGTERM), `migrate` (apply the schema's migrations and exit), `dlq replay TOPIC` (put
+//! the dead letters of `TOPIC.dlq` back on their topics), and `seed --products N` where
+//! the service has something to seed.
 
 use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use utoipa::openapi::OpenApi;
 
 use crate::config::{Command, CommonConfig, ConfigError, Env};
+use crate::db::{self, Schema};
+use crate::events::{self, EventHandler, Subscription};
 use crate::http::{Service, Shared};
 
-/// What a service tells its binary, implemented by its configuration.
-pub trait Binary: Sized {
-    /// The binary's name, as usage lines, errors and telemetry give it: `order-service`.
+/// What a service is made of, implemented by its configuration.
+pub trait Spec: Sized + Sync {
+    /// The service's name: its consumer group, its relay's and its metrics' label (`order`).
     const NAME: &'static str;
-    /// Whether it has `seed --products N` ([`Binary::seed`]).
+    /// Its binary's name, as usage lines, errors and telemetry give it (`order-service`).
+    const BINARY: &'static str;
+    /// The schema it owns, and the role that owns it.
+    const SCHEMA: Schema;
+    /// Whether it has `seed --products N` ([`Spec::seed`]).
     const SEEDS: bool = false;
+    /// What its handlers share (`common::http::AppState<Inner>`).
+    type State: Clone + Send + Sync + 'static;
 
+    /// Its migrations.
+    fn migrator() -> &'static Migrator;
     /// The service's configuration from the environment.
     fn from_env(env: &Env) -> Result<Self, ConfigError>;
     /// The part every service has.
     fn common(&self) -> &CommonConfig;
-    /// Applies the schema's migrations.
-    fn migrate(&self) -> impl Future<Output = anyhow::Result<()>>;
-    /// Connects, starts the service's background work and returns its routes.
-    fn start(&self, shared: &Shared) -> impl Future<Output = anyhow::Result<Service>>;
-    /// Adds `count` generated records, once migrated (only called when [`Binary::SEEDS`]).
+    /// The handlers' state, over the service's pool.
+    fn state(&self, shared: &Shared, db: PgPool) -> impl Future<Output = anyhow::Result<Self::State>> + Send;
+    /// The routes, with their OpenAPI document.
+    fn router(state: Self::State) -> (Router, OpenApi);
+    /// Starts what runs beside the handlers: consumers ([`consume`]) and jobs. The outbox
+    /// relay is started for every service by [`Spec::start`].
+    fn workers(
+        &self,
+        shared: &Shared,
+        state: &Self::State,
+        db: &PgPool,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Adds `count` generated records, once migrated (only called when [`Spec::SEEDS`]).
     fn seed(&self, count: usize) -> impl Future<Output = anyhow::Result<()>> {
         let _ = count;
         async { anyhow::bail!("this service has nothing to seed") }
     }
+
+    /// Applies the schema's migrations.
+    fn migrate(&self) -> impl Future<Output = anyhow::Result<()>> {
+        db::migrate(&self.common().database_url, Self::SCHEMA, Self::migrator())
+    }
+
+    /// A pool of the service's schema, in its role.
+    fn connect(&self) -> impl Future<Output = anyhow::Result<PgPool>> {
+        let common = self.common();
+        db::connect(&common.database_url, Self::SCHEMA, common.db_max_connections)
+    }
+
+    /// Migrates (unless told not to), connects, builds the state, starts the outbox relay
+    /// and the workers, and returns the routes.
+    fn start(&self, shared: &Shared) -> impl Future<Output = anyhow::Result<Service>> {
+        async move {
+            db::prepare(self.common(), Self::SCHEMA, Self::migrator()).await?;
+            let db = self.connect().await?;
+            let state = self.state(shared, db.clone()).await?;
+            shared.events.ensure_topics(&[events::topic_of(Self::NAME)]).await;
+            shared.events.spawn_relay(Self::NAME, db.clone());
+            self.workers(shared, &state, &db).await?;
+            let (router, openapi) = Self::router(state);
+            Ok(Service { name: Self::NAME, router, openapi, db })
+        }
+    }
+}
+
+/// Delivers `topic` to `handler` in `S`'s consumer group (each event applied once, by the
+/// inbox in `db`), and prunes that inbox as it ages.
+pub async fn consume<S: Spec>(config: &S, shared: &Shared, db: &PgPool, topic: &str, handler: Arc<dyn EventHandler>) {
+    let subscription =
+        Subscription { group: S::NAME.to_owned(), topics: vec![topic.to_owned()], db: db.clone(), handler };
+    shared.events.subscribe(subscription).await;
+    events::spawn_inbox_pruning(S::NAME, db.clone(), config.common().inbox_retention);
 }
 
 /// The usage text of `B`'s binary (the commands every binary has are added by
 /// [`Command::from_args`]).
-fn usage<B: Binary>() -> String {
-    let name = B::NAME;
+fn usage<B: Spec>() -> String {
+    let name = B::BINARY;
     let seed = if B::SEEDS { " | seed --products N" } else { "" };
     let mut usage = format!(
         "usage: {name} [migrate{seed} | dlq replay TOPIC]\n\n  (no command)       migrate (unless MIGRATE_ON_START=false) and serve\n  migrate            apply the schema's migrations and exit"
@@ -50,11 +112,11 @@ fn usage<B: Binary>() -> String {
 
 /// Runs the binary of `B`: reads the command, then does it. A configuration error is
 /// printed and ends the process with status 2, before anything is connected.
-pub async fn main<B: Binary>() -> anyhow::Result<()> {
+pub async fn main<B: Spec>() -> anyhow::Result<()> {
     let command = Command::from_args(&usage::<B>(), B::SEEDS);
-    let config = B::from_env(&Env::from_process()).unwrap_or_else(|err| refuse(B::NAME, err));
+    let config = B::from_env(&Env::from_process()).unwrap_or_else(|err| refuse(B::BINARY, err));
     let common = config.common();
-    let _telemetry = crate::telemetry::init_tracing(common, B::NAME);
+    let _telemetry = crate::telemetry::init_tracing(common, B::BINARY);
     match command {
         Command::DlqReplay(topic) => crate::events::kafka::replay_command(common, &topic).await,
         Command::Migrate => config.migrate().await,
@@ -64,7 +126,7 @@ pub async fn main<B: Binary>() -> anyhow::Result<()> {
         }
         Command::Serve => {
             if let Err(err) = common.require_shared_infrastructure() {
-                refuse(B::NAME, err);
+                refuse(B::BINARY, err);
             }
             let shared = Shared::connect(common).await?;
             let service = config.start(&shared).await?;
@@ -83,24 +145,35 @@ fn refuse(name: &str, err: impl std::fmt::Display) -> ! {
 mod tests {
     use super::*;
 
-    /// The configuration of a binary that seeds or not.
+    /// The configuration of a service that seeds or not.
     struct Fake<const SEEDS: bool>(CommonConfig);
 
-    impl<const SEEDS: bool> Binary for Fake<SEEDS> {
-        const NAME: &'static str = "fake-service";
-        const SEEDS: bool = SEEDS;
+    static MIGRATOR: Migrator = Migrator::DEFAULT;
 
+    impl<const SEEDS: bool> Spec for Fake<SEEDS> {
+        const NAME: &'static str = "fake";
+        const BINARY: &'static str = "fake-service";
+        const SCHEMA: Schema = Schema { name: "fake", role: "fake_svc" };
+        const SEEDS: bool = SEEDS;
+        type State = ();
+
+        fn migrator() -> &'static Migrator {
+            &MIGRATOR
+        }
         fn from_env(env: &Env) -> Result<Self, ConfigError> {
             CommonConfig::from_env(env, 8080).map(Self)
         }
         fn common(&self) -> &CommonConfig {
             &self.0
         }
-        async fn migrate(&self) -> anyhow::Result<()> {
+        async fn state(&self, _: &Shared, _: PgPool) -> anyhow::Result<()> {
             Ok(())
         }
-        async fn start(&self, _: &Shared) -> anyhow::Result<Service> {
-            anyhow::bail!("not started in a test")
+        fn router((): ()) -> (Router, OpenApi) {
+            (Router::new(), OpenApi::default())
+        }
+        async fn workers(&self, _: &Shared, (): &(), _: &PgPool) -> anyhow::Result<()> {
+            Ok(())
         }
     }
 

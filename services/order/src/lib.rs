@@ -23,15 +23,15 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use common::client::Upstream;
 use common::config::{CommonConfig, ConfigError, Env};
-use common::db::{self, Schema};
-use common::events::Subscription;
-use common::http::{Service, Shared};
+use common::db::Schema;
+use common::http::Shared;
 use common::ratelimit::Limiter;
-use secrecy::SecretString;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
+use utoipa::openapi::OpenApi;
 
 use crate::live::Live;
 use crate::products::Products;
@@ -115,64 +115,49 @@ pub struct Inner {
     pub checkout_limiter: Limiter,
 }
 
-/// The service as a binary of its own (`order-service`): `common::service::main` runs it.
-impl common::service::Binary for Config {
-    const NAME: &'static str = "order-service";
+/// The order service's skeleton: its state, routes, and the payment-events consumer and
+/// jobs beside them.
+impl common::service::Spec for Config {
+    const NAME: &'static str = SERVICE;
+    const BINARY: &'static str = "order-service";
+    const SCHEMA: Schema = SCHEMA;
+    type State = AppState;
 
+    fn migrator() -> &'static Migrator {
+        &MIGRATOR
+    }
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Self::from_env(env)
     }
     fn common(&self) -> &CommonConfig {
         &self.common
     }
-    async fn migrate(&self) -> anyhow::Result<()> {
-        migrate(&self.common.database_url).await
-    }
-    async fn start(&self, shared: &Shared) -> anyhow::Result<Service> {
-        start(self, shared).await
-    }
-}
-
-pub async fn migrate(database_url: &SecretString) -> anyhow::Result<()> {
-    db::migrate(database_url, SCHEMA, &MIGRATOR).await
-}
-
-/// Migrates, connects, starts the relay, the payment-events consumer and the jobs, and
-/// returns the service.
-pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> {
-    db::prepare(&config.common, SCHEMA, &MIGRATOR).await?;
-    let db = db::connect(&config.common.database_url, SCHEMA, config.common.db_max_connections).await?;
-    let live = match (&config.common.redis_url, &shared.redis) {
-        (Some(url), Some(publisher)) => Live::redis(url, publisher.clone(), &shared.redis_prefix)?,
-        _ => Live::local(),
-    };
-    let upstream =
-        Upstream::new("product", &config.product_service_url, SERVICE, config.upstream_timeout, shared.auth.clone());
-    let state = AppState::new(
-        shared.auth.clone(),
-        Inner {
-            db: db.clone(),
+    async fn state(&self, shared: &Shared, db: PgPool) -> anyhow::Result<AppState> {
+        let live = match (&self.common.redis_url, &shared.redis) {
+            (Some(url), Some(publisher)) => Live::redis(url, publisher.clone(), &shared.redis_prefix)?,
+            _ => Live::local(),
+        };
+        let upstream =
+            Upstream::new("product", &self.product_service_url, SERVICE, self.upstream_timeout, shared.auth.clone());
+        let inner = Inner {
+            db,
             products: Products::new(upstream),
-            live: live.clone(),
-            payment_timeout: config.payment_timeout,
-            checkout_lease: config.upstream_timeout * 4,
-            ws_heartbeat: config.ws_heartbeat,
-            checkout_limiter: shared.limiter("checkout", config.checkouts_per_minute, Duration::from_secs(60)),
-        },
-    );
-    shared.events.ensure_topics(&[TOPIC.to_owned()]).await;
-    shared.events.spawn_relay(SERVICE, db.clone());
-    shared
-        .events
-        .subscribe(Subscription {
-            group: SERVICE.to_owned(),
-            topics: vec![common::contracts::topic::PAYMENT.to_owned()],
-            db: db.clone(),
-            handler: Arc::new(events::PaymentEvents { live: live.clone() }),
-        })
-        .await;
-    common::events::spawn_inbox_pruning(SERVICE, db.clone(), config.common.inbox_retention);
-    tokio::spawn(jobs::run(db.clone(), live, config.checkout_recovery_after));
-    let (router, openapi) = http::routes().split_for_parts();
-    Ok(Service { name: SERVICE, router: router.with_state(state), openapi, db })
+            live,
+            payment_timeout: self.payment_timeout,
+            checkout_lease: self.upstream_timeout * 4,
+            ws_heartbeat: self.ws_heartbeat,
+            checkout_limiter: shared.limiter("checkout", self.checkouts_per_minute, Duration::from_secs(60)),
+        };
+        Ok(AppState::new(shared.auth.clone(), inner))
+    }
+    fn router(state: AppState) -> (Router, OpenApi) {
+        let (router, openapi) = http::routes().split_for_parts();
+        (router.with_state(state), openapi)
+    }
+    async fn workers(&self, shared: &Shared, state: &AppState, db: &PgPool) -> anyhow::Result<()> {
+        let handler = Arc::new(events::PaymentEvents { live: state.live.clone() });
+        common::service::consume(self, shared, db, common::contracts::topic::PAYMENT, handler).await;
+        tokio::spawn(jobs::run(db.clone(), state.live.clone(), self.checkout_recovery_after));
+        Ok(())
+    }
 }

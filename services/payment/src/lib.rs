@@ -26,16 +26,16 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use common::client::{Breaker, Upstream};
 use common::config::{CommonConfig, ConfigError, Env};
-use common::db::{self, Schema};
-use common::events::Subscription;
+use common::db::Schema;
 use common::finish::TaskTracker;
-use common::http::{Service, Shared};
+use common::http::Shared;
 use common::ratelimit::Limiter;
-use secrecy::SecretString;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
+use utoipa::openapi::OpenApi;
 
 use crate::orders::Orders;
 use crate::provider::{Provider, Simulated};
@@ -104,61 +104,46 @@ pub struct Inner {
     pub requests: TaskTracker,
 }
 
-/// The service as a binary of its own (`payment-service`): `common::service::main` runs it.
-impl common::service::Binary for Config {
-    const NAME: &'static str = "payment-service";
+/// The payment service's skeleton: its state, routes, and the order-events consumer and
+/// jobs beside them.
+impl common::service::Spec for Config {
+    const NAME: &'static str = SERVICE;
+    const BINARY: &'static str = "payment-service";
+    const SCHEMA: Schema = SCHEMA;
+    type State = AppState;
 
+    fn migrator() -> &'static Migrator {
+        &MIGRATOR
+    }
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Self::from_env(env)
     }
     fn common(&self) -> &CommonConfig {
         &self.common
     }
-    async fn migrate(&self) -> anyhow::Result<()> {
-        migrate(&self.common.database_url).await
-    }
-    async fn start(&self, shared: &Shared) -> anyhow::Result<Service> {
-        start(self, shared).await
-    }
-}
-
-pub async fn migrate(database_url: &SecretString) -> anyhow::Result<()> {
-    db::migrate(database_url, SCHEMA, &MIGRATOR).await
-}
-
-/// Migrates, connects, starts the relay, the order-events consumer and the jobs, and
-/// returns the service.
-pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> {
-    db::prepare(&config.common, SCHEMA, &MIGRATOR).await?;
-    let db = db::connect(&config.common.database_url, SCHEMA, config.common.db_max_connections).await?;
-    let upstream =
-        Upstream::new("order", &config.order_service_url, SERVICE, config.upstream_timeout, shared.auth.clone());
-    let state = AppState::new(
-        shared.auth.clone(),
-        Inner {
-            db: db.clone(),
-            orders: Orders::new(upstream),
+    async fn state(&self, shared: &Shared, db: PgPool) -> anyhow::Result<AppState> {
+        let upstream =
+            Upstream::new("order", &self.order_service_url, SERVICE, self.upstream_timeout, shared.auth.clone());
+        let inner = Inner {
             provider: Arc::new(Simulated { db: db.clone() }),
+            db,
+            orders: Orders::new(upstream),
             provider_breaker: common::client::breaker(),
-            provider_timeout: config.provider_timeout,
-            attempt_lease: config.provider_timeout * 4 + Duration::from_secs(1),
-            payment_limiter: shared.limiter("payment", config.payments_per_minute, Duration::from_secs(60)),
+            provider_timeout: self.provider_timeout,
+            attempt_lease: self.provider_timeout * 4 + Duration::from_secs(1),
+            payment_limiter: shared.limiter("payment", self.payments_per_minute, Duration::from_secs(60)),
             requests: shared.requests.clone(),
-        },
-    );
-    shared.events.ensure_topics(&[TOPIC.to_owned()]).await;
-    shared.events.spawn_relay(SERVICE, db.clone());
-    shared
-        .events
-        .subscribe(Subscription {
-            group: SERVICE.to_owned(),
-            topics: vec![common::contracts::topic::ORDER.to_owned()],
-            db: db.clone(),
-            handler: Arc::new(events::OrderEvents { state: state.clone() }),
-        })
-        .await;
-    common::events::spawn_inbox_pruning(SERVICE, db.clone(), config.common.inbox_retention);
-    tokio::spawn(jobs::run(state.clone()));
-    let (router, openapi) = http::routes().split_for_parts();
-    Ok(Service { name: SERVICE, router: router.with_state(state), openapi, db })
+        };
+        Ok(AppState::new(shared.auth.clone(), inner))
+    }
+    fn router(state: AppState) -> (Router, OpenApi) {
+        let (router, openapi) = http::routes().split_for_parts();
+        (router.with_state(state), openapi)
+    }
+    async fn workers(&self, shared: &Shared, state: &AppState, db: &PgPool) -> anyhow::Result<()> {
+        let handler = Arc::new(events::OrderEvents { state: state.clone() });
+        common::service::consume(self, shared, db, common::contracts::topic::ORDER, handler).await;
+        tokio::spawn(jobs::run(state.clone()));
+        Ok(())
+    }
 }

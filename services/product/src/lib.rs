@@ -21,13 +21,13 @@ pub mod seed;
 
 use std::sync::Arc;
 
+use axum::Router;
 use common::config::{CommonConfig, ConfigError, Env};
-use common::db::{self, Schema};
-use common::events::Subscription;
-use common::http::{Service, Shared};
-use secrecy::SecretString;
+use common::db::Schema;
+use common::http::Shared;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
+use utoipa::openapi::OpenApi;
 
 use crate::cache::CatalogCache;
 
@@ -59,58 +59,40 @@ pub struct Inner {
     pub catalog: CatalogCache,
 }
 
-/// The service as a binary of its own (`product-service`): `common::service::main` runs it.
-impl common::service::Binary for Config {
-    const NAME: &'static str = "product-service";
+/// The product service's skeleton: its state, routes, and the order-events consumer that
+/// settles reservations.
+impl common::service::Spec for Config {
+    const NAME: &'static str = SERVICE;
+    const BINARY: &'static str = "product-service";
+    const SCHEMA: Schema = SCHEMA;
     const SEEDS: bool = true;
+    type State = AppState;
 
+    fn migrator() -> &'static Migrator {
+        &MIGRATOR
+    }
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Self::from_env(env)
     }
     fn common(&self) -> &CommonConfig {
         &self.common
     }
-    async fn migrate(&self) -> anyhow::Result<()> {
-        migrate(&self.common.database_url).await
+    async fn state(&self, shared: &Shared, db: PgPool) -> anyhow::Result<AppState> {
+        let catalog = CatalogCache::new(shared.cache.clone(), db.clone());
+        Ok(AppState::new(shared.auth.clone(), Inner { db, catalog }))
     }
-    async fn start(&self, shared: &Shared) -> anyhow::Result<Service> {
-        start(self, shared).await
+    fn router(state: AppState) -> (Router, OpenApi) {
+        let (router, openapi) = http::routes().split_for_parts();
+        (router.with_state(state), openapi)
+    }
+    async fn workers(&self, shared: &Shared, state: &AppState, db: &PgPool) -> anyhow::Result<()> {
+        let handler = Arc::new(events::OrderEvents { catalog: state.catalog.clone(), db: db.clone() });
+        common::service::consume(self, shared, db, common::contracts::topic::ORDER, handler).await;
+        Ok(())
     }
     async fn seed(&self, count: usize) -> anyhow::Result<()> {
-        seed::seed(&connect(self).await?, count, true).await?;
+        seed::seed(&self.connect().await?, count, true).await?;
         println!("seeded {count} products");
         Ok(())
     }
-}
-
-pub async fn migrate(database_url: &SecretString) -> anyhow::Result<()> {
-    db::migrate(database_url, SCHEMA, &MIGRATOR).await
-}
-
-/// A pool of the `catalog` schema, for tools such as the seeder.
-pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
-    db::connect(&config.common.database_url, SCHEMA, config.common.db_max_connections).await
-}
-
-/// Migrates, connects, starts the outbox relay and the order-events consumer, and
-/// returns the service.
-pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> {
-    db::prepare(&config.common, SCHEMA, &MIGRATOR).await?;
-    let db = connect(config).await?;
-    let catalog = CatalogCache::new(shared.cache.clone(), db.clone());
-    let state = AppState::new(shared.auth.clone(), Inner { db: db.clone(), catalog: catalog.clone() });
-    shared.events.ensure_topics(&[TOPIC.to_owned()]).await;
-    shared.events.spawn_relay(SERVICE, db.clone());
-    shared
-        .events
-        .subscribe(Subscription {
-            group: SERVICE.to_owned(),
-            topics: vec![common::contracts::topic::ORDER.to_owned()],
-            db: db.clone(),
-            handler: Arc::new(events::OrderEvents { catalog, db: db.clone() }),
-        })
-        .await;
-    common::events::spawn_inbox_pruning(SERVICE, db.clone(), config.common.inbox_retention);
-    let (router, openapi) = http::routes().split_for_parts();
-    Ok(Service { name: SERVICE, router: router.with_state(state), openapi, db })
 }

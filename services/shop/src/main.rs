@@ -21,7 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use common::config::{Command, CommonConfig, ConfigError, Env};
 use common::http::Shared;
-use common::service::Binary as _;
+use common::service::Spec as _;
 
 const USAGE: &str = "usage: shop [migrate | seed --products N | dlq replay TOPIC]\n\n  (no command)          create the database if missing, migrate, and serve the whole API\n  migrate               create the database if missing and apply every migration\n  seed --products N     migrate, then add N generated products to the catalogue";
 
@@ -78,14 +78,14 @@ async fn main() -> anyhow::Result<()> {
             if config.common.redis_url.is_none() {
                 tracing::info!("REDIS_URL is not set: cache, revocations and rate limits are in-process");
             }
-            let mut user = user::start(&config.user, &shared).await?;
+            let mut user = config.user.start(&shared).await?;
             // The storefront rides on the first router: it has no state of its own.
             user.router = user.router.merge(storefront::router());
             let services = vec![
                 user,
-                product::start(&config.product, &shared).await?,
-                order::start(&config.order, &shared).await?,
-                payment::start(&config.payment, &shared).await?,
+                config.product.start(&shared).await?,
+                config.order.start(&shared).await?,
+                config.payment.start(&shared).await?,
             ];
             common::http::run(&config.common, services, shared).await
         }
@@ -93,8 +93,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
-    user::migrate(&config.common.database_url).await?;
-    product::migrate(&config.common.database_url).await?;
-    order::migrate(&config.common.database_url).await?;
-    payment::migrate(&config.common.database_url).await
+    config.user.migrate().await?;
+    config.product.migrate().await?;
+    config.order.migrate().await?;
+    config.payment.migrate().await
 }

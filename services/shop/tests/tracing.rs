@@ -8,6 +8,7 @@
 //! that the spans can be read from the in-memory exporter that stands in for OTLP; what
 //! links the spans is only what crosses the wire (HTTP headers, outbox rows, Kafka headers).
 
+use common::service::Spec as _;
 use std::time::{Duration, Instant};
 
 use common::auth::Role;
@@ -55,15 +56,15 @@ async fn one_checkout_is_one_trace_across_order_product_and_payment() {
     };
     let product_config = product::Config::from_env(&env(&[])).unwrap();
     let shared = Shared::connect(&product_config.common).await.unwrap();
-    let product = product::start(&product_config, &shared).await.unwrap();
+    let product = product_config.start(&shared).await.unwrap();
     let products = TestServer::spawn(common::http::app(vec![product], shared.clone())).await;
     let order_config =
         order::Config::from_env(&env(&[("PRODUCT_SERVICE_URL", format!("http://{}", products.addr))])).unwrap();
-    let order = order::start(&order_config, &shared).await.unwrap();
+    let order = order_config.start(&shared).await.unwrap();
     let orders = TestServer::spawn(common::http::app(vec![order], shared.clone())).await;
     let payment_config =
         payment::Config::from_env(&env(&[("ORDER_SERVICE_URL", format!("http://{}", orders.addr))])).unwrap();
-    let payment = payment::start(&payment_config, &shared).await.unwrap();
+    let payment = payment_config.start(&shared).await.unwrap();
     let payments = TestServer::spawn(common::http::app(vec![payment], shared.clone())).await;
 
     let admin = shared.auth.issue(Uuid::now_v7(), Role::Admin, Uuid::now_v7()).unwrap().token;

@@ -23,15 +23,16 @@ mod tokens;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use common::auth::PasswordHasher;
 use common::cache::Cache;
 use common::config::{CommonConfig, ConfigError, Env};
-use common::db::{self, Schema};
-use common::http::{Service, Shared};
+use common::db::Schema;
+use common::http::Shared;
 use common::ratelimit::Limiter;
-use secrecy::SecretString;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
+use utoipa::openapi::OpenApi;
 
 pub use config::Config;
 use domain::{NewUser, Role, Username};
@@ -71,65 +72,53 @@ pub struct Inner {
     pub refresh_token_ttl: Duration,
 }
 
-/// The service as a binary of its own (`user-service`): `common::service::main` runs it.
-impl common::service::Binary for Config {
-    const NAME: &'static str = "user-service";
+/// The user service's skeleton: its state and routes; the first admin is created and the
+/// revoked sessions are served from its database as it starts.
+impl common::service::Spec for Config {
+    const NAME: &'static str = SERVICE;
+    const BINARY: &'static str = "user-service";
+    const SCHEMA: Schema = SCHEMA;
+    type State = AppState;
 
+    fn migrator() -> &'static Migrator {
+        &MIGRATOR
+    }
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Self::from_env(env)
     }
     fn common(&self) -> &CommonConfig {
         &self.common
     }
-    async fn migrate(&self) -> anyhow::Result<()> {
-        migrate(&self.common.database_url).await
-    }
-    async fn start(&self, shared: &Shared) -> anyhow::Result<Service> {
-        start(self, shared).await
-    }
-}
-
-impl Inner {
-    /// The service's state, built once at start-up.
-    pub async fn state(config: &Config, shared: &Shared, db: PgPool) -> anyhow::Result<AppState> {
-        let per_minute = config.login_attempts_per_minute;
+    async fn state(&self, shared: &Shared, db: PgPool) -> anyhow::Result<AppState> {
+        let per_minute = self.login_attempts_per_minute;
         let minute = Duration::from_secs(60);
         Ok(common::http::AppState::new(
             shared.auth.clone(),
             Inner {
                 db,
-                passwords: PasswordHasher::new(config.bcrypt_cost).await?,
+                passwords: PasswordHasher::new(self.bcrypt_cost).await?,
                 cache: shared.cache.clone(),
                 login_limiter: shared.limiter("login", per_minute, minute),
                 login_address_limiter: shared.limiter(
                     "login-address",
-                    config.login_attempts_per_address_per_minute,
+                    self.login_attempts_per_address_per_minute,
                     minute,
                 ),
-                registration_limiter: shared.limiter("registration", config.registrations_per_minute, minute),
+                registration_limiter: shared.limiter("registration", self.registrations_per_minute, minute),
                 password_check_limiter: shared.limiter("password-check", per_minute, minute),
-                refresh_token_ttl: config.refresh_token_ttl,
+                refresh_token_ttl: self.refresh_token_ttl,
             },
         ))
     }
-}
-
-/// Applies this service's migrations.
-pub async fn migrate(database_url: &SecretString) -> anyhow::Result<()> {
-    db::migrate(database_url, SCHEMA, &MIGRATOR).await
-}
-
-/// Migrates, connects, creates the first admin if missing, and returns the service.
-pub async fn start(config: &Config, shared: &Shared) -> anyhow::Result<Service> {
-    db::prepare(&config.common, SCHEMA, &MIGRATOR).await?;
-    let db = db::connect(&config.common.database_url, SCHEMA, config.common.db_max_connections).await?;
-    let state = Inner::state(config, shared, db.clone()).await?;
-    ensure_admin(&state, config).await?;
-    shared.auth.revocations().serve_from(Arc::new(RevocationRecord(db.clone()))).await;
-    shared.events.ensure_topics(&[TOPIC.to_owned()]).await;
-    shared.events.spawn_relay(SERVICE, db.clone());
-    let (router, openapi) = http::routes().split_for_parts();
-    Ok(Service { name: SERVICE, router: router.with_state(state), openapi, db })
+    fn router(state: AppState) -> (Router, OpenApi) {
+        let (router, openapi) = http::routes().split_for_parts();
+        (router.with_state(state), openapi)
+    }
+    async fn workers(&self, shared: &Shared, state: &AppState, db: &PgPool) -> anyhow::Result<()> {
+        ensure_admin(state, self).await?;
+        shared.auth.revocations().serve_from(Arc::new(RevocationRecord(db.clone()))).await;
+        Ok(())
+    }
 }
 
 /// The durable record of revoked sessions, read straight from this service's database.

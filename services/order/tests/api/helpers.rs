@@ -2,6 +2,7 @@
 //! against one fresh database (a schema each), Redis, and in-process events, with access
 //! tokens signed by the same key.
 
+use common::service::Spec as _;
 use std::net::SocketAddr;
 
 use axum::Router;
@@ -55,7 +56,7 @@ impl TestApp {
         let env = Env::from_pairs(vars.clone());
         let product_config = product::Config::from_env(&env).expect("valid product configuration");
         let shared = Shared::connect(&product_config.common).await.expect("shared dependencies");
-        let product_service = product::start(&product_config, &shared).await.expect("the product service starts");
+        let product_service = product_config.start(&shared).await.expect("the product service starts");
         let catalog = product_service.db.clone();
         let products_app = common::http::app(vec![product_service], shared.clone());
         let products = TestServer::spawn(products_app.clone()).await;
@@ -64,7 +65,7 @@ impl TestApp {
         let mut order_vars = vars.clone();
         order_vars.push(("PRODUCT_SERVICE_URL".into(), format!("http://{products_addr}")));
         let config = order::Config::from_env(&Env::from_pairs(order_vars)).expect("valid order configuration");
-        let service = order::start(&config, &shared).await.expect("the order service starts");
+        let service = config.start(&shared).await.expect("the order service starts");
         let db = service.db.clone();
         let server = TestServer::spawn(common::http::app(vec![service], shared.clone())).await;
         let admin = shared.auth.issue(Uuid::now_v7(), Role::Admin, Uuid::now_v7()).expect("a token").token;
@@ -89,7 +90,7 @@ impl TestApp {
         vars.push(("PRODUCT_SERVICE_URL".into(), format!("http://{}", self.products_addr)));
         let config = order::Config::from_env(&Env::from_pairs(vars)).expect("valid order configuration");
         // Its own socket hub and Redis subscriber; the same Redis, database and event bus.
-        let service = order::start(&config, &self.shared).await.expect("the replica starts");
+        let service = config.start(&self.shared).await.expect("the replica starts");
         TestServer::spawn(common::http::app(vec![service], self.shared.clone())).await
     }
 

@@ -4,6 +4,7 @@
 use common::auth::Role;
 use common::config::Env;
 use common::http::Shared;
+use common::service::Spec as _;
 use common::testing::{TestDb, TestServer, base_vars, with_overrides};
 use reqwest::Response;
 use serde_json::{Value, json};
@@ -40,17 +41,17 @@ impl TestApp {
         let env = |more: Vec<(String, String)>| Env::from_pairs(vars.iter().cloned().chain(more));
         let product_config = product::Config::from_env(&env(vec![])).unwrap();
         let shared = Shared::connect(&product_config.common).await.unwrap();
-        let product = product::start(&product_config, &shared).await.unwrap();
+        let product = product_config.start(&shared).await.unwrap();
         // A pool outside every service's role, to check what clients can't see.
         let db = PgPool::connect(database.url()).await.unwrap();
         let products = TestServer::spawn(common::http::app(vec![product], shared.clone())).await;
         let url = format!("http://{}", products.addr);
         let order_config = order::Config::from_env(&env(vec![("PRODUCT_SERVICE_URL".into(), url)])).unwrap();
-        let order = order::start(&order_config, &shared).await.unwrap();
+        let order = order_config.start(&shared).await.unwrap();
         let orders = TestServer::spawn(common::http::app(vec![order], shared.clone())).await;
         let url = format!("http://{}", orders.addr);
         let config = payment::Config::from_env(&env(vec![("ORDER_SERVICE_URL".into(), url)])).unwrap();
-        let service = payment::start(&config, &shared).await.unwrap();
+        let service = config.start(&shared).await.unwrap();
         let server = TestServer::spawn(common::http::app(vec![service], shared.clone())).await;
         let admin = shared.auth.issue(Uuid::now_v7(), Role::Admin, Uuid::now_v7()).unwrap().token;
         Self { server, orders, products, shared, db, admin, _database: database }

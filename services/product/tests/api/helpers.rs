@@ -4,6 +4,7 @@
 use common::auth::Role;
 use common::config::Env;
 use common::http::Shared;
+use common::service::Spec as _;
 use common::testing::{TestDb, TestServer, base_vars, with_overrides};
 use reqwest::Response;
 use serde_json::{Value, json};
@@ -32,7 +33,7 @@ impl TestApp {
         let vars = with_overrides(base_vars(&database), extra);
         let config = product::Config::from_env(&Env::from_pairs(vars)).expect("valid test configuration");
         let shared = Shared::connect(&config.common).await.expect("shared dependencies");
-        let service = product::start(&config, &shared).await.expect("the product service starts");
+        let service = config.start(&shared).await.expect("the product service starts");
         let db = service.db.clone();
         let server = TestServer::spawn(common::http::app(vec![service], shared.clone())).await;
         let token = |role| shared.auth.issue(Uuid::now_v7(), role, Uuid::now_v7()).expect("a token").token;

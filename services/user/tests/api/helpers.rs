@@ -3,6 +3,7 @@
 
 use common::config::Env;
 use common::http::Shared;
+use common::service::Spec as _;
 use common::testing::{TestDb, TestServer, base_vars, with_overrides};
 use reqwest::Response;
 use serde_json::{Value, json};
@@ -112,7 +113,7 @@ async fn start(vars: &[(String, String)]) -> TestServer {
     let env = Env::from_pairs(vars.iter().cloned());
     let config = user::Config::from_env(&env).expect("test configuration is valid");
     let shared = Shared::connect(&config.common).await.expect("shared dependencies");
-    let service = user::start(&config, &shared).await.expect("the user service starts");
+    let service = config.start(&shared).await.expect("the user service starts");
     TestServer::spawn(common::http::app(vec![service], shared)).await
 }
 
