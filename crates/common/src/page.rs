@@ -3,9 +3,19 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+
+/// A page of a list: `{"items": [...], "next_cursor": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
 
 /// `limit` as the query string carries it: 1–100, 20 when absent.
 pub fn limit(raw: Option<&str>) -> Result<i64, ApiError> {

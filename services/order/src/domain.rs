@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+/// Lists are paged the one way every service pages them.
+pub use common::page::Page;
+
 /// The status machine is the contract's (`common::contracts`): the payment service reads
 /// the same statuses, and each move names the event that announces it.
 pub use common::contracts::{IllegalTransition, OrderAction as Action, OrderStatus};
@@ -228,14 +231,6 @@ pub struct Order {
     /// While the order awaits payment: when it expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
-}
-
-/// A page of a list.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    /// Pass as `cursor` for the next page; `null` on the last page.
-    pub next_cursor: Option<String>,
 }
 
 /// What the WebSocket pushes on every status change (API.md).

@@ -8,9 +8,9 @@ use common::error::Problem;
 use common::extract::{Body, Json, Path, Query, rule_errors_of};
 use common::idempotency::Idempotent;
 use common::money::{CURRENCY, Money, PositiveMoney};
-use common::page::{self, IdCursor};
+use common::page::{self, IdCursor, Page};
 use common::{ApiError, FieldErrors};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -131,20 +131,13 @@ pub struct ListParams {
     cursor: Option<String>,
 }
 
-/// A page of payments.
-#[derive(Serialize, ToSchema)]
-pub struct PaymentPage {
-    items: Vec<Payment>,
-    next_cursor: Option<String>,
-}
-
 /// Your payments, newest first (admins: everyone's), optionally of one order.
 #[utoipa::path(
     get, path = "/api/payments", tag = "payments",
     params(ListParams),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "A page of payments", body = PaymentPage),
+        (status = 200, description = "A page of payments", body = Page<Payment>),
         (status = 400, description = "A malformed parameter or cursor", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -153,7 +146,7 @@ async fn list_payments(
     State(state): State<AppState>,
     user: AuthUser,
     Query(params): Query<ListParams>,
-) -> Result<Json<PaymentPage>, ApiError> {
+) -> Result<Json<Page<Payment>>, ApiError> {
     let order_id = params
         .order_id
         .map(|raw| raw.parse::<Uuid>().map_err(|_| ApiError::bad_request("order_id must be a UUID")))
@@ -163,7 +156,7 @@ async fn list_payments(
     let owner = if user.is_admin() { None } else { Some(user.id) };
     let mut items = repository::list_payments(&state.db, owner, order_id, after.map(|c| c.0), limit).await?;
     let next_cursor = IdCursor::next(&mut items, limit, |p| p.id);
-    Ok(Json(PaymentPage { items, next_cursor }))
+    Ok(Json(Page { items, next_cursor }))
 }
 
 /// One of your payments (admins: any).

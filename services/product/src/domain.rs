@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+/// Lists are paged the one way every service pages them.
+pub use common::page::Page;
+
 /// The most units one product may have in stock, or one delta may move.
 pub const MAX_STOCK: i64 = 1_000_000_000;
 
@@ -247,14 +250,6 @@ impl Listing {
             self.cursor.as_ref().map(Cursor::encode).unwrap_or_default()
         )
     }
-}
-
-/// A page of a listing.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    /// Pass as `cursor` for the next page; `null` on the last page.
-    pub next_cursor: Option<String>,
 }
 
 /// One line of a reservation request, after merging repeated products.
