@@ -8,16 +8,20 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::testing::{TestBroker, TestDb, free_port, listens_on, redis_prefix, redis_url};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sqlx::{PgConnection, PgPool};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
+
+mod audit;
+mod slow_link;
+
+#[allow(unused_imports)] // not every test binary audits, or slows a link
+pub use self::audit::*;
+#[allow(unused_imports)]
+pub use self::slow_link::*;
 
 pub const SERVICES: [&str; 4] = ["user", "product", "order", "payment"];
 
@@ -322,142 +326,6 @@ impl Platform {
     }
 }
 
-/// A TCP link to a local port that can hold every request back by a set delay: a service
-/// made slow without touching it (answers come back at once).
-pub struct SlowLink {
-    pub port: u16,
-    delay_ms: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl SlowLink {
-    pub async fn start(upstream: u16) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let delay_ms = Arc::new(AtomicU64::new(0));
-        let delay = delay_ms.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let delay = delay.clone();
-                tokio::spawn(async move {
-                    // Upstream down: the caller sees its connection closed, as from a dead pod.
-                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { return };
-                    let (mut client_read, mut client_write) = client.into_split();
-                    let (mut server_read, mut server_write) = server.into_split();
-                    let requests = async {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        while let Ok(n @ 1..) = client_read.read(&mut buf).await {
-                            let ms = delay.load(Ordering::Relaxed);
-                            if ms > 0 {
-                                tokio::time::sleep(Duration::from_millis(ms)).await;
-                            }
-                            if server_write.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                        let _ = server_write.shutdown().await;
-                    };
-                    let answers = async {
-                        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
-                        let _ = client_write.shutdown().await;
-                    };
-                    tokio::join!(requests, answers);
-                });
-            }
-        });
-        Self { port, delay_ms, task }
-    }
-
-    pub fn set_delay(&self, delay: Duration) {
-        self.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
-    }
-}
-
-impl Drop for SlowLink {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 fn body_token(body: Option<&Value>) -> Option<&str> {
     body?.get("method")?.get("token")?.as_str()
-}
-
-/// What is still in flight (empty when everything the invariants need is settled): a
-/// checkout, a payment attempt or refund, an unpaid order, an unpublished event, or a
-/// published one some consumer has not applied yet.
-pub async fn busy(db: &mut PgConnection) -> Vec<String> {
-    let mut counts: Vec<(String, i64)> =
-        sqlx::query_as(include_str!("../../../../loadtest/sql/busy.sql")).fetch_all(&mut *db).await.unwrap();
-    let unpaid: i64 = sqlx::query_scalar("SELECT count(*) FROM ordering.orders WHERE status = 'pending_payment'")
-        .fetch_one(&mut *db)
-        .await
-        .unwrap();
-    counts.push(("unpaid orders".into(), unpaid));
-    counts.into_iter().filter(|(_, n)| *n > 0).map(|(what, n)| format!("{n} {what}")).collect()
-}
-
-/// Each published event some consumer acts on and has not applied (consumers keep no
-/// record of the events they ignore): its id, its topic, and a
-/// description (type, aggregate, when it was written and published, and which groups are
-/// missing it): what a run that never becomes quiet is waiting for.
-pub async fn stragglers(db: &PgPool) -> Vec<(Uuid, String, String)> {
-    sqlx::query_as(
-        "SELECT e.id, e.topic, format('%s of %s: written %s, published %s, missing in %s', e.event_type,
-                e.aggregate_id, e.created_at::time, e.published_at::time, missing)
-         FROM (SELECT id, topic, event_type, aggregate_id, created_at, published_at FROM ordering.outbox
-               UNION ALL SELECT id, topic, event_type, aggregate_id, created_at, published_at FROM payments.outbox) e,
-         LATERAL (SELECT string_agg(g, ', ') AS missing FROM (
-               SELECT 'catalog' AS g WHERE e.topic = 'order.events'
-                   AND e.event_type IN ('order.paid', 'order.cancelled', 'order.expired')
-                   AND NOT EXISTS (SELECT 1 FROM catalog.inbox i WHERE i.event_id = e.id)
-               UNION ALL SELECT 'payments' WHERE e.topic = 'order.events'
-                   AND e.event_type IN ('order.cancelled', 'order.expired')
-                   AND NOT EXISTS (SELECT 1 FROM payments.inbox i WHERE i.event_id = e.id)
-               UNION ALL SELECT 'ordering' WHERE e.topic = 'payment.events'
-                   AND e.event_type = 'payment.succeeded'
-                   AND NOT EXISTS (SELECT 1 FROM ordering.inbox i WHERE i.event_id = e.id)) m) g
-         WHERE e.published_at IS NOT NULL AND missing IS NOT NULL
-         ORDER BY e.created_at",
-    )
-    .fetch_all(db)
-    .await
-    .unwrap()
-}
-
-/// The invariants of API.md, each violation described: stock conservation here (every
-/// product started with `stock`), the rest in the queries the load tests' audit shares.
-async fn violations(db: &mut PgConnection, stock: i64) -> Vec<String> {
-    let mut found = Vec::new();
-    // Stock put in = stock + reserved for pending orders + sold.
-    let rows: Vec<(Uuid, i32, i64)> =
-        sqlx::query_as(include_str!("../../../../loadtest/sql/stock.sql")).fetch_all(&mut *db).await.unwrap();
-    for (product, left, held) in rows {
-        if i64::from(left) + held != stock {
-            found.push(format!("product {product}: stock {left} + held {held} != {stock}"));
-        }
-    }
-    let rest: Vec<String> =
-        sqlx::query_scalar(include_str!("../../../../loadtest/sql/invariants.sql")).fetch_all(&mut *db).await.unwrap();
-    found.extend(rest);
-    found
-}
-
-/// Waits up to `limit` for the platform to be quiet with every invariant holding (every
-/// product having started with `stock` units); returns what is still busy and what is
-/// violated at the last look (both empty on success). Each look is one snapshot of every
-/// schema, so "quiet" and the checks see one moment.
-pub async fn settle(db: &PgPool, stock: i64, limit: Duration) -> (Vec<String>, Vec<String>) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let mut tx = db.begin().await.unwrap();
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await.unwrap();
-        let busy = busy(&mut tx).await;
-        let found = violations(&mut tx, stock).await;
-        tx.rollback().await.unwrap();
-        if (busy.is_empty() && found.is_empty()) || Instant::now() > deadline {
-            return (busy, found);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
