@@ -100,9 +100,10 @@ impl EventType {
 
 // --- the order status machine ------------------------------------------------------------
 
-/// Where an order is in its life (API.md, "Order service").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// Where an order is in its life (API.md, "Order service"); a `text` column in SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum OrderStatus {
     PendingPayment,
     Paid,

@@ -8,8 +8,9 @@ use uuid::Uuid;
 
 /// Where a payment is. `Processing` is internal: an attempt recorded before the provider
 /// was called and not settled yet; clients never see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum PaymentStatus {
     Processing,
     Succeeded,

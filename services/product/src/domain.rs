@@ -260,8 +260,9 @@ pub struct ReservationLine {
 }
 
 /// The state of the stock held for one order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum ReservationStatus {
     Reserved,
     Committed,
@@ -274,15 +275,6 @@ impl ReservationStatus {
             Self::Reserved => "reserved",
             Self::Committed => "committed",
             Self::Released => "released",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "reserved" => Some(Self::Reserved),
-            "committed" => Some(Self::Committed),
-            "released" => Some(Self::Released),
-            _ => None,
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::error::Error;
 pub(super) struct OrderRow {
     id: Uuid,
     user_id: Uuid,
-    status: String,
+    status: OrderStatus,
     total: Money,
     currency: String,
     shipping_address: Json<ShippingAddress>,
@@ -31,8 +31,7 @@ pub(super) struct OrderRow {
 
 impl OrderRow {
     fn into_order(self, items: Vec<OrderLine>) -> Result<Order, Error> {
-        let status = OrderStatus::parse(&self.status)
-            .ok_or_else(|| Error::Database(sqlx::Error::Decode(format!("order status {:?}", self.status).into())))?;
+        let status = self.status;
         Ok(Order {
             id: self.id,
             user_id: self.user_id,
@@ -145,7 +144,7 @@ pub async fn find_order(db: &PgPool, id: Uuid) -> Result<Option<Order>, Error> {
 #[tracing::instrument(skip_all, fields(db.system.name = "postgresql", %id))]
 pub async fn find_order_in(conn: &mut PgConnection, id: Uuid) -> Result<Option<Order>, Error> {
     let rows = sqlx::query!(
-        r#"SELECT o.id, o.user_id, o.status, o.total AS "total: Money", o.currency,
+        r#"SELECT o.id, o.user_id, o.status AS "status: OrderStatus", o.total AS "total: Money", o.currency,
                   o.shipping_address AS "shipping_address: Json<ShippingAddress>", o.created_at, o.updated_at,
                   o.refunded_total AS "refunded_total: Money", o.expires_at,
                   i.product_id AS "product_id?", i.name AS "name?", i.unit_price AS "unit_price?: Money",
@@ -198,7 +197,7 @@ pub async fn list_orders(
         Some(user_id) => {
             sqlx::query_as!(
                 OrderRow,
-                r#"SELECT id, user_id, status, total AS "total: Money", currency,
+                r#"SELECT id, user_id, status AS "status: OrderStatus", total AS "total: Money", currency,
                           shipping_address AS "shipping_address: Json<ShippingAddress>", created_at, updated_at,
                           refunded_total AS "refunded_total: Money", expires_at
                    FROM ordering.orders WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"#,
@@ -212,7 +211,7 @@ pub async fn list_orders(
         None => {
             sqlx::query_as!(
                 OrderRow,
-                r#"SELECT id, user_id, status, total AS "total: Money", currency,
+                r#"SELECT id, user_id, status AS "status: OrderStatus", total AS "total: Money", currency,
                           shipping_address AS "shipping_address: Json<ShippingAddress>", created_at, updated_at,
                           refunded_total AS "refunded_total: Money", expires_at
                    FROM ordering.orders WHERE id < $1 ORDER BY id DESC LIMIT $2"#,
@@ -279,11 +278,13 @@ pub async fn move_order(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(updated_at) = updated_at else {
-        let now = sqlx::query_scalar!("SELECT status FROM ordering.orders WHERE id = $1", order.id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let now = OrderStatus::parse(&now).map_or("unknown", OrderStatus::as_str);
-        return Err(Error::ChangedConcurrently(now));
+        let now = sqlx::query_scalar!(
+            r#"SELECT status AS "status: OrderStatus" FROM ordering.orders WHERE id = $1"#,
+            order.id
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        return Err(Error::ChangedConcurrently(now.as_str()));
     };
     let moved = Order { status: next, updated_at, expires_at: None, ..order.clone() };
     let event = moved_event(moved.id, moved.user_id, order.status, next, moved.total, &moved.currency, cause);

@@ -36,7 +36,7 @@ pub async fn insert_attempt(db: &PgPool, attempt: &NewAttempt<'_>, lease: Durati
                (id, order_id, user_id, amount, currency, status, idempotency_key, fingerprint, running_until)
            SELECT $1, $2, $3, $4, 'USD', 'processing', $5, $6, now() + make_interval(secs => $7)
            WHERE NOT EXISTS (SELECT 1 FROM payments.closed_orders WHERE order_id = $2)
-           RETURNING id, order_id, user_id, amount AS "amount: Money", currency, status, failure_code,
+           RETURNING id, order_id, user_id, amount AS "amount: Money", currency, status AS "status: PaymentStatus", failure_code,
                      refunded AS "refunded: Money", created_at"#,
         attempt.id,
         attempt.order_id,
@@ -49,7 +49,7 @@ pub async fn insert_attempt(db: &PgPool, attempt: &NewAttempt<'_>, lease: Durati
     .fetch_optional(db)
     .await;
     match inserted {
-        Ok(row) => Ok(row.map(Stored::try_from).transpose()?.map(|s| s.payment)),
+        Ok(row) => Ok(row.map(|row| Stored::from(row).payment)),
         Err(err) if is_unique_violation(&err, "payments_one_charge_per_order_idx") => {
             let found = sqlx::query!(
                 r#"SELECT
@@ -99,7 +99,7 @@ pub async fn find_by_key(db: &PgPool, user_id: Uuid, key: &str) -> Result<Earlie
                RETURNING id)
            SELECT k.fingerprint AS "answer_fingerprint?", k.status AS "answer_status?", k.body AS "answer_body?",
                   p.id AS "id?", p.order_id AS "order_id?", p.user_id AS "user_id?",
-                  p.amount AS "amount?: Money", p.currency AS "currency?", p.status AS "status?", p.failure_code,
+                  p.amount AS "amount?: Money", p.currency AS "currency?", p.status AS "status?: PaymentStatus", p.failure_code,
                   p.refunded AS "refunded?: Money", p.created_at AS "created_at?", p.fingerprint AS "fingerprint?"
            FROM (SELECT 1) AS one
            LEFT JOIN payments.idempotency_keys k
@@ -115,7 +115,7 @@ pub async fn find_by_key(db: &PgPool, user_id: Uuid, key: &str) -> Result<Earlie
     let answer = StoredAnswer::from_columns(row.answer_fingerprint, row.answer_status, row.answer_body);
     let attempt = match (row.id, row.order_id, row.user_id, row.amount, row.currency, row.status, row.refunded) {
         (Some(id), Some(order_id), Some(user_id), Some(amount), Some(currency), Some(status), Some(refunded)) => {
-            let stored = Stored::try_from(PaymentRow {
+            let stored = Stored::from(PaymentRow {
                 id,
                 order_id,
                 user_id,
@@ -125,7 +125,7 @@ pub async fn find_by_key(db: &PgPool, user_id: Uuid, key: &str) -> Result<Earlie
                 failure_code: row.failure_code,
                 refunded,
                 created_at: row.created_at.unwrap_or_default(),
-            })?;
+            });
             Some((stored, row.fingerprint.unwrap_or_default()))
         }
         _ => None,

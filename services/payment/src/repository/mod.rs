@@ -7,7 +7,6 @@ use common::money::Money;
 use uuid::Uuid;
 
 use crate::domain::{Payment, PaymentStatus};
-use crate::error::Error;
 
 mod attempts;
 mod payments;
@@ -25,7 +24,7 @@ struct PaymentRow {
     user_id: Uuid,
     amount: Money,
     currency: String,
-    status: String,
+    status: PaymentStatus,
     failure_code: Option<String>,
     refunded: Money,
     created_at: DateTime<Utc>,
@@ -38,24 +37,20 @@ pub struct Stored {
     pub refunded: Money,
 }
 
-impl TryFrom<PaymentRow> for Stored {
-    type Error = Error;
-
-    fn try_from(row: PaymentRow) -> Result<Self, Error> {
-        let status = PaymentStatus::parse(&row.status)
-            .ok_or_else(|| Error::Database(sqlx::Error::Decode(format!("payment status {:?}", row.status).into())))?;
-        Ok(Stored {
+impl From<PaymentRow> for Stored {
+    fn from(row: PaymentRow) -> Self {
+        Stored {
             payment: Payment {
                 id: row.id,
                 order_id: row.order_id,
                 user_id: row.user_id,
                 amount: row.amount,
                 currency: row.currency,
-                status,
+                status: row.status,
                 failure_code: row.failure_code,
                 created_at: row.created_at,
             },
             refunded: row.refunded,
-        })
+        }
     }
 }

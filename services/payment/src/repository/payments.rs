@@ -13,7 +13,7 @@ pub(super) async fn load(conn: &mut PgConnection, id: Uuid, lock: bool) -> Resul
     let row = if lock {
         sqlx::query_as!(
             PaymentRow,
-            r#"SELECT id, order_id, user_id, amount AS "amount: Money", currency, status, failure_code,
+            r#"SELECT id, order_id, user_id, amount AS "amount: Money", currency, status AS "status: PaymentStatus", failure_code,
                       refunded AS "refunded: Money", created_at
                FROM payments.payments WHERE id = $1 FOR UPDATE"#,
             id
@@ -23,7 +23,7 @@ pub(super) async fn load(conn: &mut PgConnection, id: Uuid, lock: bool) -> Resul
     } else {
         sqlx::query_as!(
             PaymentRow,
-            r#"SELECT id, order_id, user_id, amount AS "amount: Money", currency, status, failure_code,
+            r#"SELECT id, order_id, user_id, amount AS "amount: Money", currency, status AS "status: PaymentStatus", failure_code,
                       refunded AS "refunded: Money", created_at
                FROM payments.payments WHERE id = $1"#,
             id
@@ -31,7 +31,7 @@ pub(super) async fn load(conn: &mut PgConnection, id: Uuid, lock: bool) -> Resul
         .fetch_optional(conn)
         .await?
     };
-    row.map(Stored::try_from).transpose()
+    Ok(row.map(Stored::from))
 }
 
 /// A settled payment (attempts still `processing` are not shown to clients).
@@ -52,7 +52,7 @@ pub async fn list_payments(
 ) -> Result<Vec<Payment>, Error> {
     let rows = sqlx::query_as!(
         PaymentRow,
-        r#"SELECT id, order_id, user_id, amount AS "amount: Money", currency, status, failure_code,
+        r#"SELECT id, order_id, user_id, amount AS "amount: Money", currency, status AS "status: PaymentStatus", failure_code,
                   refunded AS "refunded: Money", created_at
            FROM payments.payments
            WHERE status <> 'processing' AND ($1::uuid IS NULL OR user_id = $1) AND ($2::uuid IS NULL OR order_id = $2)
@@ -65,5 +65,5 @@ pub async fn list_payments(
     )
     .fetch_all(db)
     .await?;
-    rows.into_iter().map(|r| Stored::try_from(r).map(|s| s.payment)).collect()
+    Ok(rows.into_iter().map(|r| Stored::from(r).payment).collect())
 }

@@ -49,8 +49,8 @@ pub async fn settle(
     let moved = sqlx::query!(
         r#"UPDATE payments.payments SET status = $2, failure_code = $3, updated_at = clock_timestamp()
            WHERE id = $1 AND status = $4
-           RETURNING id, order_id, user_id, amount AS "amount: Money", currency, status, failure_code,
-                     refunded AS "refunded: Money", created_at,
+           RETURNING id, order_id, user_id, amount AS "amount: Money", currency,
+                     status AS "status: PaymentStatus", failure_code, refunded AS "refunded: Money", created_at,
                      EXISTS (SELECT 1 FROM payments.closed_orders c WHERE c.order_id = payments.order_id)
                        AS "closed!""#,
         payment_id,
@@ -66,7 +66,7 @@ pub async fn settle(
         return Ok((current.payment, Vec::new()));
     };
     let closed = moved.closed;
-    let payment = Stored::try_from(PaymentRow {
+    let payment = Stored::from(PaymentRow {
         id: moved.id,
         order_id: moved.order_id,
         user_id: moved.user_id,
@@ -76,7 +76,7 @@ pub async fn settle(
         failure_code: moved.failure_code,
         refunded: moved.refunded,
         created_at: moved.created_at,
-    })?
+    })
     .payment;
     let kind = if status == PaymentStatus::Succeeded { EventType::PaymentSucceeded } else { EventType::PaymentFailed };
     let data = PaymentSettled {

@@ -66,10 +66,12 @@ pub async fn reserve(
     .await?
     .rows_affected();
     if claimed == 0 {
-        let status = sqlx::query_scalar!("SELECT status FROM catalog.reservations WHERE order_id = $1", order_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let status = ReservationStatus::parse(&status).ok_or(Error::ReservationReleased)?;
+        let status = sqlx::query_scalar!(
+            r#"SELECT status AS "status: ReservationStatus" FROM catalog.reservations WHERE order_id = $1"#,
+            order_id
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         if status == ReservationStatus::Released {
             return Err(Error::ReservationReleased);
         }
@@ -166,8 +168,12 @@ pub async fn settle_reservation(
             return Ok(Vec::new());
         }
     }
-    let lock =
-        || sqlx::query_scalar!("SELECT status FROM catalog.reservations WHERE order_id = $1 FOR UPDATE", order_id);
+    let lock = || {
+        sqlx::query_scalar!(
+            r#"SELECT status AS "status: ReservationStatus" FROM catalog.reservations WHERE order_id = $1 FOR UPDATE"#,
+            order_id
+        )
+    };
     let mut status = lock().fetch_optional(&mut *tx).await?;
     if status.is_none() && event == ReservationEvent::Ended {
         let marked = sqlx::query!(
@@ -184,7 +190,7 @@ pub async fn settle_reservation(
         // that one, or its units would stay held for an order that is over.
         status = lock().fetch_optional(&mut *tx).await?;
     }
-    let Some(status) = status.as_deref().and_then(ReservationStatus::parse) else {
+    let Some(status) = status else {
         tracing::warn!(%order_id, "an order was paid without a reservation");
         return Ok(Vec::new());
     };
