@@ -19,82 +19,57 @@ pub mod topic {
     pub const PAYMENT: &str = "payment.events";
 }
 
-/// Every event the platform emits, by the `type` of its envelope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventType {
-    UserRegistered,
-    ProductCreated,
-    ProductUpdated,
-    ProductStockChanged,
-    OrderCreated,
-    OrderPaid,
-    OrderShipped,
-    OrderDelivered,
-    OrderCancelled,
-    OrderExpired,
-    OrderRefunded,
-    PaymentSucceeded,
-    PaymentFailed,
-    PaymentRefunded,
+/// Declares [`EventType`] from one table: each event's variant, its envelope `type` and
+/// the topic of the service that owns it.
+macro_rules! event_types {
+    ($($variant:ident => $name:literal on $topic:ident,)*) => {
+        /// Every event the platform emits, by the `type` of its envelope.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum EventType {
+            $($variant,)*
+        }
+
+        impl EventType {
+            pub const ALL: &[EventType] = &[$(EventType::$variant,)*];
+
+            /// The envelope's `type`.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(EventType::$variant => $name,)*
+                }
+            }
+
+            /// The topic its owner publishes it to.
+            pub const fn topic(self) -> &'static str {
+                match self {
+                    $(EventType::$variant => topic::$topic,)*
+                }
+            }
+        }
+    };
+}
+
+event_types! {
+    UserRegistered => "user.registered" on USER,
+    ProductCreated => "product.created" on PRODUCT,
+    ProductUpdated => "product.updated" on PRODUCT,
+    ProductStockChanged => "product.stock_changed" on PRODUCT,
+    OrderCreated => "order.created" on ORDER,
+    OrderPaid => "order.paid" on ORDER,
+    OrderShipped => "order.shipped" on ORDER,
+    OrderDelivered => "order.delivered" on ORDER,
+    OrderCancelled => "order.cancelled" on ORDER,
+    OrderExpired => "order.expired" on ORDER,
+    OrderRefunded => "order.refunded" on ORDER,
+    PaymentSucceeded => "payment.succeeded" on PAYMENT,
+    PaymentFailed => "payment.failed" on PAYMENT,
+    PaymentRefunded => "payment.refunded" on PAYMENT,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 14] = {
-        use EventType::*;
-        [
-            UserRegistered,
-            ProductCreated,
-            ProductUpdated,
-            ProductStockChanged,
-            OrderCreated,
-            OrderPaid,
-            OrderShipped,
-            OrderDelivered,
-            OrderCancelled,
-            OrderExpired,
-            OrderRefunded,
-            PaymentSucceeded,
-            PaymentFailed,
-            PaymentRefunded,
-        ]
-    };
-
-    /// The envelope's `type`.
-    pub const fn as_str(self) -> &'static str {
-        use EventType::*;
-        match self {
-            UserRegistered => "user.registered",
-            ProductCreated => "product.created",
-            ProductUpdated => "product.updated",
-            ProductStockChanged => "product.stock_changed",
-            OrderCreated => "order.created",
-            OrderPaid => "order.paid",
-            OrderShipped => "order.shipped",
-            OrderDelivered => "order.delivered",
-            OrderCancelled => "order.cancelled",
-            OrderExpired => "order.expired",
-            OrderRefunded => "order.refunded",
-            PaymentSucceeded => "payment.succeeded",
-            PaymentFailed => "payment.failed",
-            PaymentRefunded => "payment.refunded",
-        }
-    }
-
     /// The event type an envelope's `type` names, if it is one of ours.
     pub fn parse(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|kind| kind.as_str() == raw)
-    }
-
-    /// The topic its owner publishes it to.
-    pub const fn topic(self) -> &'static str {
-        use EventType::*;
-        match self {
-            UserRegistered => topic::USER,
-            ProductCreated | ProductUpdated | ProductStockChanged => topic::PRODUCT,
-            OrderCreated | OrderPaid | OrderShipped | OrderDelivered | OrderCancelled | OrderExpired
-            | OrderRefunded => topic::ORDER,
-            PaymentSucceeded | PaymentFailed | PaymentRefunded => topic::PAYMENT,
-        }
+        Self::ALL.iter().copied().find(|kind| kind.as_str() == raw)
     }
 }
 
@@ -281,7 +256,7 @@ mod tests {
 
     #[test]
     fn event_types_round_trip_through_their_names_and_belong_to_their_owners_topic() {
-        for kind in EventType::ALL {
+        for &kind in EventType::ALL {
             assert_eq!(EventType::parse(kind.as_str()), Some(kind));
             let owner = kind.as_str().split('.').next().unwrap();
             assert_eq!(kind.topic(), format!("{owner}.events"), "{kind:?}");
