@@ -11,10 +11,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use utoipa::openapi::OpenApi;
 
 use crate::config::{Command, CommonConfig, ConfigError, Env};
@@ -45,8 +49,9 @@ pub trait Spec: Sized + Sync {
     fn state(&self, shared: &Shared, db: PgPool) -> impl Future<Output = anyhow::Result<Self::State>> + Send;
     /// The routes, with their OpenAPI document.
     fn router(state: Self::State) -> (Router, OpenApi);
-    /// Starts what runs beside the handlers: consumers ([`consume`]) and jobs. The outbox
-    /// relay is started for every service by [`Spec::start`].
+    /// Starts what runs beside the handlers, through `shared.workers`: consumers
+    /// ([`consume`]) and jobs ([`Workers::spawn`]). The outbox relay is started for every
+    /// service by [`Spec::start`].
     fn workers(
         &self,
         shared: &Shared,
@@ -79,7 +84,7 @@ pub trait Spec: Sized + Sync {
             let db = self.connect().await?;
             let state = self.state(shared, db.clone()).await?;
             shared.events.ensure_topics(&[events::topic_of(Self::NAME)]).await;
-            shared.events.spawn_relay(Self::NAME, db.clone());
+            shared.workers.adopt(shared.events.spawn_relay(Self::NAME, db.clone()));
             self.workers(shared, &state, &db).await?;
             let (router, openapi) = Self::router(state);
             Ok(Service { name: Self::NAME, router, openapi, db })
@@ -92,8 +97,52 @@ pub trait Spec: Sized + Sync {
 pub async fn consume<S: Spec>(config: &S, shared: &Shared, db: &PgPool, topic: &str, handler: Arc<dyn EventHandler>) {
     let subscription =
         Subscription { group: S::NAME.to_owned(), topics: vec![topic.to_owned()], db: db.clone(), handler };
-    shared.events.subscribe(subscription).await;
-    events::spawn_inbox_pruning(S::NAME, db.clone(), config.common().inbox_retention);
+    if let Some(consumer) = shared.events.subscribe(subscription).await {
+        shared.workers.adopt(consumer);
+    }
+    shared.workers.adopt(events::spawn_inbox_pruning(S::NAME, db.clone(), config.common().inbox_retention));
+}
+
+/// The background work of a process (outbox relays, consumers, jobs), stopped together
+/// once the requests in flight are done ([`Workers::stop`]), instead of each being cut off
+/// wherever it is when the runtime goes. Every worker is written to survive being cut off
+/// (a relay or a consumer resumes from what was committed; a job's next round does what
+/// this one did not), so stopping drops them at their next await.
+#[derive(Clone, Default)]
+pub struct Workers {
+    stop: CancellationToken,
+    running: TaskTracker,
+}
+
+impl Workers {
+    /// Runs `work` until it ends or the workers are stopped.
+    pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        let stop = self.stop.clone();
+        self.running.spawn(async move {
+            stop.run_until_cancelled(work).await;
+        });
+    }
+
+    /// A task spawned elsewhere (a relay, a consumer), ended when the workers are stopped.
+    pub fn adopt(&self, mut task: JoinHandle<()>) {
+        let stop = self.stop.clone();
+        self.running.spawn(async move {
+            tokio::select! {
+                _ = &mut task => {}
+                () = stop.cancelled() => {
+                    task.abort();
+                    let _ = task.await;
+                }
+            }
+        });
+    }
+
+    /// Stops every worker: whether all had ended within `grace`.
+    pub async fn stop(&self, grace: Duration) -> bool {
+        self.stop.cancel();
+        self.running.close();
+        tokio::time::timeout(grace, self.running.wait()).await.is_ok()
+    }
 }
 
 /// The usage text of `B`'s binary (the commands every binary has are added by
@@ -174,6 +223,38 @@ mod tests {
         }
         async fn workers(&self, _: &Shared, (): &(), _: &PgPool) -> anyhow::Result<()> {
             Ok(())
+        }
+    }
+
+    /// Sets its flag when dropped: the work it is part of was ended.
+    struct Ended(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn stopping_the_workers_ends_spawned_and_adopted_work() {
+        let workers = Workers::default();
+        let (spawned, adopted) = (Arc::default(), Arc::default());
+        let (guard, other) = (Ended(Arc::clone(&spawned)), Ended(Arc::clone(&adopted)));
+        workers.spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
+        workers.adopt(tokio::spawn(async move {
+            let _guard = other;
+            std::future::pending::<()>().await;
+        }));
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = Arc::clone(&finished);
+        workers.spawn(async move { done.store(true, std::sync::atomic::Ordering::SeqCst) });
+        tokio::task::yield_now().await;
+        assert!(workers.stop(Duration::from_secs(5)).await, "every worker ended");
+        for (what, flag) in [("spawned", &spawned), ("adopted", &adopted), ("finished", &finished)] {
+            assert!(flag.load(std::sync::atomic::Ordering::SeqCst), "the {what} work ended");
         }
     }
 

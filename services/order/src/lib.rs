@@ -157,7 +157,7 @@ impl common::service::Spec for Config {
     async fn workers(&self, shared: &Shared, state: &AppState, db: &PgPool) -> anyhow::Result<()> {
         let handler = Arc::new(events::PaymentEvents { live: state.live.clone() });
         common::service::consume(self, shared, db, common::contracts::topic::PAYMENT, handler).await;
-        tokio::spawn(jobs::run(db.clone(), state.live.clone(), self.checkout_recovery_after));
+        shared.workers.spawn(jobs::run(db.clone(), state.live.clone(), self.checkout_recovery_after));
         Ok(())
     }
 }

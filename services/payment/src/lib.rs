@@ -143,7 +143,7 @@ impl common::service::Spec for Config {
     async fn workers(&self, shared: &Shared, state: &AppState, db: &PgPool) -> anyhow::Result<()> {
         let handler = Arc::new(events::OrderEvents { state: state.clone() });
         common::service::consume(self, shared, db, common::contracts::topic::ORDER, handler).await;
-        tokio::spawn(jobs::run(state.clone()));
+        shared.workers.spawn(jobs::run(state.clone()));
         Ok(())
     }
 }

@@ -228,15 +228,19 @@ impl Events {
         tokio::spawn(Relay::new(service, db, self.clone()).run())
     }
 
-    /// Starts delivering the subscription's topics to its handler.
-    pub async fn subscribe(&self, subscription: Subscription) {
+    /// Starts delivering the subscription's topics to its handler: the consumer's task
+    /// with Kafka; in-process, the relays deliver to it and there is no task.
+    pub async fn subscribe(&self, subscription: Subscription) -> Option<tokio::task::JoinHandle<()>> {
         match self {
             Self::Kafka(kafka) => {
                 let dead_letters: Vec<String> = subscription.topics.iter().map(|t| dead_letter_topic(t)).collect();
                 self.ensure_topics(&[subscription.topics.clone(), dead_letters].concat()).await;
-                tokio::spawn(kafka::consume(kafka.clone(), subscription));
+                Some(tokio::spawn(kafka::consume(kafka.clone(), subscription)))
             }
-            Self::InProcess(bus) => bus.subscribe(subscription),
+            Self::InProcess(bus) => {
+                bus.subscribe(subscription);
+                None
+            }
         }
     }
 

@@ -38,6 +38,7 @@ use crate::events::{Events, kafka};
 use crate::extract::BODY_LIMIT;
 use crate::ratelimit::Limiter;
 use crate::revocations::{self, Revocations};
+use crate::service::Workers;
 use crate::telemetry;
 
 mod openapi;
@@ -52,6 +53,9 @@ use self::shell::{Shell, around_request};
 /// closed: past it, Kubernetes' grace period would end it anyway.
 const REQUESTS_GRACE: Duration = Duration::from_secs(15);
 
+/// How long shutdown waits for the background work to end once stopped: each ends at its
+/// next await, so this is only for a worker stuck in a call.
+const WORKERS_GRACE: Duration = Duration::from_secs(5);
 /// A call to the user service for the revoked sessions.
 const REVOCATIONS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -123,6 +127,8 @@ pub struct Shared {
     pub requests: TaskTracker,
     /// The longest a request may run before it is ended (`REQUEST_TIMEOUT`).
     pub request_timeout: Duration,
+    /// The services' relays, consumers and jobs, stopped after the last request.
+    pub workers: Workers,
 }
 
 /// Whether the process has been asked to stop. Until the listener closes it still serves,
@@ -170,6 +176,7 @@ impl Shared {
             draining: Draining::default(),
             requests: TaskTracker::new(),
             request_timeout: config.request_timeout,
+            workers: Workers::default(),
         })
     }
 
@@ -282,7 +289,7 @@ pub async fn run(config: &CommonConfig, services: Vec<Service>, shared: Shared) 
     }
     let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], config.port))).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    let (draining, requests) = (shared.draining.clone(), shared.requests.clone());
+    let (draining, requests, workers) = (shared.draining.clone(), shared.requests.clone(), shared.workers.clone());
     let delay = config.shutdown_delay;
     let shutdown = async move {
         shutdown_signal().await;
@@ -299,6 +306,10 @@ pub async fn run(config: &CommonConfig, services: Vec<Service>, shared: Shared) 
         tracing::warn!(running = requests.len(), "stopping with requests still running");
     } else {
         tracing::info!("stopped: every request in flight was finished");
+    }
+    // Then the relays, consumers and jobs, before the pools close with the process.
+    if !workers.stop(WORKERS_GRACE).await {
+        tracing::warn!("stopping with background work still running");
     }
     Ok(())
 }
