@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::{Command, CommonConfig, ConfigError, Env};
 use crate::db::{self, Schema};
@@ -40,15 +41,15 @@ pub trait Spec: Sized + Sync {
     type State: Clone + Send + Sync + 'static;
 
     /// Its migrations.
-    fn migrator() -> &'static Migrator;
+    const MIGRATOR: &'static Migrator;
     /// The service's configuration from the environment.
     fn from_env(env: &Env) -> Result<Self, ConfigError>;
     /// The part every service has.
     fn common(&self) -> &CommonConfig;
     /// The handlers' state, over the service's pool.
     fn state(&self, shared: &Shared, db: PgPool) -> impl Future<Output = anyhow::Result<Self::State>> + Send;
-    /// The routes, with their OpenAPI document.
-    fn router(state: Self::State) -> (Router, OpenApi);
+    /// Its routes, each with its OpenAPI description.
+    fn routes() -> OpenApiRouter<Self::State>;
     /// Starts what runs beside the handlers, through `shared.workers`: consumers
     /// ([`consume`]) and jobs ([`Workers::spawn`]). The outbox relay is started for every
     /// service by [`Spec::start`].
@@ -65,9 +66,15 @@ pub trait Spec: Sized + Sync {
         async { anyhow::bail!("this service has nothing to seed") }
     }
 
+    /// The routes over `state`, and their OpenAPI document.
+    fn router(state: Self::State) -> (Router, OpenApi) {
+        let (router, openapi) = Self::routes().split_for_parts();
+        (router.with_state(state), openapi)
+    }
+
     /// Applies the schema's migrations.
     fn migrate(&self) -> impl Future<Output = anyhow::Result<()>> {
-        db::migrate(&self.common().database_url, Self::SCHEMA, Self::migrator())
+        db::migrate(&self.common().database_url, Self::SCHEMA, Self::MIGRATOR)
     }
 
     /// A pool of the service's schema, in its role.
@@ -80,7 +87,7 @@ pub trait Spec: Sized + Sync {
     /// and the workers, and returns the routes.
     fn start(&self, shared: &Shared) -> impl Future<Output = anyhow::Result<Service>> {
         async move {
-            db::prepare(self.common(), Self::SCHEMA, Self::migrator()).await?;
+            db::prepare(self.common(), Self::SCHEMA, Self::MIGRATOR).await?;
             let db = self.connect().await?;
             let state = self.state(shared, db.clone()).await?;
             shared.events.ensure_topics(&[events::topic_of(Self::NAME)]).await;
@@ -197,18 +204,16 @@ mod tests {
     /// The configuration of a service that seeds or not.
     struct Fake<const SEEDS: bool>(CommonConfig);
 
-    static MIGRATOR: Migrator = Migrator::DEFAULT;
+    static FAKE_MIGRATOR: Migrator = Migrator::DEFAULT;
 
     impl<const SEEDS: bool> Spec for Fake<SEEDS> {
         const NAME: &'static str = "fake";
         const BINARY: &'static str = "fake-service";
         const SCHEMA: Schema = Schema { name: "fake", role: "fake_svc" };
         const SEEDS: bool = SEEDS;
+        const MIGRATOR: &'static Migrator = &FAKE_MIGRATOR;
         type State = ();
 
-        fn migrator() -> &'static Migrator {
-            &MIGRATOR
-        }
         fn from_env(env: &Env) -> Result<Self, ConfigError> {
             CommonConfig::from_env(env, 8080).map(Self)
         }
@@ -218,8 +223,8 @@ mod tests {
         async fn state(&self, _: &Shared, _: PgPool) -> anyhow::Result<()> {
             Ok(())
         }
-        fn router((): ()) -> (Router, OpenApi) {
-            (Router::new(), OpenApi::default())
+        fn routes() -> OpenApiRouter<()> {
+            OpenApiRouter::new()
         }
         async fn workers(&self, _: &Shared, (): &(), _: &PgPool) -> anyhow::Result<()> {
             Ok(())

@@ -23,7 +23,6 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use common::client::Upstream;
 use common::config::{CommonConfig, ConfigError, Env};
 use common::db::Schema;
@@ -31,7 +30,7 @@ use common::http::Shared;
 use common::ratelimit::Limiter;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::live::Live;
 use crate::products::Products;
@@ -121,11 +120,9 @@ impl common::service::Spec for Config {
     const NAME: &'static str = SERVICE;
     const BINARY: &'static str = "order-service";
     const SCHEMA: Schema = SCHEMA;
+    const MIGRATOR: &'static Migrator = &MIGRATOR;
     type State = AppState;
 
-    fn migrator() -> &'static Migrator {
-        &MIGRATOR
-    }
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Self::from_env(env)
     }
@@ -150,9 +147,8 @@ impl common::service::Spec for Config {
         };
         Ok(AppState::new(shared.auth.clone(), inner))
     }
-    fn router(state: AppState) -> (Router, OpenApi) {
-        let (router, openapi) = http::routes().split_for_parts();
-        (router.with_state(state), openapi)
+    fn routes() -> OpenApiRouter<AppState> {
+        http::routes()
     }
     async fn workers(&self, shared: &Shared, state: &AppState, db: &PgPool) -> anyhow::Result<()> {
         let handler = Arc::new(events::PaymentEvents { live: state.live.clone() });

@@ -26,7 +26,6 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use common::client::{Breaker, Upstream};
 use common::config::{CommonConfig, ConfigError, Env};
 use common::db::Schema;
@@ -35,7 +34,7 @@ use common::http::Shared;
 use common::ratelimit::Limiter;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::orders::Orders;
 use crate::provider::{Provider, Simulated};
@@ -110,11 +109,9 @@ impl common::service::Spec for Config {
     const NAME: &'static str = SERVICE;
     const BINARY: &'static str = "payment-service";
     const SCHEMA: Schema = SCHEMA;
+    const MIGRATOR: &'static Migrator = &MIGRATOR;
     type State = AppState;
 
-    fn migrator() -> &'static Migrator {
-        &MIGRATOR
-    }
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Self::from_env(env)
     }
@@ -136,9 +133,8 @@ impl common::service::Spec for Config {
         };
         Ok(AppState::new(shared.auth.clone(), inner))
     }
-    fn router(state: AppState) -> (Router, OpenApi) {
-        let (router, openapi) = http::routes().split_for_parts();
-        (router.with_state(state), openapi)
+    fn routes() -> OpenApiRouter<AppState> {
+        http::routes()
     }
     async fn workers(&self, shared: &Shared, state: &AppState, db: &PgPool) -> anyhow::Result<()> {
         let handler = Arc::new(events::OrderEvents { state: state.clone() });

@@ -21,13 +21,12 @@ pub mod seed;
 
 use std::sync::Arc;
 
-use axum::Router;
 use common::config::{CommonConfig, ConfigError, Env};
 use common::db::Schema;
 use common::http::Shared;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::cache::CatalogCache;
 
@@ -66,11 +65,9 @@ impl common::service::Spec for Config {
     const BINARY: &'static str = "product-service";
     const SCHEMA: Schema = SCHEMA;
     const SEEDS: bool = true;
+    const MIGRATOR: &'static Migrator = &MIGRATOR;
     type State = AppState;
 
-    fn migrator() -> &'static Migrator {
-        &MIGRATOR
-    }
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Self::from_env(env)
     }
@@ -81,9 +78,8 @@ impl common::service::Spec for Config {
         let catalog = CatalogCache::new(shared.cache.clone(), db.clone());
         Ok(AppState::new(shared.auth.clone(), Inner { db, catalog }))
     }
-    fn router(state: AppState) -> (Router, OpenApi) {
-        let (router, openapi) = http::routes().split_for_parts();
-        (router.with_state(state), openapi)
+    fn routes() -> OpenApiRouter<AppState> {
+        http::routes()
     }
     async fn workers(&self, shared: &Shared, state: &AppState, db: &PgPool) -> anyhow::Result<()> {
         let handler = Arc::new(events::OrderEvents { catalog: state.catalog.clone(), db: db.clone() });

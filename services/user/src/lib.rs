@@ -23,7 +23,6 @@ mod tokens;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use common::auth::PasswordHasher;
 use common::cache::Cache;
 use common::config::{CommonConfig, ConfigError, Env};
@@ -32,7 +31,7 @@ use common::http::Shared;
 use common::ratelimit::Limiter;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use config::Config;
 use domain::{NewUser, Role, Username};
@@ -78,11 +77,9 @@ impl common::service::Spec for Config {
     const NAME: &'static str = SERVICE;
     const BINARY: &'static str = "user-service";
     const SCHEMA: Schema = SCHEMA;
+    const MIGRATOR: &'static Migrator = &MIGRATOR;
     type State = AppState;
 
-    fn migrator() -> &'static Migrator {
-        &MIGRATOR
-    }
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Self::from_env(env)
     }
@@ -110,9 +107,8 @@ impl common::service::Spec for Config {
             },
         ))
     }
-    fn router(state: AppState) -> (Router, OpenApi) {
-        let (router, openapi) = http::routes().split_for_parts();
-        (router.with_state(state), openapi)
+    fn routes() -> OpenApiRouter<AppState> {
+        http::routes()
     }
     async fn workers(&self, shared: &Shared, state: &AppState, db: &PgPool) -> anyhow::Result<()> {
         ensure_admin(state, self).await?;
