@@ -6,7 +6,8 @@
 //!   with that shape;
 //! - [`request_id`]: `X-Request-Id`, echoed or generated, in every log line and error body;
 //! - [`http`]: the operational endpoints, the middleware stack and graceful serving;
-//! - [`service`]: one service as a binary of its own, its commands read the same way;
+//! - [`service`]: the skeleton every service fills in (state, routes, workers), its
+//!   background work stopped as one, and its binary's commands;
 //! - [`browsers`]: CORS and response compression;
 //! - [`finish`]: requests run to completion once started;
 //! - [`idempotency`]: `Idempotency-Key` replay, recorded with the effect it replays;

@@ -1,6 +1,6 @@
 //! One skeleton for every service. Each service's configuration implements [`Spec`]: its
-//! names and schema, its handler `state`, its `router`, and its `workers` (the consumers
-//! and jobs that run beside the handlers). [`Spec::start`] composes them the same way
+//! names and schema, its handler `state`, its `routes`, and its `workers` (the consumers
+//! and jobs that run beside the handlers, as [`Workers`]). [`Spec::start`] composes them the same way
 //! for every service, so `shop`, the tests and each service's own binary ([`main`]) run
 //! exactly the same pieces.
 //!

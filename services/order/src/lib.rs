@@ -36,7 +36,6 @@ use crate::live::Live;
 use crate::products::Products;
 
 pub const SERVICE: &str = "order";
-pub const TOPIC: &str = common::contracts::topic::ORDER;
 pub const SCHEMA: Schema = Schema { name: "ordering", role: "ordering_svc" };
 pub const DEFAULT_PORT: u16 = 8083;
 /// Where the product service is when nothing says otherwise.

@@ -40,7 +40,6 @@ use crate::orders::Orders;
 use crate::provider::{Provider, Simulated};
 
 pub const SERVICE: &str = "payment";
-pub const TOPIC: &str = common::contracts::topic::PAYMENT;
 pub const SCHEMA: Schema = Schema { name: "payments", role: "payments_svc" };
 pub const DEFAULT_PORT: u16 = 8084;
 pub const DEFAULT_ORDER_SERVICE_URL: &str = "http://127.0.0.1:8083";

@@ -8,8 +8,8 @@
 //! - [`config`]: the variables this service reads;
 //! - [`error`]: its failures and their API codes.
 //!
-//! [`start`] migrates, builds the state, makes sure the first admin exists and returns the
-//! [`Service`] that `main.rs`, `shop` and the tests all serve.
+//! Its [`Config`] is its skeleton (`common::service::Spec`): as it starts, the first admin
+//! is made sure of and the revoked sessions are served from its database.
 
 pub mod accounts;
 pub mod config;
@@ -44,8 +44,6 @@ static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/users");
 
 /// The service's name, as its consumer group and in metrics.
 pub const SERVICE: &str = "user";
-/// Where this service's events go.
-pub const TOPIC: &str = common::contracts::topic::USER;
 
 /// How long a profile stays cached (API: five minutes, invalidated on change).
 pub const PROFILE_TTL: Duration = Duration::from_secs(300);

@@ -55,7 +55,7 @@ const REQUESTS_GRACE: Duration = Duration::from_secs(15);
 
 /// How long shutdown waits for the background work to end once stopped: each ends at its
 /// next await, so this is only for a worker stuck in a call.
-const WORKERS_GRACE: Duration = Duration::from_secs(5);
+const WORKERS_GRACE: Duration = Duration::from_secs(2);
 /// A call to the user service for the revoked sessions.
 const REVOCATIONS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -272,7 +272,8 @@ pub async fn serve(
 
 /// Serves the services on `0.0.0.0:PORT` until SIGTERM/SIGINT. Then `/ready` answers 503
 /// for `SHUTDOWN_DELAY` while everything is still served, so that load balancers stop
-/// sending; then the listener closes and the requests in flight are finished.
+/// sending; then the listener closes, the requests in flight are finished, and the
+/// background work is stopped.
 pub async fn run(config: &CommonConfig, services: Vec<Service>, shared: Shared) -> anyhow::Result<()> {
     // Without the user service in this process, the revoked sessions come from it.
     if !shared.auth.revocations().has_source()

@@ -1,4 +1,5 @@
-//! What other services ask: prices of many products at once, and stock reservations.
+//! What other services ask: many products at once (to price a cart), and stock
+//! reservations.
 
 use axum::extract::State;
 use axum::http::StatusCode;
