@@ -181,9 +181,10 @@ impl Relay {
 
     /// Runs until the process ends, backing off while the broker or database is away.
     /// The backlog gauge and the clean-up run beside it, so the backlog stays visible
-    /// while a round waits for an absent broker.
+    /// while a round waits for an absent broker; it ends with the relay, dropped or not.
     pub async fn run(self) {
-        let housekeeping = tokio::spawn(housekeeping(self.service, self.db.clone()));
+        let housekeeping =
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(housekeeping(self.service, self.db.clone())));
         let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(50), MAX_BACKOFF);
         loop {
             // After a round that left nothing behind, the next look waits to be woken (a
