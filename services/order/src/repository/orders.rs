@@ -30,9 +30,9 @@ pub(super) struct OrderRow {
 }
 
 impl OrderRow {
-    fn into_order(self, items: Vec<OrderLine>) -> Result<Order, Error> {
+    fn into_order(self, items: Vec<OrderLine>) -> Order {
         let status = self.status;
-        Ok(Order {
+        Order {
             id: self.id,
             user_id: self.user_id,
             status,
@@ -44,7 +44,7 @@ impl OrderRow {
             updated_at: self.updated_at,
             refunded_total: self.refunded_total,
             expires_at: (status == OrderStatus::PendingPayment).then_some(self.expires_at),
-        })
+        }
     }
 }
 
@@ -178,7 +178,7 @@ pub async fn find_order_in(conn: &mut PgConnection, id: Uuid) -> Result<Option<O
             expires_at: r.expires_at,
         });
     }
-    order.map(|row| row.into_order(lines)).transpose()
+    Ok(order.map(|row| row.into_order(lines)))
 }
 
 /// A page of orders, newest first: one user's, or everyone's (`user_id` `None`), after
@@ -224,12 +224,13 @@ pub async fn list_orders(
     };
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let mut items = items_of(db, &ids).await?;
-    rows.into_iter()
+    Ok(rows
+        .into_iter()
         .map(|row| {
             let lines = items.remove(&row.id).unwrap_or_default();
             row.into_order(lines)
         })
-        .collect()
+        .collect())
 }
 
 /// Records what the order's payment has refunded so far (`refunded_total` of a
