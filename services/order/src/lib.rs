@@ -61,10 +61,6 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        Self::with_common(CommonConfig::from_env(env, DEFAULT_PORT)?, env, DEFAULT_PRODUCT_SERVICE_URL)
-    }
-
     /// The order service's variables on top of `common`; `product_default` is where the
     /// product service is unless `PRODUCT_SERVICE_URL` says (in `shop`: the same process).
     pub fn with_common(common: CommonConfig, env: &Env, product_default: &str) -> Result<Self, ConfigError> {
@@ -123,7 +119,7 @@ impl common::service::Spec for Config {
     type State = AppState;
 
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        Self::from_env(env)
+        Self::with_common(CommonConfig::from_env(env, DEFAULT_PORT)?, env, DEFAULT_PRODUCT_SERVICE_URL)
     }
     fn common(&self) -> &CommonConfig {
         &self.common

@@ -60,10 +60,6 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        Self::with_common(CommonConfig::from_env(env, DEFAULT_PORT)?, env, DEFAULT_ORDER_SERVICE_URL)
-    }
-
     /// The payment service's variables on top of `common`; `order_default` is where the
     /// order service is unless `ORDER_SERVICE_URL` says (in `shop`: the same process).
     pub fn with_common(common: CommonConfig, env: &Env, order_default: &str) -> Result<Self, ConfigError> {
@@ -112,7 +108,7 @@ impl common::service::Spec for Config {
     type State = AppState;
 
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        Self::from_env(env)
+        Self::with_common(CommonConfig::from_env(env, DEFAULT_PORT)?, env, DEFAULT_ORDER_SERVICE_URL)
     }
     fn common(&self) -> &CommonConfig {
         &self.common

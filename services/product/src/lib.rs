@@ -43,12 +43,6 @@ pub struct Config {
     pub common: CommonConfig,
 }
 
-impl Config {
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        Ok(Self { common: CommonConfig::from_env(env, DEFAULT_PORT)? })
-    }
-}
-
 pub type AppState = common::http::AppState<Inner>;
 
 pub struct Inner {
@@ -69,7 +63,7 @@ impl common::service::Spec for Config {
     type State = AppState;
 
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        Self::from_env(env)
+        Ok(Self { common: CommonConfig::from_env(env, DEFAULT_PORT)? })
     }
     fn common(&self) -> &CommonConfig {
         &self.common

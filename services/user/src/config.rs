@@ -32,10 +32,6 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        Self::with_common(CommonConfig::from_env(env, DEFAULT_PORT)?, env)
-    }
-
     /// For binaries that run several services (`shop`) and parse the common part once.
     pub fn with_common(common: CommonConfig, env: &Env) -> Result<Self, ConfigError> {
         let production = common.app_env.is_production();
@@ -88,6 +84,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::service::Spec as _;
 
     fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::from_env(&Env::from_pairs(pairs.iter().copied()))

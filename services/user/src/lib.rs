@@ -79,15 +79,16 @@ impl common::service::Spec for Config {
     type State = AppState;
 
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        Self::from_env(env)
+        Self::with_common(CommonConfig::from_env(env, config::DEFAULT_PORT)?, env)
     }
     fn common(&self) -> &CommonConfig {
         &self.common
     }
+    /// The state, once the first admin is made sure of.
     async fn state(&self, shared: &Shared, db: PgPool) -> anyhow::Result<AppState> {
         let per_minute = self.login_attempts_per_minute;
         let minute = Duration::from_secs(60);
-        Ok(common::http::AppState::new(
+        let state = common::http::AppState::new(
             shared.auth.clone(),
             Inner {
                 db,
@@ -103,13 +104,14 @@ impl common::service::Spec for Config {
                 password_check_limiter: shared.limiter("password-check", per_minute, minute),
                 refresh_token_ttl: self.refresh_token_ttl,
             },
-        ))
+        );
+        ensure_admin(&state, self).await?;
+        Ok(state)
     }
     fn routes() -> OpenApiRouter<AppState> {
         http::routes()
     }
-    async fn workers(&self, shared: &Shared, state: &AppState, db: &PgPool) -> anyhow::Result<()> {
-        ensure_admin(state, self).await?;
+    async fn workers(&self, shared: &Shared, _: &AppState, db: &PgPool) -> anyhow::Result<()> {
         shared.auth.revocations().serve_from(Arc::new(RevocationRecord(db.clone()))).await;
         Ok(())
     }

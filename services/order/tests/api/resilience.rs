@@ -1,5 +1,6 @@
 //! When the product service is away, and when a checkout dies half way.
 
+use common::service::Spec as _;
 use common::testing::eventually;
 use std::time::{Duration, Instant};
 
