@@ -2,15 +2,15 @@
 //! "Conventions"): cross-origin calls from the configured origins, and compressed
 //! responses.
 
+use std::convert::Infallible;
 use std::io::Write as _;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
-use axum::middleware::Next;
 use axum::response::Response;
-use tower::ServiceExt as _;
+use tower::{Service, ServiceExt as _};
 use tower_http::compression::predicate::SizeAbove;
 use tower_http::compression::{Compression, CompressionLevel};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -116,8 +116,12 @@ fn q_value<'a>(mut parameters: impl Iterator<Item = &'a str>) -> Option<u16> {
 /// streams, which tower-http's default predicate also checks for). Called only for
 /// requests that accept an encoding ([`Encoding::preferred`]): the layer's wrapping of
 /// every answer cost a few µs of a cached read, measured, for clients that accept none.
-pub async fn compressed(next: Next, request: Request) -> Response {
-    let service = Compression::new(next)
+pub async fn compressed<S>(service: S, request: Request) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Send,
+    S::Future: Send,
+{
+    let service = Compression::new(service)
         .gzip(true)
         .br(true)
         .quality(CompressionLevel::Fastest)

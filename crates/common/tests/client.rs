@@ -85,7 +85,7 @@ async fn calls_carry_a_service_token_the_request_id_and_the_trace() {
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let span = tracing::info_span!("request", trace_id = tracing::field::Empty);
     let call = common::trace::instrument(span, Some(parent), upstream.call::<()>(Method::GET, "/echo", None, true));
-    let answer = common::request_id::scope("req-42".to_owned(), call).await.unwrap();
+    let answer = common::request_id::scope(axum::http::HeaderValue::from_static("req-42"), call).await.unwrap();
     let seen: Value = answer.json().unwrap();
     let token = seen["authorization"].as_str().unwrap().strip_prefix("Bearer ").unwrap();
     assert_eq!(auth.verify_service(token).unwrap().sub, "order");

@@ -19,7 +19,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderValue;
-use axum::middleware;
 use axum::routing::get;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -47,7 +46,7 @@ mod shell;
 
 use self::openapi::{ApiDoc, SharedProblems};
 use self::ops::{Ops, health, metrics, not_found, ready};
-use self::shell::{Shell, around_request};
+use self::shell::Shell;
 
 /// How long shutdown waits for requests whose client has gone, after the connections
 /// closed: past it, Kubernetes' grace period would end it anyway.
@@ -220,15 +219,15 @@ pub fn app(services: Vec<Service>, shared: Shared) -> Router {
         .route("/metrics", get(metrics).with_state(ops))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
+        .layer(
             Shell {
                 requests: shared.requests.clone(),
                 trust_forwarded_for: shared.trust_forwarded_for,
                 request_timeout: shared.request_timeout,
-                metrics: Arc::default(),
-            },
-            around_request,
-        ))
+                metrics: Default::default(),
+            }
+            .layer(),
+        )
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     // With no origin to grant, the CORS layer would only add headers to every answer (a
     // few µs of a cached read, measured).
