@@ -18,7 +18,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher as _, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -35,8 +35,11 @@ use crate::browsers::{COMPRESS_ABOVE, Encoding};
 const SLOTS: usize = 4096;
 
 /// The longest an entry is kept, whatever its value's time to live below: invalidations
-/// keep it fresh, this only turns the level over.
-const MAX_TTL: Duration = Duration::from_secs(60);
+/// keep it fresh, this only turns the level over. Each entry is kept a little less, at
+/// random, so that entries filled together (a warm-up, a flush) do not all expire in the
+/// same second. Short, it costs: at a minute, every product a store sells was read again
+/// from Redis once a minute, and so was the whole level at once after a warm-up.
+const MAX_TTL: Duration = Duration::from_secs(600);
 
 /// An encoded response as both levels serve it: the JSON body and its entity tag, made
 /// once when the entry is filled, so a hit and a `304` cost no encoding; and, for a body
@@ -63,8 +66,17 @@ impl Cached {
         Self::tagged(json, etag)
     }
 
-    /// `json` under a tag made otherwise (a page's, of its products' tags).
+    /// `json` under a tag made otherwise (a page's, of its products' tags). Both are kept
+    /// in one allocation of their exact size: a body arrives with room to spare (a
+    /// growing `Vec`, Redis's reply with its version prefix), and the level holds a
+    /// hundred thousand of them.
     pub fn tagged(json: Bytes, etag: HeaderValue) -> Self {
+        let mut both = Vec::with_capacity(json.len() + etag.len());
+        both.extend_from_slice(&json);
+        both.extend_from_slice(etag.as_bytes());
+        let both = Bytes::from(both);
+        let etag = HeaderValue::from_maybe_shared(both.slice(json.len()..)).unwrap_or(etag);
+        let json = both.slice(..json.len());
         let compressed = (json.len() >= usize::from(COMPRESS_ABOVE)).then(Arc::default);
         Self { json, etag, compressed }
     }
@@ -116,12 +128,15 @@ pub fn etag_of(parts: &[&[u8]]) -> HeaderValue {
 /// What the level holds: a value of any type (a cached response, a page's ids).
 type Entry = Arc<dyn Any + Send + Sync>;
 
-/// What an entry costs beyond its key and body, as measured: `shop` holding the whole
-/// 100k-product catalogue grew by 721 bytes a product more than with the level off, for
-/// 460 bytes of key and body; the rest is the table's slot and index, the `Arc`s, the tag
-/// and the allocator's rounding. Counted with a margin, so that `L1_CACHE_BYTES` bounds
-/// the process's memory, not only the bodies.
-const ENTRY_OVERHEAD: usize = 300;
+/// What an entry costs beyond its body, as measured: `shop` holding the whole
+/// 100k-product catalogue (421-byte bodies) grew by 640 bytes a product more than with
+/// the level off, its table sized for five times as many; the rest is the table's slot
+/// and index, the `Arc`s, the tag and the allocator's rounding. Counted with a margin, so
+/// that `L1_CACHE_BYTES` bounds the process's memory, not only the bodies.
+const ENTRY_OVERHEAD: usize = 230;
+
+/// What the table is sized for at first: a product's entry.
+const TYPICAL_ENTRY: u64 = 640;
 
 /// One entry: the value, when it stops being served (seconds after the level's origin),
 /// and its weight, fixed when it is filled as the table requires.
@@ -135,8 +150,13 @@ struct Slot {
 #[derive(Clone)]
 struct Weight;
 
-impl quick_cache::Weighter<Box<str>, Slot> for Weight {
-    fn weight(&self, _key: &Box<str>, slot: &Slot) -> u64 {
+/// An entry's key: 128 bits of the key's hash, rather than the key itself (a product's
+/// is 44 bytes, in an allocation of its own). Two independent random-keyed SipHashes: a
+/// collision among the level's few hundred thousand keys has odds of one in 2^90.
+type Key = u128;
+
+impl quick_cache::Weighter<Key, Slot> for Weight {
+    fn weight(&self, _key: &Key, slot: &Slot) -> u64 {
         u64::from(slot.weight)
     }
 }
@@ -151,7 +171,9 @@ pub struct Ticket {
 }
 
 pub(crate) struct L1 {
-    entries: quick_cache::sync::Cache<Box<str>, Slot, Weight>,
+    entries: quick_cache::sync::Cache<Key, Slot, Weight>,
+    /// The two halves of a [`Key`].
+    hashers: [std::hash::RandomState; 2],
     /// `CACHE_STALE_MAX` when other replicas may write (Redis configured); `None` alone.
     stale_max: Option<Duration>,
     /// What `confirmed_until` counts from.
@@ -175,11 +197,12 @@ pub(crate) struct L1 {
 impl L1 {
     /// `stale_max` is `None` without Redis: one replica, whose invalidations are all local.
     pub(crate) fn new(max_bytes: u64, stale_max: Option<Duration>) -> Self {
-        // The table is sized for entries of about a kilobyte; it grows past that if need be.
-        let estimated = usize::try_from(max_bytes / 1024).unwrap_or(usize::MAX).max(16);
+        // The table is sized for products; it grows if the entries are smaller.
+        let estimated = usize::try_from(max_bytes / TYPICAL_ENTRY).unwrap_or(usize::MAX).max(16);
         let entries = quick_cache::sync::Cache::with_weighter(estimated, max_bytes, Weight);
         Self {
             entries,
+            hashers: Default::default(),
             stale_max,
             origin: Instant::now(),
             confirmed_until: AtomicU64::new(if stale_max.is_none() { u64::MAX } else { 0 }),
@@ -224,10 +247,13 @@ impl L1 {
         }
     }
 
-    fn slot(key: &str) -> usize {
-        let mut hasher = std::hash::DefaultHasher::new();
-        key.hash(&mut hasher);
-        (hasher.finish() as usize) % SLOTS
+    fn key(&self, key: &str) -> Key {
+        let [high, low] = &self.hashers;
+        (u128::from(high.hash_one(key)) << 64) | u128::from(low.hash_one(key))
+    }
+
+    fn slot(&self, key: &str) -> usize {
+        (self.key(key) as usize) % SLOTS
     }
 
     /// The entry under `key`, when this level may serve and holds one of that type.
@@ -242,7 +268,7 @@ impl L1 {
     /// The entry under `key` at `now` (from [`L1::serving_now`]), not counted: for a
     /// caller looking up many keys at once, which checks liveness and counts once.
     pub(crate) fn find<V: Any + Send + Sync>(&self, key: &str, now: u32) -> Option<Arc<V>> {
-        let slot = self.entries.get(key)?;
+        let slot = self.entries.get(&self.key(key))?;
         if slot.until <= now {
             return None;
         }
@@ -259,7 +285,7 @@ impl L1 {
     }
 
     pub(crate) fn ticket(&self, key: &str) -> Ticket {
-        let slot = Self::slot(key);
+        let slot = self.slot(key);
         // The flush count first: a flush between the two reads voids the ticket too.
         let epoch = self.epoch.load(Ordering::Acquire);
         Ticket { epoch, slot, count: self.slots[slot].load(Ordering::Acquire) }
@@ -276,25 +302,27 @@ impl L1 {
             && self.slots[ticket.slot].load(Ordering::Acquire) == ticket.count
     }
 
-    /// Keeps `value` under `key` (for at most a minute), unless an invalidation or a
+    /// Keeps `value` under `key` (for at most [`MAX_TTL`]), unless an invalidation or a
     /// flush came after `ticket` was taken.
     pub(crate) fn fill<V: Any + Send + Sync>(&self, key: &str, value: Arc<V>, ticket: Ticket) {
         let Some(now) = self.serving_now().filter(|_| self.ticket_holds(ticket)) else { return };
         let size = (&*value as &dyn Any).downcast_ref::<Cached>().map_or(1024, Cached::footprint);
-        let weight = u32::try_from(key.len() + size + ENTRY_OVERHEAD).unwrap_or(u32::MAX);
-        let until = now.saturating_add(MAX_TTL.as_secs() as u32);
-        self.entries.insert(key.into(), Slot { value, until, weight });
+        let weight = u32::try_from(size + ENTRY_OVERHEAD).unwrap_or(u32::MAX);
+        let ttl = MAX_TTL.as_secs() as u32;
+        let until = now.saturating_add(ttl - rand::random_range(0..ttl / 4));
+        let key = self.key(key);
+        self.entries.insert(key, Slot { value, until, weight });
         // An invalidation that bumped the slot after the check above may have run its
         // removal before this insert: look again, and take the entry back if so.
         if !self.ticket_holds(ticket) {
-            self.entries.remove(key);
+            self.entries.remove(&key);
         }
     }
 
     /// Forgets `key` here, and voids the tickets of readers in flight for it.
     pub(crate) fn invalidate(&self, key: &str) {
-        self.slots[Self::slot(key)].fetch_add(1, Ordering::AcqRel);
-        self.entries.remove(key);
+        self.slots[self.slot(key)].fetch_add(1, Ordering::AcqRel);
+        self.entries.remove(&self.key(key));
     }
 
     /// The generation of a family of keys (0 until first invalidated).
