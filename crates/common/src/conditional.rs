@@ -3,7 +3,11 @@
 //! CDN or the gateway keep anonymous answers for a few seconds, and the entry's kept
 //! compressed copy for a client that accepts one.
 
+use std::convert::Infallible;
+
 use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -25,18 +29,45 @@ pub fn matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
     list.split(',').map(str::trim).any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == ours)
 }
 
+/// What a catalogue read's answer depends on in its request: whether it is anonymous,
+/// the tags it already holds, the coding it prefers. An extractor, so that a read takes
+/// these three from the request instead of a copy of all its headers.
+#[derive(Debug, Default)]
+pub struct ReadHeaders {
+    anonymous: bool,
+    if_none_match: Vec<HeaderValue>,
+    encoding: Option<Encoding>,
+}
+
+impl ReadHeaders {
+    pub fn of(headers: &HeaderMap) -> Self {
+        Self {
+            anonymous: !headers.contains_key(header::AUTHORIZATION),
+            if_none_match: headers.get_all(header::IF_NONE_MATCH).iter().cloned().collect(),
+            encoding: Encoding::preferred(headers),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ReadHeaders {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
+        Ok(Self::of(&parts.headers))
+    }
+}
+
 /// The answer to a catalogue read of `cached`, for a request with `headers`. A body large
 /// enough to be compressed goes out in the coding the client prefers, from the entry's
 /// kept copy, with `Vary: Accept-Encoding` (on the `304` too, as RFC 9110 15.4.5 asks).
-pub fn respond(headers: &HeaderMap, cached: &Cached) -> Response {
-    let anonymous = !headers.contains_key(header::AUTHORIZATION);
-    let cache_control = HeaderValue::from_static(if anonymous { PUBLIC_MAX_AGE } else { PRIVATE });
-    let not_modified = headers.get_all(header::IF_NONE_MATCH).iter().any(|value| matches(value, &cached.etag));
+pub fn respond(headers: &ReadHeaders, cached: &Cached) -> Response {
+    let cache_control = HeaderValue::from_static(if headers.anonymous { PUBLIC_MAX_AGE } else { PRIVATE });
+    let not_modified = headers.if_none_match.iter().any(|value| matches(value, &cached.etag));
     let compressible = cached.is_compressible();
     let mut response = if not_modified {
         (StatusCode::NOT_MODIFIED, Body::empty()).into_response()
     } else {
-        let encoding = compressible.then(|| Encoding::preferred(headers)).flatten();
+        let encoding = headers.encoding.filter(|_| compressible);
         let body = encoding.and_then(|encoding| cached.encoded(encoding)).unwrap_or_else(|| cached.json.clone());
         let mut response =
             ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
@@ -76,12 +107,12 @@ mod tests {
         let entry = Cached::tagged(Bytes::from_static(b"{}"), HeaderValue::from_static("\"abc\""));
         let etag = entry.etag.clone();
         let mut headers = HeaderMap::new();
-        let fresh = respond(&headers, &entry);
+        let fresh = respond(&ReadHeaders::of(&headers), &entry);
         assert_eq!(fresh.status(), StatusCode::OK);
         assert_eq!(fresh.headers()[header::CACHE_CONTROL], PUBLIC_MAX_AGE);
         headers.insert(header::IF_NONE_MATCH, etag.clone());
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
-        let cached = respond(&headers, &entry);
+        let cached = respond(&ReadHeaders::of(&headers), &entry);
         assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
         assert_eq!(cached.headers()[header::ETAG], etag);
         assert_eq!(cached.headers()[header::CACHE_CONTROL], PRIVATE);
@@ -93,11 +124,11 @@ mod tests {
         let json = Bytes::from(format!("[{}]", vec!["{\"name\":\"Oak desk\"}"; 100].join(",")));
         let entry = Cached::new(json.clone());
         let mut headers = HeaderMap::new();
-        let plain = respond(&headers, &entry);
+        let plain = respond(&ReadHeaders::of(&headers), &entry);
         assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
         assert_eq!(plain.headers()[header::VARY], "accept-encoding");
         headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip, deflate"));
-        let gzip = respond(&headers, &entry);
+        let gzip = respond(&ReadHeaders::of(&headers), &entry);
         assert_eq!(gzip.headers()[header::CONTENT_ENCODING], "gzip");
         assert_eq!(gzip.headers()[header::VARY], "accept-encoding");
         let mut decoded = Vec::new();
@@ -110,7 +141,7 @@ mod tests {
         let kept = (entry.encoded(Encoding::Gzip).unwrap(), entry.clone().encoded(Encoding::Gzip).unwrap());
         assert!(kept.0.as_ptr() == kept.1.as_ptr(), "kept");
         headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip;q=0.5, br"));
-        let brotli = respond(&headers, &entry);
+        let brotli = respond(&ReadHeaders::of(&headers), &entry);
         assert_eq!(brotli.headers()[header::CONTENT_ENCODING], "br");
         let mut decoded = Vec::new();
         std::io::Read::read_to_end(
@@ -122,7 +153,7 @@ mod tests {
         // A small answer is sent as it is, whatever the client accepts.
         let small = Cached::new(Bytes::from_static(b"{}"));
         assert!(small.encoded(Encoding::Gzip).is_none(), "no copies kept for a small body");
-        let small = respond(&headers, &small);
+        let small = respond(&ReadHeaders::of(&headers), &small);
         assert!(small.headers().get(header::CONTENT_ENCODING).is_none() && small.headers().get(header::VARY).is_none());
     }
 }

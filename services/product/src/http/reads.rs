@@ -1,11 +1,10 @@
 //! The public catalogue: listing and searching products, one product, the categories.
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use common::ApiError;
 use common::cache::Cached;
-use common::conditional;
+use common::conditional::{self, ReadHeaders};
 use common::error::Problem;
 use common::extract::{Path, Query};
 use common::money::Money;
@@ -111,7 +110,7 @@ impl ListParams {
 #[tracing::instrument(skip_all)]
 pub(super) async fn list_products(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    headers: ReadHeaders,
     Query(params): Query<ListParams>,
 ) -> Result<Response, ApiError> {
     let listing = params.parse()?;
@@ -137,7 +136,7 @@ pub(super) async fn list_products(
 #[tracing::instrument(skip_all, fields(%id))]
 pub(super) async fn get_product(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    headers: ReadHeaders,
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
     let product = state.catalog.product(id).await?.ok_or(Error::NotFound)?;
@@ -164,7 +163,7 @@ pub struct Categories {
     )
 )]
 #[tracing::instrument(skip_all)]
-pub(super) async fn list_categories(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub(super) async fn list_categories(State(state): State<AppState>, headers: ReadHeaders) -> Result<Response, ApiError> {
     let categories = Categories { items: repository::categories(&state.db).await? };
     let json = serde_json::to_vec(&categories).map_err(ApiError::internal)?;
     Ok(conditional::respond(&headers, &Cached::new(json.into())))
