@@ -121,7 +121,7 @@ pub async fn migrate(url: &SecretString, schema: Schema, service: &Migrator) -> 
         .as_str(),
     )
     .await?;
-    enter(&mut conn, schema).await?;
+    enter(&mut conn, schema, Plans::Chosen).await?;
     migrator.run(&mut conn).await?;
     conn.close().await?;
     Ok(())
@@ -170,9 +170,31 @@ async fn applied_versions(url: &SecretString, schema: Schema) -> anyhow::Result<
     Ok(versions)
 }
 
-async fn enter(conn: &mut PgConnection, schema: Schema) -> Result<(), sqlx::Error> {
-    conn.execute(format!("SET ROLE {}; SET search_path TO {}", schema.role, schema.name).as_str()).await?;
+async fn enter(conn: &mut PgConnection, schema: Schema, plans: Plans) -> Result<(), sqlx::Error> {
+    let plan_cache_mode = match plans {
+        Plans::Chosen => "auto",
+        Plans::Generic => "force_generic_plan",
+    };
+    let set = format!(
+        "SET ROLE {}; SET search_path TO {}; SET plan_cache_mode = {plan_cache_mode}",
+        schema.role, schema.name
+    );
+    conn.execute(set.as_str()).await?;
     Ok(())
+}
+
+/// How a pool's prepared statements are planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Plans {
+    /// As PostgreSQL chooses: a plan for the values at hand while it expects that to pay
+    /// (a search, a price range), else one plan for every value.
+    #[default]
+    Chosen,
+    /// One plan for every value, made once a connection: for a schema whose statements
+    /// all go by key. Statements taking arrays (the lines of an order) are otherwise
+    /// planned again on every call, because a plan for the array at hand always looks
+    /// cheaper, and planning them cost more than running them.
+    Generic,
 }
 
 /// A pooled connection idle this long is checked before it is handed out.
@@ -180,12 +202,22 @@ const IDLE_PING_AFTER: Duration = Duration::from_secs(10);
 
 /// The service's pool: every connection is in the service's role and schema.
 pub async fn connect(url: &SecretString, schema: Schema, max_connections: u32) -> anyhow::Result<PgPool> {
+    connect_planned(url, schema, max_connections, Plans::Chosen).await
+}
+
+/// [`connect`], with the statements planned as `plans` says.
+pub async fn connect_planned(
+    url: &SecretString,
+    schema: Schema,
+    max_connections: u32,
+    plans: Plans,
+) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(5))
         .idle_timeout(Duration::from_secs(300))
-        .after_connect(move |conn, _meta| Box::pin(async move { enter(conn, schema).await }))
+        .after_connect(move |conn, _meta| Box::pin(async move { enter(conn, schema, plans).await }))
         // A connection in steady use is not pinged before each checkout (a round trip on
         // every request's path); one that sat idle is, since the server may have dropped it.
         .test_before_acquire(false)

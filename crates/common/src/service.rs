@@ -35,6 +35,8 @@ pub trait Spec: Sized + Sync {
     const BINARY: &'static str;
     /// The schema it owns, and the role that owns it.
     const SCHEMA: Schema;
+    /// How its statements are planned ([`db::Plans`]).
+    const PLANS: db::Plans = db::Plans::Chosen;
     /// Whether it has `seed --products N` ([`Spec::seed`]).
     const SEEDS: bool = false;
     /// What its handlers share (`common::http::AppState<Inner>`).
@@ -80,7 +82,7 @@ pub trait Spec: Sized + Sync {
     /// A pool of the service's schema, in its role.
     fn connect(&self) -> impl Future<Output = anyhow::Result<PgPool>> {
         let common = self.common();
-        db::connect(&common.database_url, Self::SCHEMA, common.db_max_connections)
+        db::connect_planned(&common.database_url, Self::SCHEMA, common.db_max_connections, Self::PLANS)
     }
 
     /// Migrates (unless told not to), connects, builds the state, starts the outbox relay

@@ -23,7 +23,6 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::client::Upstream;
 use common::config::{CommonConfig, ConfigError, Env};
 use common::db::Schema;
 use common::http::Shared;
@@ -115,6 +114,8 @@ impl common::service::Spec for Config {
     const NAME: &'static str = SERVICE;
     const BINARY: &'static str = "order-service";
     const SCHEMA: Schema = SCHEMA;
+    // Every statement goes by key (an order's, a payment's, a customer's).
+    const PLANS: common::db::Plans = common::db::Plans::Generic;
     const MIGRATOR: &'static Migrator = &MIGRATOR;
     type State = AppState;
 
@@ -129,8 +130,7 @@ impl common::service::Spec for Config {
             (Some(url), Some(publisher)) => Live::redis(url, publisher.clone(), &shared.redis_prefix)?,
             _ => Live::local(),
         };
-        let upstream =
-            Upstream::new("product", &self.product_service_url, SERVICE, self.upstream_timeout, shared.auth.clone());
+        let upstream = shared.upstream("product", &self.product_service_url, SERVICE, self.upstream_timeout);
         let inner = Inner {
             db,
             products: Products::new(upstream),

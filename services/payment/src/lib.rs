@@ -26,7 +26,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::client::{Breaker, Upstream};
+use common::client::Breaker;
 use common::config::{CommonConfig, ConfigError, Env};
 use common::db::Schema;
 use common::finish::TaskTracker;
@@ -104,6 +104,8 @@ impl common::service::Spec for Config {
     const NAME: &'static str = SERVICE;
     const BINARY: &'static str = "payment-service";
     const SCHEMA: Schema = SCHEMA;
+    // Every statement goes by key (an order's, a payment's, a customer's).
+    const PLANS: common::db::Plans = common::db::Plans::Generic;
     const MIGRATOR: &'static Migrator = &MIGRATOR;
     type State = AppState;
 
@@ -114,8 +116,7 @@ impl common::service::Spec for Config {
         &self.common
     }
     async fn state(&self, shared: &Shared, db: PgPool) -> anyhow::Result<AppState> {
-        let upstream =
-            Upstream::new("order", &self.order_service_url, SERVICE, self.upstream_timeout, shared.auth.clone());
+        let upstream = shared.upstream("order", &self.order_service_url, SERVICE, self.upstream_timeout);
         let inner = Inner {
             provider: Arc::new(Simulated { db: db.clone() }),
             db,
