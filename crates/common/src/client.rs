@@ -6,12 +6,17 @@
 //! breaker (failsafe) that opens after consecutive failures, so that while an upstream is
 //! down callers answer `503 upstream_unavailable` at once instead of piling up behind
 //! timeouts, and that lets a trial call through after a jittered pause. Each request
-//! carries a fresh service token, the caller's `X-Request-Id` and a child `traceparent`.
+//! carries a service token, the caller's `X-Request-Id` and a child `traceparent`.
+//!
+//! A service called in its own process (every one of them, in `shop`) is called without
+//! a socket: the request goes through the same application, shell and routes as it
+//! would over HTTP, in the caller's task ([`InProcess`]).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
+use axum::Router;
+use axum::http::{StatusCode, header};
 use failsafe::backoff::{self, EqualJittered};
 use failsafe::failure_policy::{self, ConsecutiveFailures};
 use failsafe::futures::CircuitBreaker;
@@ -94,20 +99,49 @@ impl Answer {
 }
 
 /// One upstream service, shared by every request that calls it.
+/// The application of this process, for the services it serves to call each other
+/// without a socket: set once it is built (`common::http::app`). Over loopback HTTP, each
+/// such call cost the caller a client request and the process a server one, with their
+/// system calls, for what is a function call away.
+#[derive(Clone, Default)]
+pub struct InProcess(Arc<OnceLock<Router>>);
+
+impl InProcess {
+    pub(crate) fn serve(&self, app: &Router) {
+        // A process serves one application; a second one (a test's) calls over HTTP.
+        let _ = self.0.set(app.clone());
+    }
+}
+
+/// Where an upstream's requests go.
+#[derive(Clone)]
+enum Target {
+    Http { base_url: Arc<str>, http: reqwest::Client },
+    InProcess(InProcess),
+}
+
+/// How long a service token is used for the calls of one upstream: well within its
+/// validity (`SERVICE_TOKEN_TTL`, a minute), so that it is signed once, not per call.
+const TOKEN_REUSE: Duration = Duration::from_secs(20);
+
 #[derive(Clone)]
 pub struct Upstream {
     name: &'static str,
-    base_url: Arc<str>,
+    target: Target,
     caller: &'static str,
-    http: reqwest::Client,
     timeout: Duration,
     breaker: Breaker,
     auth: Arc<Authenticator>,
+    token: Arc<Mutex<Option<(Instant, String)>>>,
 }
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("name", &self.name).field("base_url", &self.base_url).finish_non_exhaustive()
+        let target = match &self.target {
+            Target::Http { base_url, .. } => base_url.as_ref(),
+            Target::InProcess(_) => "in process",
+        };
+        f.debug_struct("Upstream").field("name", &self.name).field("target", &target).finish_non_exhaustive()
     }
 }
 
@@ -125,15 +159,47 @@ impl Upstream {
         timeout: Duration,
         auth: Arc<Authenticator>,
     ) -> Self {
-        Self {
-            name,
+        let target = Target::Http {
             base_url: base_url.trim_end_matches('/').into(),
-            caller,
             http: reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(30)).build().unwrap_or_default(),
-            timeout,
-            breaker: breaker(),
-            auth,
+        };
+        Self::to(name, target, caller, timeout, auth)
+    }
+
+    /// An upstream served by this very process (`app`, once it is built).
+    pub fn in_process(
+        name: &'static str,
+        app: InProcess,
+        caller: &'static str,
+        timeout: Duration,
+        auth: Arc<Authenticator>,
+    ) -> Self {
+        Self::to(name, Target::InProcess(app), caller, timeout, auth)
+    }
+
+    fn to(
+        name: &'static str,
+        target: Target,
+        caller: &'static str,
+        timeout: Duration,
+        auth: Arc<Authenticator>,
+    ) -> Self {
+        Self { name, target, caller, timeout, breaker: breaker(), auth, token: Arc::default() }
+    }
+
+    /// The service token to call with: the one signed less than [`TOKEN_REUSE`] ago, or
+    /// a new one.
+    fn token(&self) -> Result<String, UpstreamError> {
+        let mut kept = self.token.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((signed, token)) = kept.as_ref()
+            && signed.elapsed() < TOKEN_REUSE
+        {
+            return Ok(token.clone());
         }
+        let token =
+            self.auth.service_token(self.caller).map_err(|e| UpstreamError::Unavailable(self.name, e.to_string()))?;
+        *kept = Some((Instant::now(), token.clone()));
+        Ok(token)
     }
 
     /// Sends `body` (if any) to `path`. `idempotent` calls (a retry changes nothing, such as
@@ -190,11 +256,13 @@ impl Upstream {
         path: &str,
         body: Option<&B>,
     ) -> Result<Answer, UpstreamError> {
-        let token =
-            self.auth.service_token(self.caller).map_err(|e| UpstreamError::Unavailable(self.name, e.to_string()))?;
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base_url))
+        let token = self.token()?;
+        let (base_url, http) = match &self.target {
+            Target::Http { base_url, http } => (base_url, http),
+            Target::InProcess(app) => return self.attempt_in_process(app, method, path, body, &token).await,
+        };
+        let mut request = http
+            .request(method, format!("{base_url}{path}"))
             .timeout(self.timeout)
             .bearer_auth(token)
             .header(trace::TRACEPARENT.as_str(), trace::outgoing());
@@ -208,10 +276,57 @@ impl Upstream {
         let status = response.status();
         tracing::Span::current().record("http.response.status_code", status.as_u16());
         let body = response.bytes().await.map_err(|e| self.classify(e))?;
+        self.answer(status, body)
+    }
+
+    /// An answer that arrived: a server error is the upstream failing (retried, counted
+    /// by its breaker), anything else is its answer.
+    fn answer(&self, status: StatusCode, body: axum::body::Bytes) -> Result<Answer, UpstreamError> {
         if matches!(status.as_u16(), 502..=504) || status == StatusCode::INTERNAL_SERVER_ERROR {
             return Err(UpstreamError::Unavailable(self.name, format!("answered {status}")));
         }
         Ok(Answer { status, body })
+    }
+
+    /// One attempt through this process's own application: the request as HTTP would
+    /// carry it, answered by the same shell and routes, in this task.
+    async fn attempt_in_process<B: Serialize + ?Sized>(
+        &self,
+        app: &InProcess,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        token: &str,
+    ) -> Result<Answer, UpstreamError> {
+        use tower::ServiceExt as _;
+        let unreachable = |why: String| UpstreamError::Unreachable(self.name, why);
+        let router = app.0.get().ok_or_else(|| unreachable("this process is not serving yet".into()))?.clone();
+        let mut request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(&trace::TRACEPARENT, trace::outgoing());
+        if let Some(id) = request_id::current() {
+            request = request.header(&request_id::X_REQUEST_ID, id);
+        }
+        let body = match body {
+            Some(body) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                serde_json::to_vec(body).map_err(|e| UpstreamError::Unavailable(self.name, e.to_string()))?
+            }
+            None => Vec::new(),
+        };
+        let request = request.body(axum::body::Body::from(body)).map_err(|e| unreachable(e.to_string()))?;
+        let answered = async {
+            let Ok(response) = router.oneshot(request).await;
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX).await;
+            (status, body)
+        };
+        let (status, body) =
+            tokio::time::timeout(self.timeout, answered).await.map_err(|_| UpstreamError::Timeout(self.name))?;
+        tracing::Span::current().record("http.response.status_code", status.as_u16());
+        self.answer(status, body.map_err(|e| UpstreamError::Unavailable(self.name, e.to_string()))?)
     }
 
     fn classify(&self, err: reqwest::Error) -> UpstreamError {

@@ -31,7 +31,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::auth::Authenticator;
 use crate::browsers;
 use crate::cache::{Cache, L1Options, connect_redis};
-use crate::client::Upstream;
+use crate::client::{InProcess, Upstream};
 use crate::config::CommonConfig;
 use crate::events::{Events, kafka};
 use crate::extract::BODY_LIMIT;
@@ -128,6 +128,11 @@ pub struct Shared {
     pub request_timeout: Duration,
     /// The services' relays, consumers and jobs, stopped after the last request.
     pub workers: Workers,
+    /// This process's application, for calls between the services it serves.
+    pub in_process: InProcess,
+    /// This process's own address (`http://127.0.0.1:PORT`): an upstream there is
+    /// called in process.
+    own_url: String,
 }
 
 /// Whether the process has been asked to stop. Until the listener closes it still serves,
@@ -176,7 +181,19 @@ impl Shared {
             requests: TaskTracker::new(),
             request_timeout: config.request_timeout,
             workers: Workers::default(),
+            in_process: InProcess::default(),
+            own_url: format!("http://127.0.0.1:{}", config.port),
         })
+    }
+
+    /// The upstream `name` at `url`, called by `caller`: in this process when `url` is
+    /// this process's own address (in `shop`, every service is), over HTTP otherwise.
+    pub fn upstream(&self, name: &'static str, url: &str, caller: &'static str, timeout: Duration) -> Upstream {
+        if url.trim_end_matches('/') == self.own_url {
+            Upstream::in_process(name, self.in_process.clone(), caller, timeout, self.auth.clone())
+        } else {
+            Upstream::new(name, url, caller, timeout, self.auth.clone())
+        }
     }
 
     /// A named rate limit, shared across replicas when Redis is configured.
@@ -231,7 +248,9 @@ pub fn app(services: Vec<Service>, shared: Shared) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     // With no origin to grant, the CORS layer would only add headers to every answer (a
     // few µs of a cached read, measured).
-    if origins.is_empty() { router } else { router.layer(browsers::cors(&origins)) }
+    let app = if origins.is_empty() { router } else { router.layer(browsers::cors(&origins)) };
+    shared.in_process.serve(&app);
+    app
 }
 
 /// Resolves on SIGTERM or SIGINT.
