@@ -104,8 +104,8 @@ def markdown(report: dict) -> str:
         "",
         f"{report['machine']['cpus']} CPUs, kernel {report['machine']['kernel']}. {what} on {catalogue}, "
         f"{s['customers']} customers; wrk with {s['threads']} threads and {s['connections']} connections, "
-        f"{s['duration_s']} s per run after {s['warmup_s']} s of warm-up (the uniform draw's warm-up walks the "
-        "whole catalogue first, so that it measures the caches' steady state; `checkout-8` runs the "
+        f"{s['duration_s']} s per run after {s['warmup_s']} s of warm-up (product pages' warm-up walks the "
+        "whole catalogue first, so that they measure the caches' steady state; `checkout-8` runs the "
         "same purchases with 8 connections)"
         + (", on the same machine as the server." if target == "shop" else "."),
         "",
@@ -115,6 +115,12 @@ def markdown(report: dict) -> str:
             "Rate limits raised for the runs, by configuration: "
             + ", ".join(f"`{name}`" for name in s["raised_limits"])
             + " (the customers all come from one address and each orders far more often than a person would).",
+            "",
+        ]
+    if s.get("autovacuum_turned_on"):
+        lines += [
+            "PostgreSQL's autovacuum, off in this machine's configuration, was on for the runs, as in any "
+            "deployment.",
             "",
         ]
     lines += [
