@@ -1,10 +1,10 @@
--- What is still in flight, one row (what, how many) each: a checkout, an unpaid order's
--- payment attempt or refund, an unpublished event, or a published one some consumer has
+-- What is still in flight, one row (what, how many) each: a checkout (the claim on its
+-- key), an unpaid order's payment attempt or refund, an unpublished event, or a published one some consumer has
 -- not applied yet (of the types it acts on: its handler's `wants`; the others leave no
 -- inbox row). Empty when the platform is quiet. Used by the saga test and the load
 -- tests' audit.
 SELECT what, n FROM (
-            SELECT 'checkouts' AS what, (SELECT count(*) FROM ordering.checkouts) AS n
+            SELECT 'checkouts' AS what, (SELECT count(*) FROM ordering.idempotency_keys WHERE status IS NULL) AS n
   UNION ALL SELECT 'payment attempts', (SELECT count(*) FROM payments.payments WHERE status = 'processing')
   UNION ALL SELECT 'pending refunds', (SELECT count(*) FROM payments.refunds WHERE status = 'pending')
   UNION ALL SELECT 'unpublished user events', (SELECT count(*) FROM users.outbox WHERE published_at IS NULL)

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use common::ApiError;
 use common::db::{self, Schema};
-use common::idempotency::{Begin, Idempotent};
+use common::idempotency::{Begin, Idempotency, Idempotent};
 use common::testing::{TestDb, TestServer, problem};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -30,32 +30,47 @@ struct Charge {
 
 impl common::extract::Body for Charge {}
 
+/// How long a request holds its key.
+const LEASE: Duration = Duration::from_secs(5);
+
 /// Charges once per request, or replays; `x-user` scopes the key, `x-delay-ms` keeps the
-/// request running for a while.
+/// request running for a while, and `x-crash` stops it after its effect's id is chosen
+/// (recorded as the claim's progress) and before the effect, as a crash would.
 async fn charge(
     State(db): State<PgPool>,
     headers: HeaderMap,
     Idempotent { body, key }: Idempotent<Charge>,
 ) -> Result<Response, ApiError> {
     let user = headers.get("x-user").and_then(|v| v.to_str().ok()).unwrap_or("anonymous").to_owned();
-    let mut tx = db.begin().await?;
-    if let Some(key) = &key
-        && let Begin::Replay(response) = key.begin(&mut tx, &user).await?
-    {
-        return Ok(response);
+    let mut id = Uuid::now_v7();
+    let claim = match &key {
+        None => None,
+        Some(key) => match key.begin(&db, &user, LEASE, &id).await? {
+            Begin::Fresh(claim) => Some(claim),
+            Begin::Replay(response) => return Ok(response),
+            Begin::InProgress => return Err(Idempotency::in_progress()),
+        },
+    };
+    if let Some(resumed) = claim.as_ref().and_then(|claim| claim.resumed) {
+        id = resumed;
+    }
+    if headers.contains_key("x-crash") {
+        return Ok(StatusCode::SERVICE_UNAVAILABLE.into_response());
     }
     if let Some(delay) = headers.get("x-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let id = Uuid::now_v7();
+    let mut tx = db.begin().await?;
     sqlx::query("INSERT INTO effects (id, amount) VALUES ($1, $2)")
         .bind(id)
         .bind(body.amount)
         .execute(&mut *tx)
         .await?;
     let response = json!({"id": id, "amount": body.amount, "note": body.note});
-    if let Some(key) = &key {
-        key.finish(&mut tx, &user, StatusCode::CREATED, &response).await?;
+    if let Some(claim) = &claim
+        && !claim.complete(&mut tx, StatusCode::CREATED, &response).await?
+    {
+        return Err(Idempotency::in_progress());
     }
     tx.commit().await?;
     Ok((StatusCode::CREATED, axum::Json(response)).into_response())
@@ -78,6 +93,17 @@ impl App {
     }
 
     async fn charge(&self, key: Option<&str>, user: &str, body: Value, delay_ms: u64) -> reqwest::Response {
+        self.charge_with(key, user, body, delay_ms, false).await
+    }
+
+    async fn charge_with(
+        &self,
+        key: Option<&str>,
+        user: &str,
+        body: Value,
+        delay_ms: u64,
+        crash: bool,
+    ) -> reqwest::Response {
         let mut req = self
             .server
             .client
@@ -87,6 +113,9 @@ impl App {
             .json(&body);
         if let Some(key) = key {
             req = req.header("idempotency-key", key);
+        }
+        if crash {
+            req = req.header("x-crash", "1");
         }
         req.send().await.unwrap()
     }
@@ -161,6 +190,50 @@ async fn concurrent_requests_with_one_key_take_effect_once() {
     // Once the first has finished, the key replays.
     let res = app.charge(Some("same"), "jane", json!({"amount": 5}), 0).await;
     assert_eq!(res.headers()["idempotent-replayed"], "true");
+}
+
+#[tokio::test]
+async fn a_request_that_stopped_half_way_is_resumed_by_its_retry_once_its_lease_has_run_out() {
+    let app = App::spawn().await;
+    let stopped = app.charge_with(Some("k1"), "jane", json!({"amount": 5}), 0, true).await;
+    assert_eq!(stopped.status(), 503);
+    let early = app.charge(Some("k1"), "jane", json!({"amount": 5}), 0).await;
+    assert_eq!(early.status(), 409, "its lease still runs");
+    assert_eq!(problem(early).await["code"], "request_in_progress");
+    let other = app.charge(Some("k1"), "jane", json!({"amount": 6}), 0).await;
+    assert_eq!(problem(other).await["code"], "idempotency_key_reused", "another body is refused while it runs too");
+    let recorded: Value =
+        sqlx::query_scalar("SELECT progress FROM idempotency_keys WHERE key = 'k1'").fetch_one(&app.db).await.unwrap();
+    sqlx::query("UPDATE idempotency_keys SET running_until = now() - interval '1 second'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let resumed = app.charge(Some("k1"), "jane", json!({"amount": 5}), 0).await;
+    assert_eq!(resumed.status(), 201);
+    let resumed: Value = resumed.json().await.unwrap();
+    assert_eq!(resumed["id"], recorded, "the retry carried on with what the first attempt recorded");
+    let replayed = app.charge(Some("k1"), "jane", json!({"amount": 5}), 0).await;
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    assert_eq!(replayed.json::<Value>().await.unwrap(), resumed);
+    assert_eq!(app.effects().await, 1);
+}
+
+#[tokio::test]
+async fn a_holder_whose_lease_was_taken_over_cannot_complete() {
+    let app = App::spawn().await;
+    let key = Idempotency::unkeyed("work-1");
+    let Begin::Fresh(first) = key.begin(&app.db, "jane", LEASE, &1).await.unwrap() else { panic!("a new key") };
+    assert!(!first.is_client_key());
+    assert!(matches!(key.begin(&app.db, "jane", LEASE, &2).await.unwrap(), Begin::InProgress));
+    first.lapse(&app.db).await.unwrap();
+    let Begin::Fresh(second) = key.begin(&app.db, "jane", LEASE, &2).await.unwrap() else { panic!("taken over") };
+    assert_eq!(second.resumed, Some(1), "what the first holder recorded");
+    let mut tx = app.db.begin().await.unwrap();
+    assert!(!first.complete(&mut tx, StatusCode::CREATED, &json!({})).await.unwrap(), "no longer its key");
+    assert!(second.complete(&mut tx, StatusCode::CREATED, &json!({})).await.unwrap());
+    tx.commit().await.unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys").fetch_one(&app.db).await.unwrap();
+    assert_eq!(left, 0, "work no client can repeat keeps no answer");
 }
 
 #[tokio::test]

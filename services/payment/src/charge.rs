@@ -1,19 +1,21 @@
 //! Paying an order: the second step of the checkout saga.
 //!
-//! 1. The order is read from the order service (owner, status, total) and checked.
-//! 2. The attempt is recorded as `processing` and committed before the provider is called;
-//!    the database allows one such attempt (or success) per order.
+//! 1. The order is read from the order service (owner, status, total).
+//! 2. One transaction claims the Idempotency-Key (recording the attempt's id as the
+//!    claim's progress) and, the order checked, records the attempt as `processing`,
+//!    committed before the provider is called; the database allows one such attempt (or
+//!    success) per order. A key done before replays its answer, whatever the order is now.
 //! 3. The provider is called with the payment's id as its idempotency key, retried with
 //!    backoff while it is unavailable, through a circuit breaker: while the provider keeps
 //!    failing, nothing is sent and the payment is `502` at once, nothing charged.
-//! 4. One transaction settles the attempt with its event and stores the Idempotency-Key's
-//!    response. A charge for an order that closed meanwhile is refunded in it.
+//! 4. One transaction settles the attempt with its event and completes the key's claim
+//!    with the answer. A charge for an order that closed meanwhile is refunded in it.
 //!
 //! If the provider does not answer in time, or the process dies between 2 and 4, the
-//! attempt stays `processing`: a retry with the same key, or the reconciler, asks the
-//! provider what happened and settles it. No database connection is held while the
-//! provider is called; the attempt is leased to the request working on it. Steps 3 and 4
-//! run to their end even when the request's deadline ends the request (`common::finish`).
+//! attempt stays `processing` and its key claimed: once the lease has run out, a retry
+//! with the same key, or the reconciler, asks the provider what happened and settles it.
+//! No database connection is held while the provider is called. Steps 3 and 4 run to
+//! their end even when the request's deadline ends the request (`common::finish`).
 
 use std::time::Duration;
 
@@ -23,7 +25,7 @@ use common::ApiError;
 use common::auth::AuthUser;
 use common::backoff::Backoff;
 use common::extract::Json;
-use common::idempotency::Idempotency;
+use common::idempotency::{Begin, Claim, Idempotency};
 use common::money::Money;
 use failsafe::futures::CircuitBreaker as _;
 use uuid::Uuid;
@@ -33,7 +35,7 @@ use crate::domain::{Outcome, Payment, PaymentStatus};
 use crate::error::Error;
 use crate::orders::OrderStatus;
 use crate::provider::ProviderError;
-use crate::repository::{self, NewAttempt};
+use crate::repository::{self, AttemptProgress, NewAttempt};
 
 /// A payment request, parsed.
 #[derive(Debug)]
@@ -62,29 +64,37 @@ enum NoAnswer {
 /// Charges the order and answers `201` with the payment (failed ones included), or replays
 /// the first answer to this key.
 pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idempotency) -> Result<Response, ApiError> {
-    let scope = user.id.to_string();
-    let earlier = repository::find_by_key(&state.db, user.id, key.as_str()).await?;
-    if let Some(answer) = earlier.answer {
-        // Done before: replay it. (A request with the key still running is found by its
-        // attempt.)
-        return key.replay(answer);
-    }
-    let resumed = earlier.attempt.is_some();
-    let attempt = match earlier.attempt {
-        Some((earlier, fingerprint)) => {
-            if fingerprint != key.fingerprint() {
-                return Err(Idempotency::reused());
+    // Read first, so that no connection is held while the order service answers; a
+    // replay does not look at it.
+    let order = state.orders.order(request.order_id).await;
+    let id = Uuid::now_v7();
+    let mut tx = state.db.begin().await?;
+    let mut claim = match key
+        .begin(&mut *tx, &user.id.to_string(), state.attempt_lease, &AttemptProgress { payment_id: id })
+        .await?
+    {
+        Begin::Fresh(claim) => claim,
+        Begin::Replay(response) => return Ok(response),
+        Begin::InProgress => return Err(Error::RequestInProgress.into()),
+    };
+    let resumed = claim.resumed.take();
+    let attempt = match resumed {
+        // Started before with this key and left unfinished: carried on as it stands.
+        Some(earlier) => {
+            tx.commit().await?;
+            let attempt = repository::find_attempt(&state.db, earlier.payment_id).await?;
+            match attempt {
+                Some(attempt) => attempt,
+                None => {
+                    // Gone with its key's claim (`forget`): only a claim made by hand gets here.
+                    claim.abandon(&state.db).await?;
+                    return Err(Error::RequestInProgress.into());
+                }
             }
-            let unsettled = earlier.payment.status == PaymentStatus::Processing;
-            if unsettled && !repository::claim_attempt(&state.db, earlier.payment.id, state.attempt_lease).await? {
-                return Err(Error::RequestInProgress.into());
-            }
-            earlier.payment
         }
         None => {
-            let order = state.orders.order(request.order_id).await?;
             // Another user's order does not exist, as far as this caller can tell.
-            let order = order.filter(|o| o.user_id == user.id).ok_or(Error::NotFound)?;
+            let order = order?.filter(|o| o.user_id == user.id).ok_or(Error::NotFound)?;
             match order.status {
                 OrderStatus::PendingPayment => {}
                 OrderStatus::Paid | OrderStatus::Shipped | OrderStatus::Delivered | OrderStatus::Refunded => {
@@ -95,19 +105,18 @@ pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idem
             if request.amount != order.total || order.currency != common::money::CURRENCY {
                 return Err(Error::AmountMismatch(order.total.to_string()).into());
             }
-            let new = NewAttempt {
-                id: Uuid::now_v7(),
-                order_id: order.id,
-                user_id: user.id,
-                amount: request.amount,
-                key: key.as_str(),
-                fingerprint: key.fingerprint(),
-            };
+            let new = NewAttempt { id, order_id: order.id, user_id: user.id, amount: request.amount };
             // `None`: cancelled or expired since the order service answered, not worth a
             // charge and its refund (which the settlement would still make).
-            repository::insert_attempt(&state.db, &new, state.attempt_lease)
-                .await?
-                .ok_or(Error::NotPayable("cancelled"))?
+            let attempt = match repository::insert_attempt(&mut tx, &new).await {
+                Err(Error::OrderBeingCharged) => {
+                    drop(tx);
+                    return Err(repository::order_charged(&state.db, order.id).await?.into());
+                }
+                inserted => inserted?.ok_or(Error::NotPayable("cancelled"))?,
+            };
+            tx.commit().await?;
+            attempt
         }
     };
 
@@ -115,7 +124,7 @@ pub async fn pay(state: &AppState, user: &AuthUser, request: Request, key: &Idem
     // end even if the request is ended early (its deadline), as if the client had stayed;
     // dropped half way, a charge that was made would wait for the reconciler, and one that
     // was refused would be recorded as failed instead of forgotten.
-    let settling = charge_and_settle(state.clone(), attempt, resumed, request.token, key.clone(), scope);
+    let settling = charge_and_settle(state.clone(), attempt, resumed.is_some(), request.token, claim);
     match common::finish::finish(&state.requests, settling).await {
         Ok(answer) => answer,
         Err(panic) => std::panic::resume_unwind(panic),
@@ -129,8 +138,7 @@ async fn charge_and_settle(
     attempt: Payment,
     resumed: bool,
     token: String,
-    key: Idempotency,
-    scope: String,
+    claim: Claim<AttemptProgress>,
 ) -> Result<Response, ApiError> {
     let state = &state;
     let outcome = if attempt.status == PaymentStatus::Processing {
@@ -153,20 +161,20 @@ async fn charge_and_settle(
             // Only this request ever called the provider for it, and every call was turned
             // away: nothing was charged, and the attempt is forgotten.
             Err(NoAnswer::Unavailable) if !resumed => {
-                repository::delete_attempt(&state.db, attempt.id).await?;
+                forget(state, &attempt, &claim).await?;
                 return Err(Error::ProviderUnavailable.into());
             }
             Err(NoAnswer::InvalidToken) if !resumed => {
-                repository::delete_attempt(&state.db, attempt.id).await?;
+                forget(state, &attempt, &claim).await?;
                 return Err(Error::InvalidToken.into());
             }
             Err(NoAnswer::InvalidToken) => {
-                repository::release_attempt(&state.db, attempt.id).await?;
+                claim.lapse(&state.db).await?;
                 return Err(Error::InvalidToken.into());
             }
             // The outcome is unknown: the reconciler asks the provider and settles it.
             Err(NoAnswer::Unavailable | NoAnswer::Timeout) => {
-                repository::release_attempt(&state.db, attempt.id).await?;
+                claim.lapse(&state.db).await?;
                 return Err(Error::ProviderTimeout.into());
             }
         }
@@ -176,14 +184,25 @@ async fn charge_and_settle(
     };
     let mut tx = state.db.begin().await?;
     let (payment, refunds) = match outcome {
-        Some(outcome) => repository::settle(&mut tx, attempt.id, attempt.order_id, &outcome).await?,
-        None => (attempt, Vec::new()),
+        Some(outcome) => repository::settle(&mut tx, &attempt, &outcome, &claim).await?,
+        None => {
+            claim.complete(&mut tx, StatusCode::CREATED, &attempt).await?;
+            (attempt, Vec::new())
+        }
     };
-    key.finish(&mut tx, &scope, StatusCode::CREATED, &payment).await?;
     tx.commit().await?;
     metrics::counter!("payments_total", "status" => payment.status.as_str()).increment(1);
     crate::jobs::carry_out_refunds(state, &refunds).await;
     Ok((StatusCode::CREATED, Json(payment)).into_response())
+}
+
+/// Forgets an attempt the provider certainly did not charge, and frees its key, at once.
+async fn forget(state: &AppState, attempt: &Payment, claim: &Claim<AttemptProgress>) -> Result<(), ApiError> {
+    let mut tx = state.db.begin().await?;
+    repository::delete_attempt(&mut *tx, attempt.id).await?;
+    claim.abandon(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Calls the provider through its circuit breaker, retrying with exponential backoff and

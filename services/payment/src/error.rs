@@ -14,6 +14,10 @@ pub enum Error {
     AlreadyPaid,
     #[error("another payment for this order is being processed")]
     PaymentInProgress,
+    /// An attempt the database refused: the order has one being charged or charged.
+    /// Told apart by `repository::order_charged` once its transaction is over.
+    #[error("another payment for this order is being processed")]
+    OrderBeingCharged,
     #[error("a request with this Idempotency-Key is still running; retry shortly")]
     RequestInProgress,
     #[error("an order that is {0} can't be paid")]
@@ -39,7 +43,9 @@ impl From<Error> for ApiError {
         match err {
             Error::NotFound => ApiError::not_found(),
             Error::AlreadyPaid => ApiError::new(ErrorCode::AlreadyPaid).with_detail(detail),
-            Error::PaymentInProgress => ApiError::new(ErrorCode::Conflict).with_detail(detail),
+            Error::PaymentInProgress | Error::OrderBeingCharged => {
+                ApiError::new(ErrorCode::Conflict).with_detail(detail)
+            }
             Error::RequestInProgress => common::idempotency::Idempotency::in_progress(),
             Error::NotPayable(_) => ApiError::new(ErrorCode::InvalidStateTransition).with_detail(detail),
             Error::AmountMismatch(_) => ApiError::new(ErrorCode::AmountMismatch).with_detail(detail),

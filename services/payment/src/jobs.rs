@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
+use axum::http::StatusCode;
+use common::idempotency::{self, Claim};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::domain::Outcome;
-use crate::repository;
+use crate::domain::{Outcome, PaymentStatus};
+use crate::repository::{self, AttemptProgress};
 
 const EVERY: Duration = Duration::from_secs(1);
 const BATCH: i64 = 100;
@@ -33,18 +35,39 @@ pub async fn run(state: AppState) {
 /// says happened. An attempt the provider never saw is voided there first (so a charge
 /// still on its way is declined) and fails with `provider_unavailable`.
 async fn reconcile(state: &AppState) -> anyhow::Result<()> {
-    for (id, order_id) in repository::stale_attempts(&state.db, BATCH).await? {
-        if let Err(err) = settle_stale(state, id, order_id).await {
-            tracing::warn!(payment_id = %id, error = %err, "could not settle a payment attempt; will retry");
+    // Keys whose request stopped before settling its attempt (or, a refund's, before
+    // anything was done): this replica holds them now, for the lease.
+    let lapsed = idempotency::take_over_lapsed::<Option<AttemptProgress>>(&state.db, state.attempt_lease, BATCH)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for claim in lapsed {
+        let key = claim.key().to_owned();
+        if let Err(err) = settle_stale(state, claim).await {
+            tracing::warn!(key, error = %err, "could not settle a payment attempt; will retry");
         }
     }
     Ok(())
 }
 
-async fn settle_stale(state: &AppState, id: Uuid, order_id: Uuid) -> anyhow::Result<()> {
-    if !repository::claim_attempt(&state.db, id, state.attempt_lease).await? {
-        return Ok(()); // another replica, or a retry of the request, took it
+async fn settle_stale(state: &AppState, mut claim: Claim<Option<AttemptProgress>>) -> anyhow::Result<()> {
+    let attempt = match claim.resumed.take().flatten() {
+        Some(progress) => repository::find_attempt(&state.db, progress.payment_id).await?,
+        None => None,
+    };
+    let Some(attempt) = attempt else {
+        // Nothing was charged under it (a refund's key, whose transaction never
+        // committed): the key is free again.
+        claim.abandon(&state.db).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        return Ok(());
+    };
+    let mut tx = state.db.begin().await?;
+    if attempt.status != PaymentStatus::Processing {
+        // Settled, but its answer was never stored: it is what the key answers now.
+        claim.complete(&mut tx, StatusCode::CREATED, &attempt).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        tx.commit().await?;
+        return Ok(());
     }
+    let id = attempt.id;
     let asked = async {
         match state.provider.lookup(id).await? {
             Some(outcome) => Ok(outcome),
@@ -54,19 +77,18 @@ async fn settle_stale(state: &AppState, id: Uuid, order_id: Uuid) -> anyhow::Res
     let outcome: Outcome = match tokio::time::timeout(state.provider_timeout * 2, asked).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(_)) | Err(_) => {
-            repository::release_attempt(&state.db, id).await?;
+            drop(tx);
+            claim.lapse(&state.db).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             return Ok(());
         }
     };
-    let mut tx = state.db.begin().await?;
-    let (payment, refunds) = repository::settle(&mut tx, id, order_id, &outcome).await?;
+    let (payment, refunds) = repository::settle(&mut tx, &attempt, &outcome, &claim).await?;
     tx.commit().await?;
     tracing::info!(payment_id = %id, status = payment.status.as_str(), "settled a payment attempt");
     carry_out_refunds(state, &refunds).await;
     Ok(())
 }
 
-/// Has the provider carry out these refunds now; any it can't are retried by the job.
 pub async fn carry_out_refunds(state: &AppState, refunds: &[Uuid]) {
     for id in refunds {
         carry_out(state, Some(*id)).await;

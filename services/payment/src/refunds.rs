@@ -11,6 +11,10 @@ use common::idempotency::{Begin, Idempotency};
 use common::money::Money;
 use uuid::Uuid;
 
+/// How long a refund request holds its key: the refund is decided in one short
+/// transaction.
+const REFUND_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
+
 use crate::AppState;
 use crate::domain::Refund;
 use crate::error::Error;
@@ -27,21 +31,39 @@ pub async fn refund(
     key: Option<&Idempotency>,
 ) -> Result<Response, ApiError> {
     repository::find_payment(&state.db, id).await?.ok_or(Error::NotFound)?;
+    // The key is claimed first; the refund's own transaction completes the claim, so the
+    // answer exists exactly when the refund does. A replay answers that refund as it
+    // stands now (carried out since, or not).
+    let claim = match key {
+        None => None,
+        Some(key) => match key.begin(&state.db, scope, REFUND_LEASE, &()).await? {
+            Begin::Fresh(claim) => Some(claim),
+            Begin::Replay(stored) => {
+                let (parts, body) = stored.into_parts();
+                let body = axum::body::to_bytes(body, usize::MAX).await.map_err(ApiError::internal)?;
+                let first: Refund = serde_json::from_slice(&body).map_err(ApiError::internal)?;
+                let refund = repository::find_refund(&state.db, first.id).await?.unwrap_or(first);
+                return Ok((parts, Json(refund)).into_response());
+            }
+            Begin::InProgress => return Err(Idempotency::in_progress()),
+        },
+    };
     let mut tx = state.db.begin().await?;
-    // The key's record is kept in the refund's own transaction: it exists exactly when the
-    // refund does. A replay answers that refund as it stands now (carried out since, or not).
-    if let Some(key) = key
-        && let Begin::Replay(stored) = key.begin(&mut tx, scope).await?
+    let refund = match repository::refund(&mut tx, id, amount, "admin").await {
+        Ok(refund) => refund,
+        Err(refused) => {
+            drop(tx);
+            if let Some(claim) = &claim {
+                claim.abandon(&state.db).await?;
+            }
+            return Err(refused.into());
+        }
+    };
+    if let Some(claim) = &claim
+        && !claim.complete(&mut tx, StatusCode::CREATED, &refund).await?
     {
-        let (parts, body) = stored.into_parts();
-        let body = axum::body::to_bytes(body, usize::MAX).await.map_err(ApiError::internal)?;
-        let first: Refund = serde_json::from_slice(&body).map_err(ApiError::internal)?;
-        let refund = repository::find_refund(&state.db, first.id).await?.unwrap_or(first);
-        return Ok((parts, Json(refund)).into_response());
-    }
-    let refund = repository::refund(&mut tx, id, amount, "admin").await?;
-    if let Some(key) = key {
-        key.finish(&mut tx, scope, StatusCode::CREATED, &refund).await?;
+        // Held too long: a retry took the key over and makes the refund itself.
+        return Err(Idempotency::in_progress());
     }
     tx.commit().await?;
     crate::jobs::carry_out_refunds(state, &[refund.id]).await;

@@ -71,12 +71,8 @@ impl Trace {
         let (sql, key) = match self {
             Self::Account(email) => ("SELECT EXISTS (SELECT 1 FROM users.users WHERE email = $1)", email),
             Self::Product(name) => ("SELECT EXISTS (SELECT 1 FROM catalog.products WHERE name = $1)", name),
-            Self::Checkout(key) => (
-                "SELECT EXISTS (SELECT 1 FROM ordering.idempotency_keys WHERE key = $1)
-                     OR EXISTS (SELECT 1 FROM ordering.checkouts WHERE idempotency_key = $1)",
-                key,
-            ),
-            Self::Payment(key) => ("SELECT EXISTS (SELECT 1 FROM payments.payments WHERE idempotency_key = $1)", key),
+            Self::Checkout(key) => ("SELECT EXISTS (SELECT 1 FROM ordering.idempotency_keys WHERE key = $1)", key),
+            Self::Payment(key) => ("SELECT EXISTS (SELECT 1 FROM payments.idempotency_keys WHERE key = $1)", key),
         };
         sqlx::query_scalar(sql).bind(key).fetch_one(db).await.unwrap()
     }

@@ -155,6 +155,36 @@ pub async fn emit_many<T: Serialize>(
     Ok(envelopes)
 }
 
+/// An event ready for the outbox, for a statement of the caller's own that makes a
+/// change and writes its event at once (`INSERT INTO outbox (id, topic, aggregate_id,
+/// event_type, envelope, traceparent) SELECT $…` from the change's `RETURNING`): the
+/// statement is then the whole transaction, where [`emit`] adds a statement to it.
+/// Inside [`waking`], the relay is woken once the work is done.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub id: Uuid,
+    pub topic: &'static str,
+    pub event_type: &'static str,
+    pub aggregate_id: Uuid,
+    pub envelope: serde_json::Value,
+    pub traceparent: String,
+}
+
+impl Outgoing {
+    pub fn new(kind: EventType, aggregate_id: Uuid, data: &impl Serialize) -> Result<Self, sqlx::Error> {
+        let (envelope, json) = new_envelope(kind.as_str(), aggregate_id, data)?;
+        emitted(kind.topic());
+        Ok(Self {
+            id: envelope.id,
+            topic: kind.topic(),
+            event_type: kind.as_str(),
+            aggregate_id,
+            envelope: json,
+            traceparent: trace::outgoing(),
+        })
+    }
+}
+
 /// A new event's envelope, and its JSON as the outbox keeps it.
 fn new_envelope(
     event_type: &str,

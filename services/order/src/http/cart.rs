@@ -18,19 +18,13 @@ use crate::repository;
 /// The cart with the product service's current names and prices. Products that were
 /// deleted since they were added leave the cart.
 pub(super) async fn cart_view(state: &AppState, user_id: Uuid) -> Result<Cart, ApiError> {
-    priced_cart(state, user_id, None).await
+    let lines = repository::cart(&state.db, user_id).await?;
+    priced(state, user_id, lines).await
 }
 
-/// The cart as it is, or as it would be with `change` (a product and its new quantity),
-/// priced; nothing but dropping deleted products is written.
-pub(super) async fn priced_cart(state: &AppState, user_id: Uuid, change: Option<Line>) -> Result<Cart, ApiError> {
-    let mut lines = repository::cart(&state.db, user_id).await?;
-    if let Some(change) = change {
-        match lines.iter_mut().find(|line| line.product_id == change.product_id) {
-            Some(line) => line.quantity = change.quantity,
-            None => lines.push(change),
-        }
-    }
+/// The cart's `lines` priced by the product service, in one call for them all; a line
+/// whose product the catalogue no longer has is dropped from the cart.
+async fn priced(state: &AppState, user_id: Uuid, lines: Vec<Line>) -> Result<Cart, ApiError> {
     let ids: Vec<Uuid> = lines.iter().map(|line| line.product_id).collect();
     let products = state.products.products(&ids).await?;
     let mut items = Vec::with_capacity(lines.len());
@@ -47,7 +41,6 @@ pub(super) async fn priced_cart(state: &AppState, user_id: Uuid, change: Option<
     Ok(Cart::new(items).map_err(Error::from)?)
 }
 
-/// Your cart.
 #[utoipa::path(
     get, path = "/api/cart", tag = "cart",
     security(("bearer" = [])),
@@ -103,16 +96,19 @@ pub(super) async fn put_cart_item(
     Json(req): Json<CartQuantity>,
 ) -> Result<Json<Cart>, ApiError> {
     let quantity = req.parse()?;
-    // Priced before it is written: a change refused (a total past the largest amount) is
-    // not kept, and the cart stays readable. A product the catalogue does not have is
-    // left out of the priced cart.
-    let change = Line { product_id, quantity: quantity.get() };
-    let cart = priced_cart(&state, user.id, Some(change)).await?;
-    if !cart.items.iter().any(|item| item.product_id == product_id) {
-        return Err(Error::UnknownProduct.into());
+    // Written and read back in one statement, then priced: a change the pricing refuses
+    // (a total past the largest amount, the product service away) is undone, so that the
+    // cart stays as it was and readable; a product the catalogue does not have leaves
+    // the cart as it is priced.
+    let change = repository::put_cart_item(&state.db, user.id, product_id, quantity.get()).await?;
+    match priced(&state, user.id, change.lines).await {
+        Ok(cart) if cart.items.iter().any(|item| item.product_id == product_id) => Ok(Json(cart)),
+        Ok(_) => Err(Error::UnknownProduct.into()),
+        Err(refused) => {
+            repository::undo_cart_item(&state.db, user.id, product_id, change.previous).await?;
+            Err(refused)
+        }
     }
-    repository::put_cart_item(&state.db, user.id, product_id, quantity.get()).await?;
-    Ok(Json(cart))
 }
 
 /// Take a product out of your cart (no error if it was not there).

@@ -45,7 +45,7 @@ pub(super) async fn internal_order(
     Path(id): Path<Uuid>,
 ) -> Result<Json<InternalOrder>, ApiError> {
     tracing::debug!(caller = %caller.sub, "order read by a service");
-    let order = repository::find_order(&state.db, id).await?.ok_or(Error::NotFound)?;
+    let order = repository::order_to_pay(&state.db, id).await?.ok_or(Error::NotFound)?;
     Ok(Json(InternalOrder {
         id: order.id,
         user_id: order.user_id,

@@ -1,11 +1,9 @@
-//! Orders: placing one with its lines and `order.created` in one statement, reading
-//! them, and every guarded status move with its event.
+//! Orders: reading them, and every guarded status move with its event. (Placing one is
+//! the end of its checkout: `checkouts::place_order`.)
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use common::contracts::EventType;
 use common::events;
 use common::money::Money;
 use sqlx::types::Json;
@@ -75,64 +73,26 @@ pub(super) async fn items_of(db: impl PgExecutor<'_>, orders: &[Uuid]) -> Result
     Ok(items)
 }
 
-/// Turns a checkout into its order, with its `order.created`: in one statement the
-/// checkout record is taken, the order and its lines stored and (`from_cart`) the ordered
-/// products leave the cart. `false`, with nothing written, if the record was gone (its
-/// lease ran out and a retry or the recovery job took it).
-#[tracing::instrument(skip_all, fields(db.system.name = "postgresql", order_id = %order.id))]
-pub async fn place_order(tx: &mut PgConnection, order: &Order, from_cart: bool) -> Result<bool, Error> {
-    let expires_at = order.expires_at.unwrap_or(order.created_at);
-    let product_ids: Vec<Uuid> = order.items.iter().map(|i| i.product_id).collect();
-    let names: Vec<String> = order.items.iter().map(|i| i.name.clone()).collect();
-    let prices: Vec<rust_decimal::Decimal> = order.items.iter().map(|i| i.unit_price.amount()).collect();
-    let quantities: Vec<i32> = order.items.iter().map(|i| i.quantity).collect();
-    let placed = sqlx::query_scalar!(
-        r#"WITH taken AS (
-               DELETE FROM ordering.checkouts WHERE order_id = $1 RETURNING order_id),
-           placed AS (
-               INSERT INTO ordering.orders
-                   (id, user_id, status, total, currency, shipping_address, created_at, updated_at, expires_at)
-               SELECT order_id, $2, $3, $4, $5, $6, $7, $7, $8 FROM taken
-               RETURNING id),
-           lines AS (
-               INSERT INTO ordering.order_items (order_id, product_id, name, unit_price, quantity)
-               SELECT placed.id, l.* FROM placed, UNNEST($9::uuid[], $10::text[], $11::numeric[], $12::int[]) AS l),
-           emptied AS (
-               DELETE FROM ordering.cart_items
-               WHERE $13 AND user_id = $2 AND product_id = ANY($9) AND EXISTS (SELECT 1 FROM placed))
-           SELECT count(*) AS "placed!" FROM placed"#,
-        order.id,
-        order.user_id,
-        order.status.as_str(),
-        order.total.amount(),
-        order.currency,
-        Json(&order.shipping_address) as _,
-        order.created_at,
-        expires_at,
-        &product_ids,
-        &names,
-        &prices,
-        &quantities,
-        from_cart
+/// What the payment service reads of an order before charging it: one row, no lines.
+#[derive(Debug)]
+pub struct OrderToPay {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub status: OrderStatus,
+    pub total: Money,
+    pub currency: String,
+}
+
+#[tracing::instrument(skip_all, fields(db.system.name = "postgresql", %id))]
+pub async fn order_to_pay(db: &PgPool, id: Uuid) -> Result<Option<OrderToPay>, Error> {
+    Ok(sqlx::query_as!(
+        OrderToPay,
+        r#"SELECT id, user_id, status AS "status: OrderStatus", total AS "total: Money", currency
+           FROM ordering.orders WHERE id = $1"#,
+        id
     )
-    .fetch_one(&mut *tx)
-    .await?;
-    if placed == 0 {
-        return Ok(false);
-    }
-    let event = OrderEvent {
-        order_id: order.id,
-        user_id: order.user_id,
-        status: order.status,
-        previous_status: None,
-        reason: None,
-        total: Some(order.total),
-        currency: Cow::Borrowed(&order.currency),
-        items: Some(&order.items),
-        payment_id: None,
-    };
-    events::emit_event(tx, EventType::OrderCreated, order.id, &event).await?;
-    Ok(true)
+    .fetch_optional(db)
+    .await?)
 }
 
 /// [`find_order_in`] on a connection of the pool (whose span it is).

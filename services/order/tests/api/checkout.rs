@@ -65,8 +65,11 @@ async fn an_order_reserves_its_stock_at_the_reserved_prices() {
     assert_eq!(data["total"], "60.27");
     assert_eq!(data["items"].as_array().unwrap().len(), 2);
     assert!(app.reservation(id).await.is_some());
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM ordering.checkouts").fetch_one(&app.db).await.unwrap();
-    assert_eq!(left, 0, "the checkout record went with the order");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM ordering.idempotency_keys WHERE status IS NULL")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the checkout's claim went with the order");
 }
 
 #[tokio::test]
@@ -118,7 +121,8 @@ async fn an_item_out_of_stock_reserves_nothing() {
     assert_eq!(body["detail"], format!("only 1 left of product {scarce}"));
     assert_eq!((app.stock_of(plenty).await, app.stock_of(scarce).await), (10, 1), "nothing reserved");
     assert_eq!(app.order_count().await, 0);
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM ordering.checkouts").fetch_one(&app.db).await.unwrap();
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ordering.idempotency_keys").fetch_one(&app.db).await.unwrap();
     assert_eq!(left, 0, "a refused checkout leaves nothing to recover");
 
     let unknown = Uuid::now_v7();

@@ -67,7 +67,12 @@ async fn a_retry_with_the_same_key_finishes_a_checkout_that_failed_half_way() {
     app.stop_products().await;
     let res = app.place_with_key(&alice.token, "retry-me", &body).await;
     assert_eq!(res.status(), 503);
-    let pending: Uuid = sqlx::query_scalar("SELECT order_id FROM ordering.checkouts").fetch_one(&app.db).await.unwrap();
+    let pending: Uuid = sqlx::query_scalar(
+        "SELECT (progress->>'order_id')::uuid FROM ordering.idempotency_keys WHERE key = 'retry-me' AND status IS NULL",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
 
     app.restart_products().await;
     let res = app.place_with_key(&alice.token, "retry-me", &body).await;
@@ -90,16 +95,17 @@ async fn a_checkout_that_died_after_reserving_is_released() {
     let app = TestApp::spawn_with(&[("UPSTREAM_TIMEOUT", "200ms"), ("CHECKOUT_RECOVERY_AFTER", "1s")]).await;
     let alice = app.customer();
     let product = app.product("1.00", 10).await;
-    // What a process that crashed mid-checkout leaves: its checkout record, and stock
-    // reserved under that order id by the product service, but no order.
+    // What a process that crashed mid-checkout leaves: its checkout's claim (on a key of
+    // its own, it came without one), and stock reserved under that order id by the
+    // product service, but no order.
     let order_id = Uuid::now_v7();
     sqlx::query(
-        "INSERT INTO ordering.checkouts (order_id, user_id, items, from_cart)
-         VALUES ($1, $2, $3, false)",
+        "INSERT INTO ordering.idempotency_keys (scope, key, fingerprint, claim, running_until, progress)
+         VALUES ($1, $2, '', gen_random_uuid(), now(), $3)",
     )
-    .bind(order_id)
-    .bind(alice.id)
-    .bind(json!([{"product_id": product, "quantity": 3}]))
+    .bind(alice.id.to_string())
+    .bind(format!("\u{1}checkout:{order_id}"))
+    .bind(json!({"order_id": order_id, "lines": [{"product_id": product, "quantity": 3}], "from_cart": false}))
     .execute(&app.db)
     .await
     .unwrap();
@@ -115,7 +121,8 @@ async fn a_checkout_that_died_after_reserving_is_released() {
     assert_eq!((kind.as_str(), aggregate), ("order.cancelled", order_id));
     assert_eq!(data["reason"], "checkout_failed");
     assert_eq!(app.order_count().await, 0);
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM ordering.checkouts").fetch_one(&app.db).await.unwrap();
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ordering.idempotency_keys").fetch_one(&app.db).await.unwrap();
     assert_eq!(left, 0);
     // A reservation for that order arriving late is refused, so nothing stays held.
     assert_eq!(products.post("/internal/reservations", &body, Some(&token)).await.status(), 409);

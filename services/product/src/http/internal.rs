@@ -131,14 +131,9 @@ pub(super) async fn reserve(
     // reservation it ended is run again (nothing of it was kept).
     let mut attempt = 1;
     let (reservation, changed) = loop {
-        let mut tx = state.db.begin().await?;
-        match repository::reserve(&mut tx, req.order_id, &lines, first_line).await {
+        match repository::reserve(&state.db, req.order_id, &lines, first_line).await {
             Err(Error::Database(err)) if common::db::is_deadlock(&err) && attempt < 3 => attempt += 1,
-            reserved => {
-                let reserved = reserved?;
-                tx.commit().await?;
-                break reserved;
-            }
+            reserved => break reserved?,
         }
     };
     // Each product lost the units reserved of it: only one that ran out leaves listings.

@@ -4,13 +4,12 @@
 use std::borrow::Cow;
 
 use common::contracts::{EventType, StockChanged};
-use common::events;
+use common::events::Outgoing;
 use common::money::Money;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::*;
-use crate::TOPIC;
 use crate::domain::{Product, ReservationEvent, ReservationLine, ReservationStatus};
 use crate::error::Error;
 
@@ -47,97 +46,142 @@ pub(super) async fn reserved_items(tx: &mut PgConnection, order_id: Uuid) -> Res
     .await?)
 }
 
-/// Reserves every line or none. The reservation row is claimed first, so a retry for the
-/// same order finds it and reserves nothing more; each decrement guards on the stock it
-/// needs, so the database, not this code, decides who gets the last unit. `line_index`
-/// maps a merged line back to the request's first line for that product.
+/// Reserves every line or none, in one statement (its own transaction): the products
+/// are locked in id order (two reservations of the same products cannot deadlock), and
+/// only if every line can be had are the reservation claimed, the stock taken, the lines
+/// and prices kept and each product's `product.stock_changed` written. A reservation
+/// already made for the order is answered as it stands (a retry); one released first (its
+/// order ended) is refused. `line_index` maps a merged line back to the request's first
+/// line for that product.
+///
+/// The lines go in as JSON rather than arrays: an array's length is known to the plan
+/// made for each call and not to the one made once, so PostgreSQL planned the statement
+/// again on every call, which cost more than running it.
 #[tracing::instrument(skip_all, fields(db.system.name = "postgresql", %order_id))]
 pub async fn reserve(
-    tx: &mut PgConnection,
+    db: &PgPool,
     order_id: Uuid,
     lines: &[ReservationLine],
     line_index: impl Fn(Uuid) -> usize,
 ) -> Result<(Reservation, Vec<Product>), Error> {
-    let claimed = sqlx::query!(
-        "INSERT INTO catalog.reservations (order_id, status) VALUES ($1, 'reserved') ON CONFLICT (order_id) DO NOTHING",
-        order_id
-    )
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if claimed == 0 {
-        let status = sqlx::query_scalar!(
-            r#"SELECT status AS "status: ReservationStatus" FROM catalog.reservations WHERE order_id = $1"#,
-            order_id
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        if status == ReservationStatus::Released {
-            return Err(Error::ReservationReleased);
-        }
-        let items = reserved_items(tx, order_id).await?;
-        return Ok((Reservation { status, items, created: false }, Vec::new()));
+    let wanted: Vec<serde_json::Value> =
+        lines.iter().map(|l| serde_json::json!({"product_id": l.product_id, "quantity": l.quantity})).collect();
+    // Each product's event, its new stock filled in by the statement.
+    let mut events = Vec::with_capacity(lines.len());
+    for line in lines {
+        let reason = Cow::Borrowed("reserved");
+        let data = StockChanged { product_id: line.product_id, stock: 0, reason, order_id: Some(order_id) };
+        let event = Outgoing::new(EventType::ProductStockChanged, line.product_id, &data)?;
+        events.push(serde_json::json!({"product_id": line.product_id, "id": event.id, "envelope": event.envelope}));
     }
-    // Every line in one statement: the rows are locked in the lines' order (by product
-    // id), so two reservations of the same products cannot deadlock, and each decrement
-    // guards on the stock it needs.
-    let product_ids: Vec<Uuid> = lines.iter().map(|l| l.product_id).collect();
-    let quantities: Vec<i32> = lines.iter().map(|l| l.quantity).collect();
-    let taken = sqlx::query_as!(
-        Product,
-        r#"WITH locked AS (
-               SELECT id FROM catalog.products WHERE id = ANY($2) ORDER BY id FOR UPDATE),
+    let traceparent = common::trace::outgoing();
+    let rows = sqlx::query!(
+        r#"WITH lines AS (
+               SELECT l.product_id, l.quantity FROM jsonb_to_recordset($2) AS l(product_id uuid, quantity int)),
+           earlier AS (
+               SELECT status FROM catalog.reservations WHERE order_id = $1),
+           locked AS (
+               SELECT p.id, p.stock, p.deleted_at IS NULL AS live FROM catalog.products p
+               WHERE p.id IN (SELECT product_id FROM lines) AND NOT EXISTS (SELECT 1 FROM earlier)
+               ORDER BY p.id FOR UPDATE),
+           verdict AS (
+               SELECT NOT EXISTS (SELECT 1 FROM earlier)
+                      AND bool_and(k.id IS NOT NULL AND k.live AND k.stock >= l.quantity) AS ok
+               FROM lines l LEFT JOIN locked k ON k.id = l.product_id),
+           claimed AS (
+               INSERT INTO catalog.reservations (order_id, status)
+               SELECT $1, 'reserved' FROM verdict WHERE ok
+               ON CONFLICT (order_id) DO NOTHING RETURNING order_id),
            taken AS (
                UPDATE catalog.products p SET stock = p.stock - l.quantity, updated_at = clock_timestamp()
-               FROM UNNEST($2::uuid[], $3::int[]) AS l(product_id, quantity)
-               JOIN locked k ON k.id = l.product_id
-               WHERE p.id = l.product_id AND p.deleted_at IS NULL AND p.stock >= l.quantity
+               FROM lines l, claimed
+               WHERE p.id = l.product_id
                RETURNING p.id, p.sku, p.name, p.description, p.price, p.currency, p.stock, p.category_id,
                          p.created_at, p.updated_at, l.quantity),
            items AS (
                INSERT INTO catalog.reservation_items (order_id, product_id, quantity, unit_price)
-               SELECT $1, id, quantity, price FROM taken)
-           SELECT id AS "id!", sku AS "sku!", name AS "name!", description AS "description!",
-                  price AS "price!: Money", currency AS "currency!", stock AS "stock!",
-                  category_id AS "category_id!", created_at AS "created_at!", updated_at AS "updated_at!"
-           FROM taken ORDER BY id"#,
+               SELECT $1, id, quantity, price FROM taken),
+           events AS (
+               INSERT INTO catalog.outbox (id, topic, aggregate_id, event_type, envelope, traceparent)
+               SELECT e.id, $3, t.id, $4, jsonb_set(e.envelope, '{data,stock}', to_jsonb(t.stock)), $5
+               FROM taken t JOIN jsonb_to_recordset($6) AS e(product_id uuid, id uuid, envelope jsonb)
+                 ON e.product_id = t.id
+               ORDER BY t.id)
+           SELECT (SELECT status FROM earlier) AS "earlier?: ReservationStatus",
+                  (SELECT ok FROM verdict) AS "ok?",
+                  t.id AS "id?", t.sku AS "sku?", t.name AS "name?", t.description AS "description?",
+                  t.price AS "price?: Money", t.currency AS "currency?", t.stock AS "stock?",
+                  t.category_id AS "category_id?", t.created_at AS "created_at?", t.updated_at AS "updated_at?",
+                  t.quantity AS "quantity?"
+           FROM (SELECT 1) AS one LEFT JOIN taken t ON true
+           ORDER BY t.id"#,
         order_id,
-        &product_ids,
-        &quantities
+        serde_json::Value::Array(wanted) as _,
+        EventType::ProductStockChanged.topic(),
+        EventType::ProductStockChanged.as_str(),
+        traceparent,
+        serde_json::Value::Array(events) as _,
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(db)
     .await?;
-    if taken.len() < lines.len() {
-        // Some line could not be had: the caller's transaction is rolled back; name the
-        // first such line.
-        let line = lines.iter().find(|l| !taken.iter().any(|p| p.id == l.product_id)).unwrap_or(&lines[0]);
-        return Err(match available_stock(tx, line.product_id).await? {
-            Some(available) => Error::InsufficientStock { product_id: line.product_id, available },
-            None => Error::UnknownProduct { line: line_index(line.product_id) },
-        });
-    }
-    let events: Vec<_> = taken
-        .iter()
-        .map(|product| {
-            let reason = Cow::Borrowed("reserved");
-            let data = StockChanged { product_id: product.id, stock: product.stock, reason, order_id: Some(order_id) };
-            (EventType::ProductStockChanged.as_str(), product.id, data)
-        })
-        .collect();
-    events::emit_many(tx, TOPIC, &events).await?;
-    let items = taken
-        .iter()
-        .zip(lines)
-        .map(|(product, line)| ReservedItem {
-            product_id: product.id,
+    let first = rows.first().ok_or_else(|| Error::Database(sqlx::Error::RowNotFound))?;
+    let (earlier, ok) = (first.earlier, first.ok.unwrap_or(false));
+    let mut taken = Vec::with_capacity(rows.len());
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (Some(id), Some(sku), Some(name), Some(description), Some(price), Some(currency), Some(stock)) =
+            (row.id, row.sku, row.name, row.description, row.price, row.currency, row.stock)
+        else {
+            continue;
+        };
+        let (Some(category_id), Some(created_at), Some(updated_at), Some(quantity)) =
+            (row.category_id, row.created_at, row.updated_at, row.quantity)
+        else {
+            continue;
+        };
+        let product =
+            Product { id, sku, name, description, price, currency, stock, category_id, created_at, updated_at };
+        items.push(ReservedItem {
+            product_id: id,
             name: product.name.clone(),
-            quantity: line.quantity,
-            unit_price: product.price,
+            quantity,
+            unit_price: price,
             currency: product.currency.clone(),
-        })
-        .collect();
-    let changed = taken;
-    Ok((Reservation { status: ReservationStatus::Reserved, items, created: true }, changed))
+        });
+        taken.push(product);
+    }
+    if !taken.is_empty() {
+        return Ok((Reservation { status: ReservationStatus::Reserved, items, created: true }, taken));
+    }
+    if earlier.is_none() && !ok {
+        // Some line could not be had: nothing was taken; name the first such line.
+        let mut conn = db.acquire().await?;
+        for line in lines {
+            let available = available_stock(&mut conn, line.product_id).await?;
+            if available.is_none_or(|available| available < line.quantity) {
+                return Err(match available {
+                    Some(available) => Error::InsufficientStock { product_id: line.product_id, available },
+                    None => Error::UnknownProduct { line: line_index(line.product_id) },
+                });
+            }
+        }
+        // Enough came back meanwhile (a cancellation): the caller may simply try again.
+        return Err(Error::InsufficientStock { product_id: lines[0].product_id, available: 0 });
+    }
+    // Made before (a retry), or by a request for the same order a moment ago.
+    let mut conn = db.acquire().await?;
+    let status = sqlx::query_scalar!(
+        r#"SELECT status AS "status: ReservationStatus" FROM catalog.reservations WHERE order_id = $1"#,
+        order_id
+    )
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| Error::Database(sqlx::Error::RowNotFound))?;
+    if status == ReservationStatus::Released {
+        return Err(Error::ReservationReleased);
+    }
+    let items = reserved_items(&mut conn, order_id).await?;
+    Ok((Reservation { status, items, created: false }, Vec::new()))
 }
 
 /// Applies an order's fate to its reservation: paid commits it, cancelled or expired
