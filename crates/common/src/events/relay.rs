@@ -1,11 +1,15 @@
 //! The outbox relay: publishes what services wrote into their outbox, at least once and
 //! in order per aggregate, and marks it published.
 //!
-//! Each round claims a batch of unpublished rows with `FOR UPDATE SKIP LOCKED`, so
-//! several replicas share the work without publishing the same row twice. A batch holds
-//! at most the oldest unpublished row of each aggregate: a later event of an aggregate
-//! waits until every earlier one is published, whichever replica holds it, which keeps
-//! one order's events in order on the topic.
+//! One relay of a service publishes at a time, whichever replica it runs in: a round
+//! claims its batch under a transaction-scoped advisory lock of the schema, and a replica
+//! that does not get it finds nothing to do this round. The batch is the oldest
+//! unpublished rows, of which it holds at most the oldest of each aggregate: a later
+//! event of an aggregate waits until every earlier one is published, so that a failed
+//! publish cannot let a later one overtake it, which keeps one order's events in order on
+//! the topic. This relies on what every emitter does: it writes an aggregate's event in
+//! the transaction that changed the aggregate's row, after that change, so the row's lock
+//! orders the events' `seq` as their commits.
 //!
 //! A relay sleeps until the work that wrote to its outbox in this process is done
 //! ([`wake`], called by [`super::waking`]), or until [`IDLE_POLL`] has passed, which
@@ -54,6 +58,39 @@ pub struct Round {
     /// More rows may be waiting now: the batch was full, or it held back the later events
     /// of one of its aggregates.
     pub more: bool,
+    /// Another replica's relay was publishing this outbox: nothing was looked at.
+    pub busy: bool,
+}
+
+/// How soon a relay looks again when another replica's relay had the outbox: that one
+/// may have missed what this replica wrote (it is woken by its own writes).
+const BUSY_RETRY: Duration = Duration::from_millis(50);
+
+/// A round's claim: whether this relay held the outbox, and each row it claimed.
+#[derive(sqlx::FromRow)]
+struct Claimed {
+    held: bool,
+    id: Option<Uuid>,
+    seq: Option<i64>,
+    topic: Option<String>,
+    aggregate_id: Option<Uuid>,
+    envelope: Option<serde_json::Value>,
+    traceparent: Option<String>,
+    has_successor: Option<bool>,
+}
+
+impl Claimed {
+    fn row(self) -> Option<OutboxRow> {
+        Some(OutboxRow {
+            id: self.id?,
+            topic: self.topic?,
+            aggregate_id: self.aggregate_id?,
+            envelope: self.envelope?,
+            traceparent: self.traceparent?,
+            seq: self.seq?,
+            has_successor: self.has_successor?,
+        })
+    }
 }
 
 /// The relays of this process, by the topic they publish to, for [`wake`].
@@ -107,35 +144,35 @@ impl Relay {
     /// [`Relay::publish_pending`], telling whether to look again at once.
     async fn publish_round(&self) -> anyhow::Result<Round> {
         // The batch is claimed and marked published in one statement; what then fails to
-        // publish is unmarked before the commit.
+        // publish is unmarked before the commit. (Replicas sharing the rows with `SKIP
+        // LOCKED` instead needed a look, for each row, for an earlier one of its aggregate
+        // held by another replica; under load those lookups, through index entries of rows
+        // published since the last vacuum, cost more than the rest of the round.)
         let mut tx = self.db.begin().await?;
-        let mut rows: Vec<OutboxRow> = sqlx::query_as(
-            "WITH batch AS (
-                 SELECT o.id,
-                        EXISTS (SELECT 1 FROM outbox later
-                                WHERE later.published_at IS NULL
-                                  AND later.aggregate_id = o.aggregate_id
-                                  AND later.seq > o.seq) AS has_successor
-                 FROM outbox o
-                 WHERE o.published_at IS NULL
-                   AND NOT EXISTS (
-                       SELECT 1 FROM outbox earlier
-                       WHERE earlier.published_at IS NULL
-                         AND earlier.aggregate_id = o.aggregate_id
-                         AND earlier.seq < o.seq)
-                 ORDER BY o.seq
-                 LIMIT $1
-                 FOR UPDATE SKIP LOCKED)
-             UPDATE outbox SET published_at = now() FROM batch WHERE outbox.id = batch.id
-             RETURNING outbox.id, outbox.seq, outbox.topic, outbox.aggregate_id, outbox.envelope,
-                       outbox.traceparent, batch.has_successor",
+        let claimed: Vec<Claimed> = sqlx::query_as(
+            "WITH relay AS (
+                 SELECT pg_try_advisory_xact_lock(hashtextextended('outbox relay ' || current_schema(), 0)) AS held),
+             candidates AS (
+                 SELECT id, aggregate_id, seq FROM outbox
+                 WHERE published_at IS NULL AND (SELECT held FROM relay)
+                 ORDER BY seq LIMIT $1 FOR UPDATE),
+             batch AS (
+                 SELECT DISTINCT ON (aggregate_id) id, count(*) OVER (PARTITION BY aggregate_id) > 1 AS has_successor
+                 FROM candidates ORDER BY aggregate_id, seq),
+             published AS (
+                 UPDATE outbox SET published_at = now() FROM batch WHERE outbox.id = batch.id
+                 RETURNING outbox.id, outbox.seq, outbox.topic, outbox.aggregate_id, outbox.envelope,
+                           outbox.traceparent, batch.has_successor)
+             SELECT relay.held, published.* FROM relay LEFT JOIN published ON true",
         )
         .bind(BATCH_SIZE)
         .fetch_all(&mut *tx)
         .await?;
+        let busy = !claimed.first().is_some_and(|c| c.held);
+        let mut rows: Vec<OutboxRow> = claimed.into_iter().filter_map(Claimed::row).collect();
         rows.sort_by_key(|row| row.seq);
         if rows.is_empty() {
-            return Ok(Round { published: 0, more: false });
+            return Ok(Round { published: 0, more: false, busy });
         }
         let more = rows.len() as i64 == BATCH_SIZE || rows.iter().any(|r| r.has_successor);
         if self.recreate_topics.swap(false, std::sync::atomic::Ordering::Relaxed) {
@@ -171,7 +208,7 @@ impl Relay {
         }
         tx.commit().await?;
         match failure {
-            None => Ok(Round { published, more }),
+            None => Ok(Round { published, more, busy: false }),
             Some((topic, err)) => {
                 self.recreate_topics.store(true, std::sync::atomic::Ordering::Relaxed);
                 Err(err.context(format!("{published} of {} events published to {topic}", rows.len())))
@@ -190,6 +227,10 @@ impl Relay {
             // After a round that left nothing behind, the next look waits to be woken (a
             // wake while publishing counts): an empty look costs three statements.
             match self.publish_round().await {
+                Ok(Round { busy: true, .. }) => {
+                    backoff.reset();
+                    tokio::time::sleep(BUSY_RETRY).await;
+                }
                 Ok(Round { more: false, .. }) => {
                     backoff.reset();
                     let _ = tokio::time::timeout(self.idle_poll, self.woken.notified()).await;
@@ -230,9 +271,11 @@ async fn housekeeping(service: &'static str, db: PgPool) {
             if let Err(err) = deleted {
                 tracing::warn!(service, error = %err, "could not clean up the outbox");
             }
-            let expired = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
-                .execute(&db)
-                .await;
+            let expired = sqlx::query(
+                "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours' AND status IS NOT NULL",
+            )
+            .execute(&db)
+            .await;
             if let Err(err) = expired {
                 tracing::warn!(service, error = %err, "could not delete expired idempotency keys");
             }
