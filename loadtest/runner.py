@@ -159,10 +159,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 BACKING = ("postgres", "redis-server")
 
 
-def cpu_seconds(server: int | None) -> dict[int, float]:
-    """CPU seconds (user + system) so far of the server process and of every PostgreSQL and
-    Redis process, by pid. Throughput on a shared machine moves with the neighbours; the CPU
-    a request costs moves much less, so the report gives both."""
+def cpu_seconds(server: int | list[int] | None) -> dict[int, float]:
+    """CPU seconds (user + system) so far of the serving process(es) and of every PostgreSQL
+    and Redis process, by pid. Throughput on a shared machine moves with the neighbours; the
+    CPU a request costs moves much less, so the report gives both."""
+    servers = set(server) if isinstance(server, list) else {server}
     found = {}
     for entry in pathlib.Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -172,14 +173,14 @@ def cpu_seconds(server: int | None) -> dict[int, float]:
         except OSError:
             continue
         command, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-        if int(entry.name) == server or command in BACKING:
+        if int(entry.name) in servers or command in BACKING:
             found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
     return found
 
 
 def wrk(
     label: str, script: str, url: str, args, env: dict[str, str], seconds: int, progress: str,
-    server: int | None = None,
+    server: int | list[int] | None = None,
 ) -> dict:
     """One wrk run; its result line parsed. Shows what runs and how long is left. With the
     server's pid, the CPU each request cost it (and PostgreSQL and Redis) is measured too."""
@@ -215,9 +216,11 @@ def wrk(
         for status, n in per_thread.items():
             statuses[status] = statuses.get(status, 0) + n
     result["non_2xx_by_status"] = statuses
-    if server in cpu_after and server in cpu_before and result["requests"]:
+    servers = set(server) if isinstance(server, list) else {server}
+    if servers <= cpu_after.keys() and servers <= cpu_before.keys() and result["requests"]:
         spent = {pid: cpu_after[pid] - cpu_before.get(pid, 0.0) for pid in cpu_after}
-        server_s, backing_s = spent.pop(server), sum(spent.values())
+        server_s = sum(spent.pop(pid) for pid in servers)
+        backing_s = sum(spent.values())
         result["cpu_us_per_request"] = {
             "server": round(server_s * 1e6 / result["requests"], 1),
             "postgres_redis": round(backing_s * 1e6 / result["requests"], 1),
@@ -305,6 +308,15 @@ def audit(database: str) -> dict:
 # PostgreSQL flushes a backend's transaction counts to `pg_stat_database` within about ten
 # seconds of it going idle: counts are read that long after the work they count.
 STATS_SETTLE_S = 11
+
+
+def checkpoint(database: str | None) -> None:
+    """A checkpoint of the local server before a measured run, so that none lands inside
+    it (one is due every five minutes, and its writes, with the full-page images every page
+    then costs the WAL again, took a third off the checkout run they fell in, measured):
+    every run then measures the same phase of the database's write cycle."""
+    if database and database.startswith(LOCAL_SERVER):
+        psql(f"{LOCAL_SERVER}/postgres", "CHECKPOINT")
 
 
 def statements_counted(database: str) -> bool:
@@ -446,6 +458,7 @@ def run_all(args, out, scenarios, base, ceiling_base, database, processes, memor
         method, path = CEILINGS[name]
         env_run = {"LOADTEST_METHOD": method, "LOADTEST_PATH": path}
         label = f"ceiling-{name}"
+        checkpoint(database)
         if args.warmup:
             wrk(label + " (warm-up)", "ceiling.lua", ceiling_base, args, env_run, args.warmup, f"[{step}/{runs}]")
         results[label] = wrk(
@@ -461,6 +474,7 @@ def run_all(args, out, scenarios, base, ceiling_base, database, processes, memor
         if args.warmup:
             warm_up(name, base, run_args, f"[{step}/{runs}]")
         counting = name == "checkout" and database and statements_counted(database)
+        checkpoint(database)
         if counting:
             idle, idle_end = idle_database_work(database)
         before = cache_counters(base), redis_commands()
@@ -477,10 +491,11 @@ def run_all(args, out, scenarios, base, ceiling_base, database, processes, memor
     for name, process in processes.items():
         memory[name]["after_mib"] = process.rss_mib()
         process.stop()
-    if not args.base_url and "product-by-id" in scenarios:
-        services, product_runs = measure_services(args, out)
+    deployed = [name for name in ("product-by-id", "checkout") if name in scenarios]
+    if not args.base_url and deployed:
+        services, deployed_runs = measure_services(args, out, deployed, database)
         memory.update(services)
-        results.update(product_runs)
+        results.update(deployed_runs)
     return results, memory, audit_result
 
 
@@ -607,12 +622,30 @@ SERVICES = {"user": 8081, "product": 8082, "order": 8083, "payment": 8084}
 
 
 ALONE = "product-by-id (product-service alone)"
+DEPLOYED = "checkout (four services, Envoy, Kafka)"
 
 
-def measure_services(args, out: pathlib.Path) -> tuple[dict, dict]:
+def gateway_config(ports: dict[str, int], listen: int, admin: int) -> str:
+    """deploy/envoy/envoy.yaml as it is, but for the services' and its own local ports."""
+    text = (ROOT / "deploy" / "envoy" / "envoy.yaml").read_text()
+    for name, port in ports.items():
+        deployed = f"address: {name}-service, port_value: {SERVICES[name]}"
+        if deployed not in text:
+            sys.exit(f"deploy/envoy/envoy.yaml has no endpoint '{deployed}'")
+        text = text.replace(deployed, f"address: 127.0.0.1, port_value: {port}")
+    for deployed, local in (("port_value: 8080 }", listen), ("port_value: 9901 }", admin)):
+        if deployed not in text:
+            sys.exit(f"deploy/envoy/envoy.yaml has no '{deployed}'")
+        text = text.replace(deployed, f"port_value: {local} }}", 1)
+    return text
+
+
+def measure_services(args, out: pathlib.Path, runs: list[str], database: str | None) -> tuple[dict, dict]:
     """The four service binaries as they are deployed (each its own process, with Redis and
     a Kafka-protocol broker): resident memory idle, and after product-by-id against the
-    product service alone. Skipped, and said so, without tansu or the release binaries."""
+    product service alone; and the checkout through the Envoy gateway of deploy/envoy
+    (the `envoy` of ENVOY or the PATH; loadtest/run installs one), with the database work
+    an order costs. Skipped, and said so, without tansu or the release binaries."""
     bin_dir = binaries()
     tansu = os.environ.get("TANSU") or shutil.which("tansu") or str(pathlib.Path.home() / ".cargo/bin/tansu")
     missing = [name for name in SERVICES if not (bin_dir / f"{name}-service").exists()]
@@ -635,10 +668,16 @@ def measure_services(args, out: pathlib.Path) -> tuple[dict, dict]:
         "KAFKA_BROKERS": f"127.0.0.1:{broker_port}",
         "PRODUCT_SERVICE_URL": f"http://127.0.0.1:{ports['product']}",
         "ORDER_SERVICE_URL": f"http://127.0.0.1:{ports['order']}",
+        "USER_SERVICE_URL": f"http://127.0.0.1:{ports['user']}",
         "RUST_LOG": "warn",
         "DB_MAX_CONNECTIONS": "16",
+        # Behind the gateway, as deployed; and the load settings shop runs with.
+        "TRUST_FORWARDED_FOR": "true",
+        "BCRYPT_COST": "4",
+        **RAISED_LIMITS,
     }
     services: dict[str, Process] = {}
+    gateway = None
     try:
         for name in SERVICES:
             service = Process(f"{name}-service", str(bin_dir / f"{name}-service"), [],
@@ -655,12 +694,40 @@ def measure_services(args, out: pathlib.Path) -> tuple[dict, dict]:
             pid = services["product-service"].process.pid
             return wrk(label, "product-by-id.lua", base, args, {}, args.duration, "[+]", pid)
 
-        runs = {ALONE: product_by_id(ALONE)}
+        measured = {}
+        if "product-by-id" in runs:
+            measured[ALONE] = product_by_id(ALONE)
         for name, service in services.items():
             memory[name]["after_mib"] = service.rss_mib()
-            memory[name]["loaded"] = name == "product-service"
-        return memory, runs
+            memory[name]["loaded"] = name == "product-service" and ALONE in measured
+        envoy = os.environ.get("ENVOY") or shutil.which("envoy")
+        if "checkout" in runs and not envoy:
+            say("checkout through the gateway not measured: needs envoy (loadtest/run installs it)")
+        elif "checkout" in runs:
+            listen, admin = free_port(), free_port()
+            config = out / "envoy.yaml"
+            config.write_text(gateway_config(ports, listen, admin))
+            gateway = Process("envoy", envoy, ["-c", str(config), "--log-level", "warn"], {}, out / "envoy.log")
+            gateway.wait_ready(f"http://127.0.0.1:{admin}/ready")
+            base = f"http://127.0.0.1:{listen}"
+            # Its health checks must have found every service up before routing to it.
+            Process.wait_ready(gateway, f"{base}/api/products?limit=1")
+            gateway_rate_limit(f"http://127.0.0.1:{admin}", enforced=False)
+            if args.warmup:
+                wrk(f"{DEPLOYED} (warm-up)", "checkout.lua", base, args, {}, args.warmup, "[+]")
+            counting = database and statements_counted(database)
+            checkpoint(database)
+            if counting:
+                idle, idle_end = idle_database_work(database)
+            pids = [service.process.pid for service in services.values()] + [gateway.process.pid]
+            measured[DEPLOYED] = wrk(DEPLOYED, "checkout.lua", base, args, {}, args.duration, "[+]", pids)
+            if counting:
+                measured[DEPLOYED]["database_work"] = database_work_per_order(database, idle, idle_end, measured[DEPLOYED])
+            measured[DEPLOYED]["connections"] = args.connections
+        return memory, measured
     finally:
+        if gateway:
+            gateway.stop()
         for service in services.values():
             service.stop()
         broker.kill()
@@ -722,8 +789,12 @@ def build_report(args, scenarios, results, memory, audit_result, today) -> dict:
     rows = {}
     # The product pages again, from the product service as deployed, with tracing and
     # without (no targets of their own).
-    extra = [name for name in (ALONE,) if name in results]
-    specs = {**SCENARIOS, **{name: {"ceiling": "json", "target": None} for name in extra}}
+    extra = [name for name in (ALONE, DEPLOYED) if name in results]
+    specs = {
+        **SCENARIOS,
+        ALONE: {"ceiling": "json", "target": None},
+        DEPLOYED: {"ceiling": "tx", "target": None},
+    }
     for name in [*scenarios, *extra]:
         row = summary(results[name])
         spec = specs[name]
