@@ -201,20 +201,15 @@ impl AuthUser {
     }
 }
 
-impl<S> FromRequestParts<S> for AuthUser
-where
-    Arc<Authenticator>: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+impl AuthUser {
+    /// The caller of `parts`, verified once per request (kept in its extensions).
+    async fn of(parts: &mut Parts, auth: &Authenticator) -> Result<Self, ApiError> {
         if let Some(user) = parts.extensions.get::<AuthUser>() {
             return Ok(user.clone());
         }
         let token =
             bearer(&parts.headers).ok_or_else(|| ApiError::unauthorized("a bearer access token is required"))?;
-        let claims = Arc::<Authenticator>::from_ref(state).verify(token).await?;
+        let claims = auth.verify(token).await?;
         let user = AuthUser { id: claims.sub, role: claims.role, claims };
         parts.extensions.insert(user.clone());
         Ok(user)
@@ -226,36 +221,38 @@ where
 #[derive(Debug, Clone)]
 pub struct AdminUser(pub AuthUser);
 
-impl<S> FromRequestParts<S> for AdminUser
-where
-    Arc<Authenticator>: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let user = AuthUser::from_request_parts(parts, state).await?;
-        if user.is_admin() { Ok(Self(user)) } else { Err(ApiError::new(ErrorCode::Forbidden)) }
-    }
-}
-
 /// Another service of the platform calling `/internal/*` with a service token.
 #[derive(Debug, Clone)]
 pub struct ServiceCaller(pub ServiceClaims);
 
-impl<S> FromRequestParts<S> for ServiceCaller
-where
-    Arc<Authenticator>: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
+/// An extractor of a caller: what `$read` makes of the request's parts with the state's
+/// [`Authenticator`].
+macro_rules! caller_extractor {
+    ($caller:ty, |$parts:ident, $auth:ident| $read:expr) => {
+        impl<S> FromRequestParts<S> for $caller
+        where
+            Arc<Authenticator>: FromRef<S>,
+            S: Send + Sync,
+        {
+            type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let token =
-            bearer(&parts.headers).ok_or_else(|| ApiError::unauthorized("a valid service token is required"))?;
-        Ok(Self(Arc::<Authenticator>::from_ref(state).verify_service(token)?))
-    }
+            async fn from_request_parts($parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+                let $auth = Arc::<Authenticator>::from_ref(state);
+                $read
+            }
+        }
+    };
 }
+
+caller_extractor!(AuthUser, |parts, auth| AuthUser::of(parts, &auth).await);
+caller_extractor!(AdminUser, |parts, auth| {
+    let user = AuthUser::of(parts, &auth).await?;
+    if user.is_admin() { Ok(Self(user)) } else { Err(ApiError::new(ErrorCode::Forbidden)) }
+});
+caller_extractor!(ServiceCaller, |parts, auth| {
+    let token = bearer(&parts.headers).ok_or_else(|| ApiError::unauthorized("a valid service token is required"))?;
+    Ok(Self(auth.verify_service(token)?))
+});
 
 /// bcrypt hashing and verification on the blocking pool, at most one per core at a time,
 /// so a burst of logins queues for CPU instead of starving the async workers that serve

@@ -89,6 +89,18 @@ pub enum OrderStatus {
     Refunded,
 }
 
+/// What the payment service reads of an order before charging it (`GET
+/// /internal/orders/{id}`): its owner, status and total, one row and no lines.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OrderToPay {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub status: OrderStatus,
+    pub total: Money,
+    #[schema(example = "USD")]
+    pub currency: String,
+}
+
 /// What can happen to an order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OrderAction {

@@ -24,6 +24,9 @@ use crate::error::{ApiError, ErrorCode, FieldErrors};
 /// Request bodies over this many bytes are refused with 413 (API.md).
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+mod integers;
+pub use integers::{integer, optional_integer};
+
 /// A JSON request body (or a JSON response) with the platform's error mapping.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
@@ -109,47 +112,6 @@ pub fn parse<T: Body>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-/// For `#[serde(deserialize_with = "common::extract::integer")]`: a JSON integer, also
-/// when written with a zero fraction (`36.0`), which is the same number in JSON and an
-/// `integer` to JSON Schema, so generated clients may send it. `36.5` stays refused.
-pub fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
-    use serde::de::{Error, Unexpected, Visitor};
-
-    struct Integer;
-    impl Visitor<'_> for Integer {
-        type Value = i64;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("an integer")
-        }
-
-        fn visit_i64<E: Error>(self, v: i64) -> Result<i64, E> {
-            Ok(v)
-        }
-
-        fn visit_u64<E: Error>(self, v: u64) -> Result<i64, E> {
-            i64::try_from(v).map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
-        }
-
-        fn visit_f64<E: Error>(self, v: f64) -> Result<i64, E> {
-            // Below 2^53 every integral float is exact.
-            if v.fract() == 0.0 && v.abs() < 9.0e15 {
-                Ok(v as i64)
-            } else {
-                Err(E::invalid_value(Unexpected::Float(v), &self))
-            }
-        }
-    }
-    deserializer.deserialize_any(Integer)
-}
-
-/// [`integer`] for an optional field (`#[serde(default, deserialize_with = …)]`).
-pub fn optional_integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
-    #[derive(serde::Deserialize)]
-    struct Integer(#[serde(deserialize_with = "integer")] i64);
-    Ok(<Option<Integer> as serde::Deserialize>::deserialize(deserializer)?.map(|Integer(v)| v))
-}
-
 fn contains_escaped_nul(bytes: &[u8]) -> bool {
     bytes.windows(6).any(|w| w[0] == b'\\' && w[1] == b'u' && w[2..].iter().all(|b| *b == b'0'))
 }
@@ -172,9 +134,19 @@ pub trait Body: DeserializeOwned {
     }
 }
 
-/// [`Body::rule_errors`] of a body whose handler checks it with a `parse` of its own.
-pub fn rule_errors_of<T>(parsed: Result<T, ApiError>) -> FieldErrors {
-    parsed.err().and_then(ApiError::into_field_errors).unwrap_or_default()
+/// A body with rules of its own, checked by `parse` into what its handler works with (the
+/// domain's types): its [`Body::rule_errors`] are the fields `parse` refuses.
+pub trait Parse: DeserializeOwned {
+    /// What the handler works with.
+    type Output;
+    /// The body checked against the contract's rules, every refused field named.
+    fn parse(self) -> Result<Self::Output, ApiError>;
+}
+
+impl<T: Parse> Body for T {
+    fn rule_errors(self) -> FieldErrors {
+        self.parse().err().and_then(ApiError::into_field_errors).unwrap_or_default()
+    }
 }
 
 /// The most fields one answer names.

@@ -27,25 +27,58 @@ use crate::db::{self, Schema};
 use crate::events::{self, EventHandler, Subscription};
 use crate::http::{Service, Shared};
 
+/// Who a service is, for the skeleton: its names, its schema and migrations, and how it is
+/// served. One constant per service ([`Spec::ID`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Identity {
+    /// The service's name: its consumer group, its relay's and its metrics' label (`order`).
+    pub name: &'static str,
+    /// Its binary's name, as usage lines, errors and telemetry give it (`order-service`).
+    pub binary: &'static str,
+    /// The schema it owns, and the role that owns it.
+    pub schema: Schema,
+    /// Its migrations.
+    pub migrator: &'static Migrator,
+    /// The port it listens on unless `PORT` says.
+    pub port: u16,
+    /// How its statements are planned ([`db::Plans`]).
+    pub plans: db::Plans,
+    /// Whether it has `seed --products N` ([`Spec::seed`]).
+    pub seeds: bool,
+}
+
+impl Identity {
+    /// A service whose statements are planned as PostgreSQL chooses, with nothing to seed.
+    pub const fn new(
+        name: &'static str,
+        binary: &'static str,
+        schema: Schema,
+        migrator: &'static Migrator,
+        port: u16,
+    ) -> Self {
+        Self { name, binary, schema, migrator, port, plans: db::Plans::Chosen, seeds: false }
+    }
+
+    /// Its statements are planned once ([`db::Plans::Generic`]).
+    pub const fn generic_plans(self) -> Self {
+        Self { plans: db::Plans::Generic, ..self }
+    }
+
+    /// It has `seed --products N`.
+    pub const fn seeding(self) -> Self {
+        Self { seeds: true, ..self }
+    }
+}
+
 /// What a service is made of, implemented by its configuration.
 pub trait Spec: Sized + Sync {
-    /// The service's name: its consumer group, its relay's and its metrics' label (`order`).
-    const NAME: &'static str;
-    /// Its binary's name, as usage lines, errors and telemetry give it (`order-service`).
-    const BINARY: &'static str;
-    /// The schema it owns, and the role that owns it.
-    const SCHEMA: Schema;
-    /// How its statements are planned ([`db::Plans`]).
-    const PLANS: db::Plans = db::Plans::Chosen;
-    /// Whether it has `seed --products N` ([`Spec::seed`]).
-    const SEEDS: bool = false;
+    /// Who it is.
+    const ID: Identity;
     /// What its handlers share (`common::http::AppState<Inner>`).
     type State: Clone + Send + Sync + 'static;
 
-    /// Its migrations.
-    const MIGRATOR: &'static Migrator;
-    /// The service's configuration from the environment.
-    fn from_env(env: &Env) -> Result<Self, ConfigError>;
+    /// The service's own variables, on top of the `common` ones.
+    fn configure(common: CommonConfig, env: &Env) -> Result<Self, ConfigError>;
     /// The part every service has.
     fn common(&self) -> &CommonConfig;
     /// The handlers' state, over the service's pool.
@@ -62,7 +95,12 @@ pub trait Spec: Sized + Sync {
         db: &PgPool,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
 
-    /// Adds `count` generated records, once migrated (only called when [`Spec::SEEDS`]).
+    /// The service's configuration from the environment.
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Self::configure(CommonConfig::from_env(env, Self::ID.port)?, env)
+    }
+
+    /// Adds `count` generated records, once migrated (only called when [`Identity::seeds`]).
     fn seed(&self, count: usize) -> impl Future<Output = anyhow::Result<()>> {
         let _ = count;
         async { anyhow::bail!("this service has nothing to seed") }
@@ -76,27 +114,27 @@ pub trait Spec: Sized + Sync {
 
     /// Applies the schema's migrations.
     fn migrate(&self) -> impl Future<Output = anyhow::Result<()>> {
-        db::migrate(&self.common().database_url, Self::SCHEMA, Self::MIGRATOR)
+        db::migrate(&self.common().database_url, Self::ID.schema, Self::ID.migrator)
     }
 
     /// A pool of the service's schema, in its role.
     fn connect(&self) -> impl Future<Output = anyhow::Result<PgPool>> {
         let common = self.common();
-        db::connect_planned(&common.database_url, Self::SCHEMA, common.db_max_connections, Self::PLANS)
+        db::connect_planned(&common.database_url, Self::ID.schema, common.db_max_connections, Self::ID.plans)
     }
 
     /// Migrates (unless told not to), connects, builds the state, starts the outbox relay
     /// and the workers, and returns the routes.
     fn start(&self, shared: &Shared) -> impl Future<Output = anyhow::Result<Service>> {
         async move {
-            db::prepare(self.common(), Self::SCHEMA, Self::MIGRATOR).await?;
+            db::prepare(self.common(), Self::ID.schema, Self::ID.migrator).await?;
             let db = self.connect().await?;
             let state = self.state(shared, db.clone()).await?;
-            shared.events.ensure_topics(&[events::topic_of(Self::NAME)]).await;
-            shared.workers.adopt(shared.events.spawn_relay(Self::NAME, db.clone()));
+            shared.events.ensure_topics(&[events::topic_of(Self::ID.name)]).await;
+            shared.workers.adopt(shared.events.spawn_relay(Self::ID.name, db.clone()));
             self.workers(shared, &state, &db).await?;
             let (router, openapi) = Self::router(state);
-            Ok(Service { name: Self::NAME, router, openapi, db })
+            Ok(Service { name: Self::ID.name, router, openapi, db })
         }
     }
 }
@@ -105,11 +143,11 @@ pub trait Spec: Sized + Sync {
 /// inbox in `db`), and prunes that inbox as it ages.
 pub async fn consume<S: Spec>(config: &S, shared: &Shared, db: &PgPool, topic: &str, handler: Arc<dyn EventHandler>) {
     let subscription =
-        Subscription { group: S::NAME.to_owned(), topics: vec![topic.to_owned()], db: db.clone(), handler };
+        Subscription { group: S::ID.name.to_owned(), topics: vec![topic.to_owned()], db: db.clone(), handler };
     if let Some(consumer) = shared.events.subscribe(subscription).await {
         shared.workers.adopt(consumer);
     }
-    shared.workers.adopt(events::spawn_inbox_pruning(S::NAME, db.clone(), config.common().inbox_retention));
+    shared.workers.adopt(events::spawn_inbox_pruning(S::ID.name, db.clone(), config.common().inbox_retention));
 }
 
 /// The background work of a process (outbox relays, consumers, jobs), stopped together
@@ -157,12 +195,12 @@ impl Workers {
 /// The usage text of `B`'s binary (the commands every binary has are added by
 /// [`Command::from_args`]).
 fn usage<B: Spec>() -> String {
-    let name = B::BINARY;
-    let seed = if B::SEEDS { " | seed --products N" } else { "" };
+    let name = B::ID.binary;
+    let seed = if B::ID.seeds { " | seed --products N" } else { "" };
     let mut usage = format!(
         "usage: {name} [migrate{seed} | dlq replay TOPIC]\n\n  (no command)       migrate (unless MIGRATE_ON_START=false) and serve\n  migrate            apply the schema's migrations and exit"
     );
-    if B::SEEDS {
+    if B::ID.seeds {
         usage.push_str("\n  seed --products N  migrate, then add N generated products to the catalogue");
     }
     usage
@@ -171,10 +209,10 @@ fn usage<B: Spec>() -> String {
 /// Runs the binary of `B`: reads the command, then does it. A configuration error is
 /// printed and ends the process with status 2, before anything is connected.
 pub async fn main<B: Spec>() -> anyhow::Result<()> {
-    let command = Command::from_args(&usage::<B>(), B::SEEDS);
-    let config = B::from_env(&Env::from_process()).unwrap_or_else(|err| refuse(B::BINARY, err));
+    let command = Command::from_args(&usage::<B>(), B::ID.seeds);
+    let config = B::from_env(&Env::from_process()).unwrap_or_else(|err| refuse(B::ID.binary, err));
     let common = config.common();
-    let _telemetry = crate::telemetry::init_tracing(common, B::BINARY);
+    let _telemetry = crate::telemetry::init_tracing(common, B::ID.binary);
     match command {
         Command::DlqReplay(topic) => crate::events::kafka::replay_command(common, &topic).await,
         Command::Migrate => config.migrate().await,
@@ -184,7 +222,7 @@ pub async fn main<B: Spec>() -> anyhow::Result<()> {
         }
         Command::Serve => {
             if let Err(err) = common.require_shared_infrastructure() {
-                refuse(B::BINARY, err);
+                refuse(B::ID.binary, err);
             }
             let shared = Shared::connect(common).await?;
             let service = config.start(&shared).await?;
@@ -209,15 +247,15 @@ mod tests {
     static FAKE_MIGRATOR: Migrator = Migrator::DEFAULT;
 
     impl<const SEEDS: bool> Spec for Fake<SEEDS> {
-        const NAME: &'static str = "fake";
-        const BINARY: &'static str = "fake-service";
-        const SCHEMA: Schema = Schema { name: "fake", role: "fake_svc" };
-        const SEEDS: bool = SEEDS;
-        const MIGRATOR: &'static Migrator = &FAKE_MIGRATOR;
+        const ID: Identity = {
+            let id =
+                Identity::new("fake", "fake-service", Schema { name: "fake", role: "fake_svc" }, &FAKE_MIGRATOR, 8080);
+            if SEEDS { id.seeding() } else { id }
+        };
         type State = ();
 
-        fn from_env(env: &Env) -> Result<Self, ConfigError> {
-            CommonConfig::from_env(env, 8080).map(Self)
+        fn configure(common: CommonConfig, _: &Env) -> Result<Self, ConfigError> {
+            Ok(Self(common))
         }
         fn common(&self) -> &CommonConfig {
             &self.0

@@ -2,14 +2,14 @@
 //!
 //! - [`domain`]: the status machine, quantities, addresses, totals and cursors;
 //! - [`repository`]: the SQL of the `ordering` schema, where every move is guarded;
-//! - [`checkout`]: placing an order, the first step of the saga, safe against crashes;
+//! - [`steps`]: the business steps the handlers call: placing an order (the first step of
+//!   the saga, safe against crashes), changing a cart, moving an order;
 //! - [`products`]: what it asks the product service (prices, reservations);
 //! - [`http`]: the handlers of `/api/cart/*`, `/api/orders/*` and `/internal/orders/*`;
 //! - [`live`]: status changes pushed to WebSocket clients on every replica;
 //! - [`events`]: payments that succeed pay their order;
 //! - [`jobs`]: expiring unpaid orders and releasing checkouts that died half way.
 
-pub mod checkout;
 pub mod domain;
 pub mod error;
 pub mod events;
@@ -18,6 +18,7 @@ pub mod jobs;
 pub mod live;
 pub mod products;
 pub mod repository;
+pub mod steps;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use common::config::{CommonConfig, ConfigError, Env};
 use common::db::Schema;
 use common::http::Shared;
 use common::ratelimit::Limiter;
+use common::service::Identity;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use utoipa_axum::router::OpenApiRouter;
@@ -111,16 +113,12 @@ pub struct Inner {
 /// The order service's skeleton: its state, routes, and the payment-events consumer and
 /// jobs beside them.
 impl common::service::Spec for Config {
-    const NAME: &'static str = SERVICE;
-    const BINARY: &'static str = "order-service";
-    const SCHEMA: Schema = SCHEMA;
-    // Every statement goes by key (an order's, a payment's, a customer's).
-    const PLANS: common::db::Plans = common::db::Plans::Generic;
-    const MIGRATOR: &'static Migrator = &MIGRATOR;
+    // Every statement goes by key (an order's, a payment's, a customer's): planned once.
+    const ID: Identity = Identity::new(SERVICE, "order-service", SCHEMA, &MIGRATOR, DEFAULT_PORT).generic_plans();
     type State = AppState;
 
-    fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        Self::with_common(CommonConfig::from_env(env, DEFAULT_PORT)?, env, DEFAULT_PRODUCT_SERVICE_URL)
+    fn configure(common: CommonConfig, env: &Env) -> Result<Self, ConfigError> {
+        Self::with_common(common, env, DEFAULT_PRODUCT_SERVICE_URL)
     }
     fn common(&self) -> &CommonConfig {
         &self.common

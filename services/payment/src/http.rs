@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::response::Response;
 use common::auth::{AdminUser, AuthUser};
 use common::error::Problem;
-use common::extract::{Body, Json, Path, Query, rule_errors_of};
+use common::extract::{Body, Json, Parse, Path, Query};
 use common::idempotency::Idempotent;
 use common::money::{CURRENCY, Money, PositiveMoney};
 use common::page::{self, IdCursor, Page};
@@ -17,11 +17,11 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::charge::{self, Request};
 use crate::domain::{Payment, Refund};
 use crate::error::Error;
-use crate::refunds;
 use crate::repository;
+use crate::steps::charge::{self, Request};
+use crate::steps::refunds;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -43,12 +43,6 @@ pub struct CreatePayment {
     method: PaymentMethod,
 }
 
-impl Body for CreatePayment {
-    fn rule_errors(self) -> FieldErrors {
-        rule_errors_of(self.parse())
-    }
-}
-
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentMethod {
@@ -66,8 +60,10 @@ pub struct PaymentMethod {
     token: String,
 }
 
-impl CreatePayment {
-    fn parse(self) -> Result<Request, ApiError> {
+impl Parse for CreatePayment {
+    type Output = Request;
+
+    fn parse(self) -> Result<Self::Output, ApiError> {
         let mut errors = FieldErrors::default();
         if self.currency != CURRENCY {
             errors.add("currency", "must be USD");

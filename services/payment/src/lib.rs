@@ -3,15 +3,14 @@
 //!
 //! - [`domain`]: payment statuses, refund rules;
 //! - [`provider`]: the provider trait and the simulated provider with its test tokens;
-//! - [`charge`]: paying an order, safe against timeouts and crashes;
-//! - [`refunds`]: refunding a payment on an admin's request, once per key;
+//! - [`steps`]: the business steps the handlers call: paying an order (safe against
+//!   timeouts and crashes) and refunding a payment on an admin's request, once per key;
 //! - [`repository`]: the SQL of the `payments` schema;
 //! - [`orders`]: what it asks the order service;
 //! - [`http`]: the handlers of `/api/payments/*`;
 //! - [`events`]: closed orders are refunded;
 //! - [`jobs`]: settling abandoned attempts, carrying out refunds.
 
-pub mod charge;
 pub mod domain;
 pub mod error;
 pub mod events;
@@ -19,8 +18,8 @@ pub mod http;
 pub mod jobs;
 pub mod orders;
 pub mod provider;
-pub mod refunds;
 pub mod repository;
+pub mod steps;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -32,6 +31,7 @@ use common::db::Schema;
 use common::finish::TaskTracker;
 use common::http::Shared;
 use common::ratelimit::Limiter;
+use common::service::Identity;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use utoipa_axum::router::OpenApiRouter;
@@ -101,16 +101,12 @@ pub struct Inner {
 /// The payment service's skeleton: its state, routes, and the order-events consumer and
 /// jobs beside them.
 impl common::service::Spec for Config {
-    const NAME: &'static str = SERVICE;
-    const BINARY: &'static str = "payment-service";
-    const SCHEMA: Schema = SCHEMA;
-    // Every statement goes by key (an order's, a payment's, a customer's).
-    const PLANS: common::db::Plans = common::db::Plans::Generic;
-    const MIGRATOR: &'static Migrator = &MIGRATOR;
+    // Every statement goes by key (an order's, a payment's, a customer's): planned once.
+    const ID: Identity = Identity::new(SERVICE, "payment-service", SCHEMA, &MIGRATOR, DEFAULT_PORT).generic_plans();
     type State = AppState;
 
-    fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        Self::with_common(CommonConfig::from_env(env, DEFAULT_PORT)?, env, DEFAULT_ORDER_SERVICE_URL)
+    fn configure(common: CommonConfig, env: &Env) -> Result<Self, ConfigError> {
+        Self::with_common(common, env, DEFAULT_ORDER_SERVICE_URL)
     }
     fn common(&self) -> &CommonConfig {
         &self.common

@@ -3,21 +3,9 @@
 
 use common::ApiError;
 use common::client::Upstream;
-use common::money::Money;
-use serde::Deserialize;
 use uuid::Uuid;
 
-pub use common::contracts::OrderStatus;
-
-/// An order, as far as paying it goes.
-#[derive(Debug, Clone, Deserialize)]
-pub struct OrderToPay {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub status: OrderStatus,
-    pub total: Money,
-    pub currency: String,
-}
+pub use common::contracts::{OrderStatus, OrderToPay};
 
 #[derive(Debug, Clone)]
 pub struct Orders {

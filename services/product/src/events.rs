@@ -6,10 +6,10 @@ use common::events::{Envelope, EventHandler};
 use futures::future::BoxFuture;
 use sqlx::PgConnection;
 
-use crate::cache::{CatalogCache, Change};
 use crate::domain::Product;
 use crate::domain::ReservationEvent;
 use crate::repository;
+use crate::steps::cache::{CatalogCache, Change};
 
 pub struct OrderEvents {
     pub catalog: CatalogCache,

@@ -3,32 +3,32 @@
 //! - [`domain`]: valid names, SKUs, prices and stock; listing order and cursors;
 //!   reservation lines and states;
 //! - [`repository`]: the SQL of the `catalog` schema, where stock is guarded;
-//! - [`cache`]: cache-aside for products and listing pages that a write never leaves stale;
-//! - [`catalog`]: catalogue writes, each committed with its event, then told to the cache;
+//! - [`steps`]: the business steps the handlers call: cache-aside reads that a write never
+//!   leaves stale, and catalogue writes, each committed with its event, then told to the cache;
 //! - [`http`]: the handlers of `/api/products/*`, `/api/categories/*`,
 //!   `/internal/reservations` and `/internal/products`;
 //! - [`events`]: orders paid, cancelled or expired settle their reservations;
 //! - [`seed`]: generated catalogues for demos and load tests.
 
-pub mod cache;
-pub mod catalog;
 pub mod domain;
 pub mod error;
 pub mod events;
 pub mod http;
 pub mod repository;
 pub mod seed;
+pub mod steps;
 
 use std::sync::Arc;
 
 use common::config::{CommonConfig, ConfigError, Env};
 use common::db::Schema;
 use common::http::Shared;
+use common::service::Identity;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::cache::CatalogCache;
+use crate::steps::cache::CatalogCache;
 
 pub const SERVICE: &str = "product";
 pub const TOPIC: &str = common::contracts::topic::PRODUCT;
@@ -55,15 +55,11 @@ pub struct Inner {
 /// The product service's skeleton: its state, routes, and the order-events consumer that
 /// settles reservations.
 impl common::service::Spec for Config {
-    const NAME: &'static str = SERVICE;
-    const BINARY: &'static str = "product-service";
-    const SCHEMA: Schema = SCHEMA;
-    const SEEDS: bool = true;
-    const MIGRATOR: &'static Migrator = &MIGRATOR;
+    const ID: Identity = Identity::new(SERVICE, "product-service", SCHEMA, &MIGRATOR, DEFAULT_PORT).seeding();
     type State = AppState;
 
-    fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        Ok(Self { common: CommonConfig::from_env(env, DEFAULT_PORT)? })
+    fn configure(common: CommonConfig, _: &Env) -> Result<Self, ConfigError> {
+        Ok(Self { common })
     }
     fn common(&self) -> &CommonConfig {
         &self.common

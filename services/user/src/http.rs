@@ -1,5 +1,5 @@
 //! The handlers of `/api/auth/*` and `/api/users/*`: parse the request into domain types,
-//! call the step ([`crate::sessions`], [`crate::accounts`]), map the outcome. Each carries
+//! call the step ([`crate::steps::sessions`], [`crate::steps::accounts`]), map the outcome. Each carries
 //! its OpenAPI description.
 
 use axum::extract::State;
@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use common::auth::{AdminUser, AuthUser, ServiceCaller};
 use common::error::Problem;
-use common::extract::{Body, ClientAddr, Json, Path, rule_errors_of};
+use common::extract::{Body, ClientAddr, Json, Parse, Path};
 use common::revocations::RevokedList;
 use common::{ApiError, FieldErrors};
 use secrecy::SecretString;
@@ -19,8 +19,9 @@ use uuid::Uuid;
 
 use crate::domain::{Email, NewUser, Password, ProfileChanges, User, Username};
 use crate::error::Error;
-use crate::sessions::{self, Tokens};
-use crate::{AppState, accounts, repository};
+use crate::steps::accounts;
+use crate::steps::sessions::{self, Tokens};
+use crate::{AppState, repository};
 
 /// The routes of this service, with their OpenAPI description.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -55,9 +56,11 @@ pub struct RegisterRequest {
     password: SecretString,
 }
 
-impl RegisterRequest {
+impl Parse for RegisterRequest {
+    type Output = NewUser;
+
     /// The account to create, or every field that breaks a rule.
-    fn parse(self) -> Result<NewUser, ApiError> {
+    fn parse(self) -> Result<Self::Output, ApiError> {
         let mut errors = FieldErrors::default();
         let username = errors.check("username", Username::parse(self.username));
         let email = errors.check("email", Email::parse(self.email));
@@ -66,12 +69,6 @@ impl RegisterRequest {
             (Some(username), Some(email), Some(password)) => Ok(NewUser { username, email, password }),
             _ => Err(ApiError::validation(errors)),
         }
-    }
-}
-
-impl Body for RegisterRequest {
-    fn rule_errors(self) -> FieldErrors {
-        rule_errors_of(self.parse())
     }
 }
 
@@ -128,9 +125,11 @@ pub struct UpdateProfileRequest {
     current_password: SecretString,
 }
 
-impl UpdateProfileRequest {
+impl Parse for UpdateProfileRequest {
+    type Output = (ProfileChanges, SecretString);
+
     /// The changes asked for and the current password, or every field that breaks a rule.
-    fn parse(self) -> Result<(ProfileChanges, SecretString), ApiError> {
+    fn parse(self) -> Result<Self::Output, ApiError> {
         let mut errors = FieldErrors::default();
         let changes = ProfileChanges {
             username: self.username.and_then(|u| errors.check("username", Username::parse(u))),
@@ -139,12 +138,6 @@ impl UpdateProfileRequest {
         };
         errors.into_result()?;
         Ok((changes, self.current_password))
-    }
-}
-
-impl Body for UpdateProfileRequest {
-    fn rule_errors(self) -> FieldErrors {
-        rule_errors_of(self.parse())
     }
 }
 

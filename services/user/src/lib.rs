@@ -3,21 +3,20 @@
 //! - [`domain`]: what a valid username, email and password are; refresh-token verdicts;
 //! - [`repository`]: the SQL of the `users` schema;
 //! - [`http`]: the handlers of `/api/auth/*` and `/api/users/*` and their OpenAPI;
-//! - [`sessions`]: logging in, refreshing and logging out (refresh-token families);
-//! - [`accounts`]: registering, profiles through the cache, profile changes;
+//! - [`steps`]: the business steps the handlers call: sessions (logging in, refreshing,
+//!   logging out) and accounts (registering, profiles through the cache, changes);
 //! - [`config`]: the variables this service reads;
 //! - [`error`]: its failures and their API codes.
 //!
 //! Its [`Config`] is its skeleton (`common::service::Spec`): as it starts, the first admin
 //! is made sure of and the revoked sessions are served from its database.
 
-pub mod accounts;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http;
 pub mod repository;
-pub mod sessions;
+pub mod steps;
 mod tokens;
 
 use std::sync::Arc;
@@ -29,6 +28,7 @@ use common::config::{CommonConfig, ConfigError, Env};
 use common::db::Schema;
 use common::http::Shared;
 use common::ratelimit::Limiter;
+use common::service::Identity;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use utoipa_axum::router::OpenApiRouter;
@@ -72,14 +72,11 @@ pub struct Inner {
 /// The user service's skeleton: its state and routes; the first admin is created and the
 /// revoked sessions are served from its database as it starts.
 impl common::service::Spec for Config {
-    const NAME: &'static str = SERVICE;
-    const BINARY: &'static str = "user-service";
-    const SCHEMA: Schema = SCHEMA;
-    const MIGRATOR: &'static Migrator = &MIGRATOR;
+    const ID: Identity = Identity::new(SERVICE, "user-service", SCHEMA, &MIGRATOR, config::DEFAULT_PORT);
     type State = AppState;
 
-    fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        Self::with_common(CommonConfig::from_env(env, config::DEFAULT_PORT)?, env)
+    fn configure(common: CommonConfig, env: &Env) -> Result<Self, ConfigError> {
+        Self::with_common(common, env)
     }
     fn common(&self) -> &CommonConfig {
         &self.common

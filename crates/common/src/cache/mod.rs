@@ -11,13 +11,15 @@
 //! (cache-aside loading, one loader per key, generations), `first_level` (the first level
 //! used directly, and invalidation of both levels) and [`l1`] itself.
 
+mod cached;
 mod first_level;
 mod l1;
 mod load;
 pub(crate) use l1::subscribed;
 
+pub use cached::{Cached, etag_of};
 use l1::L1;
-pub use l1::{Cached, Ticket, etag_of};
+pub use l1::Ticket;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

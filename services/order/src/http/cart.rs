@@ -2,44 +2,18 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use common::ApiError;
 use common::auth::AuthUser;
 use common::error::Problem;
-use common::extract::{Body, Json, Path, rule_errors_of};
-use common::{ApiError, FieldErrors};
+use common::extract::{Json, Parse, Path};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::domain::{Cart, Line, OrderLine, Quantity};
-use crate::error::Error;
+use crate::domain::{Cart, Quantity};
 use crate::repository;
-
-/// The cart with the product service's current names and prices. Products that were
-/// deleted since they were added leave the cart.
-pub(super) async fn cart_view(state: &AppState, user_id: Uuid) -> Result<Cart, ApiError> {
-    let lines = repository::cart(&state.db, user_id).await?;
-    priced(state, user_id, lines).await
-}
-
-/// The cart's `lines` priced by the product service, in one call for them all; a line
-/// whose product the catalogue no longer has is dropped from the cart.
-async fn priced(state: &AppState, user_id: Uuid, lines: Vec<Line>) -> Result<Cart, ApiError> {
-    let ids: Vec<Uuid> = lines.iter().map(|line| line.product_id).collect();
-    let products = state.products.products(&ids).await?;
-    let mut items = Vec::with_capacity(lines.len());
-    let mut gone = Vec::new();
-    for (line, product) in lines.iter().zip(products) {
-        match product {
-            Some(p) => items.push(OrderLine::new(p.id, p.name, p.price, line.quantity).map_err(Error::from)?),
-            None => gone.push(line.product_id),
-        }
-    }
-    if !gone.is_empty() {
-        repository::remove_cart_items(&state.db, user_id, &gone).await?;
-    }
-    Ok(Cart::new(items).map_err(Error::from)?)
-}
+use crate::steps::cart;
 
 #[utoipa::path(
     get, path = "/api/cart", tag = "cart",
@@ -51,7 +25,7 @@ async fn priced(state: &AppState, user_id: Uuid, lines: Vec<Line>) -> Result<Car
 )]
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
 pub(super) async fn get_cart(State(state): State<AppState>, user: AuthUser) -> Result<Json<Cart>, ApiError> {
-    Ok(Json(cart_view(&state, user.id).await?))
+    Ok(Json(cart::view(&state, user.id).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -63,15 +37,11 @@ pub struct CartQuantity {
     quantity: i64,
 }
 
-impl CartQuantity {
-    fn parse(self) -> Result<Quantity, ApiError> {
-        Quantity::parse(self.quantity).map_err(|e| ApiError::invalid_field("quantity", e))
-    }
-}
+impl Parse for CartQuantity {
+    type Output = Quantity;
 
-impl Body for CartQuantity {
-    fn rule_errors(self) -> FieldErrors {
-        rule_errors_of(self.parse())
+    fn parse(self) -> Result<Self::Output, ApiError> {
+        Quantity::parse(self.quantity).map_err(|e| ApiError::invalid_field("quantity", e))
     }
 }
 
@@ -95,20 +65,7 @@ pub(super) async fn put_cart_item(
     Path(product_id): Path<Uuid>,
     Json(req): Json<CartQuantity>,
 ) -> Result<Json<Cart>, ApiError> {
-    let quantity = req.parse()?;
-    // Written and read back in one statement, then priced: a change the pricing refuses
-    // (a total past the largest amount, the product service away) is undone, so that the
-    // cart stays as it was and readable; a product the catalogue does not have leaves
-    // the cart as it is priced.
-    let change = repository::put_cart_item(&state.db, user.id, product_id, quantity.get()).await?;
-    match priced(&state, user.id, change.lines).await {
-        Ok(cart) if cart.items.iter().any(|item| item.product_id == product_id) => Ok(Json(cart)),
-        Ok(_) => Err(Error::UnknownProduct.into()),
-        Err(refused) => {
-            repository::undo_cart_item(&state.db, user.id, product_id, change.previous).await?;
-            Err(refused)
-        }
-    }
+    Ok(Json(cart::put(&state, user.id, product_id, req.parse()?).await?))
 }
 
 /// Take a product out of your cart (no error if it was not there).
@@ -127,7 +84,7 @@ pub(super) async fn remove_cart_item(
     Path(product_id): Path<Uuid>,
 ) -> Result<Json<Cart>, ApiError> {
     repository::remove_cart_items(&state.db, user.id, &[product_id]).await?;
-    Ok(Json(cart_view(&state, user.id).await?))
+    Ok(Json(cart::view(&state, user.id).await?))
 }
 
 /// Empty your cart.

@@ -1,11 +1,11 @@
-//! `/api/orders/*`: placing an order (through [`crate::checkout`]), reading orders, and
+//! `/api/orders/*`: placing an order (through [`crate::steps::checkout`]), reading orders, and
 //! moving them through the status machine.
 
 use axum::extract::State;
 use axum::response::Response;
 use common::auth::{AdminUser, AuthUser};
 use common::error::Problem;
-use common::extract::{Body, Json, Path, Query, rule_errors_of};
+use common::extract::{Json, Parse, Path, Query};
 use common::idempotency::Idempotent;
 use common::page::{self, IdCursor};
 use common::{ApiError, FieldErrors};
@@ -14,10 +14,10 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::checkout::{self, Request};
-use crate::domain::{Action, Line, MAX_LINES, Order, Page, Quantity, ShippingAddress, StatusChanged};
-use crate::error::Error;
-use crate::repository::{self, Cause};
+use crate::domain::{Action, Line, MAX_LINES, Order, Page, Quantity, ShippingAddress};
+use crate::repository;
+use crate::steps::checkout::{self, Request};
+use crate::steps::orders;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -27,12 +27,6 @@ pub struct PlaceOrder {
     #[schema(min_items = 1, max_items = 50)]
     items: Option<Vec<OrderItem>>,
     shipping_address: ShippingAddress,
-}
-
-impl Body for PlaceOrder {
-    fn rule_errors(self) -> FieldErrors {
-        rule_errors_of(self.parse())
-    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -45,8 +39,10 @@ pub struct OrderItem {
     quantity: i64,
 }
 
-impl PlaceOrder {
-    fn parse(self) -> Result<Request, ApiError> {
+impl Parse for PlaceOrder {
+    type Output = Request;
+
+    fn parse(self) -> Result<Self::Output, ApiError> {
         let mut errors = FieldErrors::default();
         let lines = self.items.map(|items| {
             if items.is_empty() {
@@ -152,13 +148,6 @@ pub(super) async fn list_orders(
     Ok(Json(Page { items: orders, next_cursor }))
 }
 
-/// An order the caller may see: their own, or any for an admin. Anyone else's is a 404,
-/// so ids reveal nothing.
-pub(super) async fn visible_order(state: &AppState, user: &AuthUser, id: Uuid) -> Result<Order, ApiError> {
-    let order = repository::find_order(&state.db, id).await?;
-    Ok(order.filter(|o| user.is_admin() || o.user_id == user.id).ok_or(Error::NotFound)?)
-}
-
 /// One of your orders (admins: any).
 #[utoipa::path(
     get, path = "/api/orders/{id}", tag = "orders",
@@ -175,24 +164,7 @@ pub(super) async fn get_order(
     user: AuthUser,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Order>, ApiError> {
-    Ok(Json(visible_order(&state, &user, id).await?))
-}
-
-/// Moves a visible order by `action` and tells its owner's sockets.
-pub(super) async fn change(
-    state: &AppState,
-    user: &AuthUser,
-    id: Uuid,
-    action: Action,
-    reason: &str,
-) -> Result<Order, ApiError> {
-    let order = visible_order(state, user, id).await?;
-    let mut tx = state.db.begin().await?;
-    let moved =
-        repository::move_order(&mut tx, &order, action, Cause { reason: Some(reason), payment_id: None }).await?;
-    tx.commit().await?;
-    state.live.publish(moved.user_id, StatusChanged::of(&moved)).await;
-    Ok(moved)
+    Ok(Json(orders::visible(&state, &user, id).await?))
 }
 
 /// Cancel one of your orders (admins: any) while it is unpaid or paid; a paid order is
@@ -214,7 +186,7 @@ pub(super) async fn cancel_order(
     Path(id): Path<Uuid>,
 ) -> Result<Json<Order>, ApiError> {
     let reason = if user.is_admin() { "admin" } else { "customer" };
-    Ok(Json(change(&state, &user, id, Action::Cancel, reason).await?))
+    Ok(Json(orders::change(&state, &user, id, Action::Cancel, reason).await?))
 }
 
 /// Mark a paid order shipped (admins). Emits `order.shipped`.
@@ -234,7 +206,7 @@ pub(super) async fn ship_order(
     AdminUser(admin): AdminUser,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Order>, ApiError> {
-    Ok(Json(change(&state, &admin, id, Action::Ship, "admin").await?))
+    Ok(Json(orders::change(&state, &admin, id, Action::Ship, "admin").await?))
 }
 
 /// Mark a shipped order delivered (admins). Emits `order.delivered`.
@@ -254,5 +226,5 @@ pub(super) async fn deliver_order(
     AdminUser(admin): AdminUser,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Order>, ApiError> {
-    Ok(Json(change(&state, &admin, id, Action::Deliver, "admin").await?))
+    Ok(Json(orders::change(&state, &admin, id, Action::Deliver, "admin").await?))
 }

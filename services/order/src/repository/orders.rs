@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use common::contracts::OrderToPay;
 use common::events;
 use common::money::Money;
 use sqlx::types::Json;
@@ -71,16 +72,6 @@ pub(super) async fn items_of(db: impl PgExecutor<'_>, orders: &[Uuid]) -> Result
         items.entry(row.order_id).or_default().push(line);
     }
     Ok(items)
-}
-
-/// What the payment service reads of an order before charging it: one row, no lines.
-#[derive(Debug)]
-pub struct OrderToPay {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub status: OrderStatus,
-    pub total: Money,
-    pub currency: String,
 }
 
 #[tracing::instrument(skip_all, fields(db.system.name = "postgresql", %id))]

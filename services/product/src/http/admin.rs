@@ -1,12 +1,12 @@
 //! The catalogue's admin endpoints: products created, changed, deleted and restocked
-//! (through [`crate::catalog`]), and categories created.
+//! (through [`crate::steps::catalog`]), and categories created.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use common::auth::AdminUser;
 use common::error::Problem;
-use common::extract::{Body, Json, Path, rule_errors_of};
+use common::extract::{Json, Parse, Path};
 use common::money::{Money, PositiveMoney};
 use common::{ApiError, FieldErrors};
 use serde::Deserialize;
@@ -14,12 +14,12 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::catalog;
 use crate::domain::{
     Category, CategoryName, Description, MAX_STOCK, NewProduct, Price, Product, ProductChanges, ProductName, Sku,
     Stock, parse_currency,
 };
 use crate::repository;
+use crate::steps::catalog;
 
 // What `ProductName`, `Description`, `Sku`, `Price`, `Stock` and `parse_currency` accept
 // (domain.rs). No string may hold NUL (`\u0000`), which the JSON extractor refuses; "not
@@ -56,9 +56,11 @@ pub struct CreateProduct {
     sku: Option<String>,
 }
 
-impl CreateProduct {
+impl Parse for CreateProduct {
+    type Output = NewProduct;
+
     /// The product to create, or every field that breaks a rule.
-    fn parse(self) -> Result<NewProduct, ApiError> {
+    fn parse(self) -> Result<Self::Output, ApiError> {
         let mut errors = FieldErrors::default();
         let name = errors.check("name", ProductName::parse(self.name));
         let description = errors.check("description", Description::parse(self.description.unwrap_or_default()));
@@ -79,12 +81,6 @@ impl CreateProduct {
         };
         errors.into_result()?;
         Ok(NewProduct { sku, name, description, price, stock, category_id: self.category_id })
-    }
-}
-
-impl Body for CreateProduct {
-    fn rule_errors(self) -> FieldErrors {
-        rule_errors_of(self.parse())
     }
 }
 
@@ -135,9 +131,11 @@ pub struct UpdateProduct {
     sku: Option<String>,
 }
 
-impl UpdateProduct {
+impl Parse for UpdateProduct {
+    type Output = ProductChanges;
+
     /// The changes asked for, or every field that breaks a rule.
-    fn parse(self) -> Result<ProductChanges, ApiError> {
+    fn parse(self) -> Result<Self::Output, ApiError> {
         let mut errors = FieldErrors::default();
         let changes = ProductChanges {
             name: self.name.and_then(|n| errors.check("name", ProductName::parse(n))),
@@ -152,12 +150,6 @@ impl UpdateProduct {
         }
         errors.into_result()?;
         Ok(changes)
-    }
-}
-
-impl Body for UpdateProduct {
-    fn rule_errors(self) -> FieldErrors {
-        rule_errors_of(self.parse())
     }
 }
 
@@ -213,18 +205,14 @@ pub struct StockDelta {
     delta: i64,
 }
 
-impl StockDelta {
-    fn parse(self) -> Result<i32, ApiError> {
+impl Parse for StockDelta {
+    type Output = i32;
+
+    fn parse(self) -> Result<Self::Output, ApiError> {
         if self.delta == 0 || self.delta.unsigned_abs() > MAX_STOCK as u64 {
             return Err(ApiError::invalid_field("delta", "must be a non-zero number from -1000000000 to 1000000000"));
         }
         Ok(self.delta as i32)
-    }
-}
-
-impl Body for StockDelta {
-    fn rule_errors(self) -> FieldErrors {
-        rule_errors_of(self.parse())
     }
 }
 
@@ -283,16 +271,12 @@ pub struct CreateCategory {
     parent_id: Option<Uuid>,
 }
 
-impl CreateCategory {
-    fn parse(self) -> Result<(CategoryName, Option<Uuid>), ApiError> {
+impl Parse for CreateCategory {
+    type Output = (CategoryName, Option<Uuid>);
+
+    fn parse(self) -> Result<Self::Output, ApiError> {
         let name = CategoryName::parse(self.name).map_err(|e| ApiError::invalid_field("name", e))?;
         Ok((name, self.parent_id))
-    }
-}
-
-impl Body for CreateCategory {
-    fn rule_errors(self) -> FieldErrors {
-        rule_errors_of(self.parse())
     }
 }
 

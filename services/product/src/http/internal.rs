@@ -13,10 +13,10 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::cache::Change;
 use crate::domain::{Product, ReservationStatus, reservation_lines};
 use crate::error::Error;
 use crate::repository::{self, ReservedItem};
+use crate::steps::cache::Change;
 
 /// The most products one lookup names: more than a cart's most lines (50) with the one
 /// being added.
@@ -62,7 +62,7 @@ pub(super) async fn lookup_products(
         .ok()
         .filter(|ids: &Vec<Uuid>| (1..=LOOKUP_MAX).contains(&ids.len()))
         .ok_or_else(|| ApiError::bad_request("ids must be 1 to 100 comma-separated product ids"))?;
-    let json = crate::cache::lookup_json(&state.catalog.products(&ids).await?);
+    let json = crate::steps::cache::lookup_json(&state.catalog.products(&ids).await?);
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 

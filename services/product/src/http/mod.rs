@@ -1,7 +1,7 @@
 //! The handlers of `/api/products/*`, `/api/categories/*`, `/internal/reservations` and
 //! `/internal/products`: parse the request into domain types, call the step, map the
 //! outcome. `reads` serves the public catalogue, `admin` its writes (through
-//! [`crate::catalog`]), `internal` what other services ask.
+//! [`crate::steps::catalog`]), `internal` what other services ask.
 
 use common::ApiError;
 use utoipa_axum::router::OpenApiRouter;

@@ -1,7 +1,7 @@
 use common::contracts::topic::ORDER as ORDER_TOPIC;
 use common::events::{self, Delivery, Envelope};
-use product::cache::CatalogCache;
 use product::events::OrderEvents;
+use product::steps::cache::CatalogCache;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::domain::{NewUser, ProfileChanges, Role, User};
 use crate::error::Error;
-use crate::sessions::revoke_sessions;
+use crate::steps::sessions::revoke_sessions;
 use crate::{AppState, PROFILE_TTL, repository};
 
 /// Adds a customer account (`user.registered`, data: the `User`).

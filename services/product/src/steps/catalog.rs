@@ -5,10 +5,10 @@
 use uuid::Uuid;
 
 use crate::Inner;
-use crate::cache::Change;
 use crate::domain::{NewProduct, Product, ProductChanges};
 use crate::error::Error;
 use crate::repository;
+use crate::steps::cache::Change;
 
 /// Adds a product (`product.created`).
 pub async fn create(state: &Inner, new: &NewProduct) -> Result<Product, Error> {
