@@ -134,7 +134,6 @@ pub struct ListParams {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of payments", body = Page<Payment>),
-        (status = 400, description = "A malformed parameter or cursor", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
@@ -199,7 +198,6 @@ impl Body for CreateRefund {}
     security(("bearer" = ["admin"])),
     responses(
         (status = 201, description = "Refunded (`pending` if the provider has yet to carry it out)", body = Refund),
-        (status = 404, description = "No such payment", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`invalid_state_transition`: a failed payment, or one refunded in full; `request_in_progress`: a request with this key is still running", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "An amount of zero or more than is left, or `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
     )

@@ -150,10 +150,7 @@ impl Parse for UpdateProfileRequest {
     request_body = RegisterRequest,
     responses(
         (status = 201, description = "Registered", body = User),
-        (status = 400, description = "Malformed JSON, or not an object", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`email_taken` or `username_taken`", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "`rate_limited`, with `Retry-After`", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -180,7 +177,6 @@ async fn register(
     responses(
         (status = 200, description = "Logged in", body = Tokens),
         (status = 401, description = "`invalid_credentials`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "`rate_limited`, with `Retry-After`", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -219,7 +215,6 @@ async fn login(
     responses(
         (status = 200, description = "New tokens", body = Tokens),
         (status = 401, description = "Unknown, expired, revoked or reused refresh token", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[tracing::instrument(skip_all)]
@@ -235,7 +230,6 @@ async fn refresh(State(state): State<AppState>, Json(req): Json<RefreshRequest>)
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Logged out"),
-        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The revocation could not be recorded; retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -292,7 +286,6 @@ async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Response, A
         (status = 200, description = "Updated", body = User),
         (status = 401, description = "Invalid access token, or `invalid_credentials` for a wrong current password", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`email_taken` or `username_taken`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many wrong current passwords", body = Problem, content_type = "application/problem+json"),
     )
 )]

@@ -21,7 +21,6 @@ use crate::repository;
     responses(
         (status = 200, description = "The order", body = OrderToPay),
         (status = 401, description = "No valid service token (user tokens are refused)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[tracing::instrument(skip_all, fields(%id))]

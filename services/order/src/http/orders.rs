@@ -122,7 +122,6 @@ pub struct ListParams {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of orders", body = Page<Order>),
-        (status = 400, description = "A malformed parameter or cursor", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A customer asking for another user's orders", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -196,7 +195,6 @@ pub(super) async fn cancel_order(
     security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "Shipped", body = Order),
-        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`invalid_state_transition`: the order is not paid", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -216,7 +214,6 @@ pub(super) async fn ship_order(
     security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "Delivered", body = Order),
-        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`invalid_state_transition`: the order is not shipped", body = Problem, content_type = "application/problem+json"),
     )
 )]

@@ -161,9 +161,7 @@ impl Parse for UpdateProduct {
     security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "Updated; emits `product.updated`", body = Product),
-        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`conflict`: the SKU is taken", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[tracing::instrument(skip_all, fields(%id))]
@@ -183,7 +181,6 @@ pub(super) async fn update_product(
     security(("bearer" = ["admin"])),
     responses(
         (status = 204, description = "Deleted; emits `product.updated` with `deleted: true`"),
-        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[tracing::instrument(skip_all, fields(%id))]
@@ -241,7 +238,6 @@ fn delta_schema() -> utoipa::openapi::OneOfBuilder {
     security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "The product with its new stock; emits `product.stock_changed`", body = Product),
-        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`insufficient_stock`: it would go below zero", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A zero or out-of-range delta", body = Problem, content_type = "application/problem+json"),
     )

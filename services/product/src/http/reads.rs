@@ -104,7 +104,6 @@ impl ListParams {
     responses(
         (status = 200, description = "A page of products, with its `ETag`", body = Page<Product>),
         (status = 304, description = "Not modified: `If-None-Match` names the page's current `ETag`"),
-        (status = 400, description = "A malformed parameter or cursor", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[tracing::instrument(skip_all)]
