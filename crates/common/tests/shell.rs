@@ -26,20 +26,21 @@ async fn shell_with(router: Router, vars: &[(&str, &str)]) -> (TestServer, Share
     (TestServer::spawn(app(vec![service], shared.clone())).await, shared, database)
 }
 
+/// `/slow`, which answers after `millis` and sets its flag once it has got to its end.
+fn slow(millis: u64) -> (Router, Arc<AtomicBool>) {
+    let finished = Arc::new(AtomicBool::new(false));
+    let flag = finished.clone();
+    let handler = move || async move {
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        flag.store(true, Ordering::SeqCst);
+        "done"
+    };
+    (Router::new().route("/slow", get(handler)), finished)
+}
+
 #[tokio::test]
 async fn a_request_whose_client_leaves_still_finishes_and_shutdown_waits_for_it() {
-    let finished = Arc::new(AtomicBool::new(false));
-    let router = Router::new().route(
-        "/slow",
-        get({
-            let finished = finished.clone();
-            move || async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                finished.store(true, Ordering::SeqCst);
-                "done"
-            }
-        }),
-    );
+    let (router, finished) = slow(300);
     let (server, shared, _db) = shell(router).await;
     let impatient = reqwest::Client::builder().timeout(Duration::from_millis(50)).build().unwrap();
     assert!(impatient.get(server.url("/slow")).send().await.is_err(), "the client gives up first");
@@ -54,20 +55,8 @@ async fn a_request_whose_client_leaves_still_finishes_and_shutdown_waits_for_it(
 
 #[tokio::test]
 async fn a_request_still_running_at_its_deadline_is_ended_and_answered_503() {
-    let finished = Arc::new(AtomicBool::new(false));
-    let router = Router::new()
-        .route(
-            "/slow",
-            get({
-                let finished = finished.clone();
-                move || async move {
-                    tokio::time::sleep(Duration::from_millis(1000)).await;
-                    finished.store(true, Ordering::SeqCst);
-                    "done"
-                }
-            }),
-        )
-        .route("/fast", get(|| async { "fast" }));
+    let (router, finished) = slow(1000);
+    let router = router.route("/fast", get(|| async { "fast" }));
     let (server, shared, _db) = shell_with(router, &[("REQUEST_TIMEOUT", "200ms")]).await;
 
     let started = Instant::now();

@@ -67,13 +67,51 @@ pub fn listens_on(pid: u32, port: u16) -> bool {
     })
 }
 
-/// A Kafka-protocol broker of one test's own (`tansu`, in memory), so a test can stop and
-/// restart it without disturbing the others. The binary is `$TANSU` or `tansu` on `PATH`.
+/// A server process of one test's own on a port of its own, killed when dropped.
 #[derive(Debug)]
-pub struct TestBroker {
+struct Daemon {
     port: u16,
     child: Option<std::process::Child>,
 }
+
+impl Daemon {
+    fn reserve() -> Self {
+        Self { port: free_port(), child: None }
+    }
+
+    /// Runs `command` (again), and waits until it listens.
+    async fn resume(&mut self, what: &str, mut command: std::process::Command) {
+        assert!(self.child.is_none(), "{what} is already running");
+        let child = command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn();
+        self.child = Some(child.unwrap_or_else(|e| panic!("cannot start {what} (./scripts/test installs it): {e}")));
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("{what} did not start listening on {}", self.port);
+    }
+
+    /// Kills the process at once, as a crash would.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Kafka-protocol broker of one test's own (`tansu`, in memory), so a test can stop and
+/// restart it without disturbing the others. The binary is `$TANSU` or `tansu` on `PATH`.
+#[derive(Debug)]
+pub struct TestBroker(Daemon);
 
 impl TestBroker {
     /// A running broker.
@@ -85,41 +123,28 @@ impl TestBroker {
 
     /// An address for a broker that is not running yet.
     pub fn reserve() -> Self {
-        Self { port: free_port(), child: None }
+        Self(Daemon::reserve())
     }
 
     /// `bootstrap.servers` for this broker.
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.0.port)
     }
 
     /// Starts the broker (again, empty: it keeps nothing across a restart).
     pub async fn resume(&mut self) {
-        assert!(self.child.is_none(), "the broker is already running");
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let binary = std::env::var("TANSU").unwrap_or_else(|_| "tansu".to_owned());
-        let child = std::process::Command::new(&binary)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {binary} (install it with ./scripts/test): {e}"));
-        self.child = Some(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-        }
-        panic!("the test broker did not start listening on {}", self.port);
+        let url = format!("tcp://127.0.0.1:{}", self.0.port);
+        let mut command = std::process::Command::new(std::env::var("TANSU").unwrap_or_else(|_| "tansu".to_owned()));
+        command.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url]);
+        command.args(["--storage-engine", "memory://tansu/"]);
+        self.0.resume("the test broker", command).await;
     }
 
     /// Freezes (`true`) or thaws the broker: while frozen it holds every connection open
     /// and answers nothing, as a broker that hangs or is cut off by the network does, and
     /// it keeps everything it has.
     pub fn freeze(&self, frozen: bool) {
-        let child = self.child.as_ref().expect("a running broker");
+        let child = self.0.child.as_ref().expect("a running broker");
         let signal = if frozen { "-STOP" } else { "-CONT" };
         let sent = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status();
         assert!(sent.is_ok_and(|s| s.success()), "kill {signal} the broker");
@@ -127,16 +152,7 @@ impl TestBroker {
 
     /// Kills the broker at once, as a crash would.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        self.stop();
+        self.0.stop();
     }
 }
 
@@ -204,51 +220,28 @@ pub async fn read_topic(brokers: &str, topic: &str, expected: usize, wait: std::
 /// A Redis server of one test's own, so the test can take it away (and bring it back,
 /// empty, on the same port).
 #[derive(Debug)]
-pub struct TestRedis {
-    child: Option<std::process::Child>,
-    pub port: u16,
-}
+pub struct TestRedis(Daemon);
 
 impl TestRedis {
     pub async fn start() -> Self {
-        let mut redis = Self { child: None, port: free_port() };
+        let mut redis = Self(Daemon::reserve());
         redis.resume().await;
         redis
     }
 
     /// Starts the server (again): it keeps nothing across a restart.
     pub async fn resume(&mut self) {
-        assert!(self.child.is_none(), "Redis is already running");
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        self.child = Some(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        panic!("the test Redis did not start listening on {}", self.port);
+        let mut command = std::process::Command::new("redis-server");
+        command.args(["--port", &self.0.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        self.0.resume("the test Redis", command).await;
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://127.0.0.1:{}", self.0.port)
     }
 
     /// Kills the server, as an outage would.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for TestRedis {
-    fn drop(&mut self) {
-        self.stop();
+        self.0.stop();
     }
 }

@@ -92,6 +92,19 @@ impl TestServer {
         req.send().await.expect("request sent")
     }
 
+    /// POSTs a JSON body, as text (a client's own spelling of it), with a bearer token and
+    /// an `Idempotency-Key`.
+    pub async fn post_keyed(
+        &self,
+        path: &str,
+        token: &str,
+        key: &str,
+        json: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let req = self.client.post(self.url(path)).bearer_auth(token).header("idempotency-key", key);
+        req.header("content-type", "application/json").body(json).send().await.expect("request sent")
+    }
+
     /// POSTs raw bytes with the given content type.
     pub async fn post_raw(
         &self,

@@ -67,10 +67,7 @@ async fn with_the_broker_down_writes_go_on_and_everything_arrives_in_order_once_
 
 #[tokio::test]
 async fn an_event_redelivered_after_its_effect_committed_changes_nothing() {
-    let broker = TestBroker::start().await;
-    let (_db, pool) = schema().await;
-    let events = kafka(&broker).await;
-    let relay = Relay::new("test", pool.clone(), events.clone());
+    let Rig { broker: _broker, db: _db, pool, events, relay } = rig().await;
     let aggregate = Uuid::now_v7();
     let first = emit_committed(&pool, "test.happened", aggregate, 1).await;
     drain(&relay).await;
@@ -97,10 +94,7 @@ async fn an_event_redelivered_after_its_effect_committed_changes_nothing() {
 /// none before.
 #[tokio::test]
 async fn a_group_resuming_between_the_records_of_one_round_gets_every_later_one() {
-    let broker = TestBroker::start().await;
-    let (_db, pool) = schema().await;
-    let events = kafka(&broker).await;
-    let relay = Relay::new("test", pool.clone(), events.clone());
+    let Rig { broker, db: _db, pool, events, relay } = rig().await;
     // One round: sixty aggregates, published together, about twenty to a partition.
     for n in 0..60 {
         emit_committed(&pool, "test.happened", Uuid::now_v7(), n).await;
@@ -157,10 +151,7 @@ async fn with_batches_of_many_records_a_new_group_gets_every_record_once() {
 
 #[tokio::test]
 async fn poison_records_are_dead_lettered_and_the_next_record_is_still_processed() {
-    let broker = TestBroker::start().await;
-    let (_db, pool) = schema().await;
-    let events = kafka(&broker).await;
-    let relay = Relay::new("test", pool.clone(), events.clone());
+    let Rig { broker, db: _db, pool, events, relay } = rig().await;
     let aggregate = Uuid::now_v7();
 
     // Not an envelope at all, then an envelope no handler can apply, then a good one;

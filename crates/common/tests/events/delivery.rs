@@ -162,10 +162,7 @@ async fn inbox_rows_older_than_the_retention_are_pruned_in_batches_and_recent_on
 
 #[tokio::test]
 async fn a_dead_letter_replayed_to_its_topic_is_applied_once_its_handler_is_fixed() {
-    let broker = TestBroker::start().await;
-    let (_db, pool) = schema().await;
-    let events = kafka(&broker).await;
-    let relay = Relay::new("test", pool.clone(), events.clone());
+    let Rig { broker, db: _db, pool, events, relay } = rig().await;
     let handler = Arc::new(Fixable::default());
     let subscription = Subscription {
         group: format!("test-{}", Uuid::new_v4().simple()),

@@ -90,6 +90,24 @@ async fn drain(relay: &Relay) {
     panic!("the outbox did not drain");
 }
 
+/// What most broker tests start from: a broker of their own, a schema, and a relay of its
+/// outbox.
+struct Rig {
+    broker: TestBroker,
+    db: TestDb,
+    pool: PgPool,
+    events: Events,
+    relay: Relay,
+}
+
+async fn rig() -> Rig {
+    let broker = TestBroker::start().await;
+    let (db, pool) = schema().await;
+    let events = kafka(&broker).await;
+    let relay = Relay::new("test", pool.clone(), events.clone());
+    Rig { broker, db, pool, events, relay }
+}
+
 async fn kafka(broker: &TestBroker) -> Events {
     kafka_with(broker, events::kafka::Options::default()).await
 }

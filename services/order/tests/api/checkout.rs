@@ -276,21 +276,11 @@ async fn the_same_order_in_another_key_order_or_spacing_replays() {
     let app = TestApp::spawn().await;
     let alice = app.customer();
     let product = app.product("2.50", 10).await;
-    let raw = |body: String| {
-        app.server
-            .client
-            .post(app.server.url("/api/orders"))
-            .bearer_auth(&alice.token)
-            .header("idempotency-key", "checkout-reordered")
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-    };
+    let raw = |body: String| app.server.post_keyed("/api/orders", &alice.token, "checkout-reordered", body);
     let address =
         r#"{"name":"Ada Lovelace","line1":"1 Main St","city":"Springfield","postal_code":"12345","country":"US"}"#;
-    let first = raw(format!(r#"{{"items":[{{"product_id":"{product}","quantity":2}}],"shipping_address":{address}}}"#))
-        .await
-        .unwrap();
+    let first =
+        raw(format!(r#"{{"items":[{{"product_id":"{product}","quantity":2}}],"shipping_address":{address}}}"#)).await;
     assert_eq!(first.status(), 201);
     let first: Value = first.json().await.unwrap();
     let reordered = format!(
@@ -300,7 +290,7 @@ async fn the_same_order_in_another_key_order_or_spacing_replays() {
   "items": [ {{ "quantity": 2, "product_id": "{product}" }} ]
 }}"#
     );
-    let again = raw(reordered).await.unwrap();
+    let again = raw(reordered).await;
     assert_eq!(again.status(), 201);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(again.json::<Value>().await.unwrap(), first);

@@ -143,15 +143,7 @@ impl TestApp {
 
     /// POSTs with an `Idempotency-Key`.
     pub async fn place_with_key(&self, token: &str, key: &str, body: &Value) -> Response {
-        self.server
-            .client
-            .post(self.server.url("/api/orders"))
-            .bearer_auth(token)
-            .header("idempotency-key", key)
-            .json(body)
-            .send()
-            .await
-            .expect("request sent")
+        self.server.post_keyed("/api/orders", token, key, body.to_string()).await
     }
 
     /// A product in a fresh category, created through the product service.

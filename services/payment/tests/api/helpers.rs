@@ -84,15 +84,7 @@ impl TestApp {
 
     /// POST /api/payments with an Idempotency-Key.
     pub async fn pay(&self, token: &str, key: &str, body: &Value) -> Response {
-        self.server
-            .client
-            .post(self.server.url("/api/payments"))
-            .bearer_auth(token)
-            .header("idempotency-key", key)
-            .json(body)
-            .send()
-            .await
-            .unwrap()
+        self.server.post_keyed("/api/payments", token, key, body.to_string()).await
     }
 
     pub async fn order_status(&self, order_id: Uuid) -> String {

@@ -170,21 +170,11 @@ async fn the_same_payment_in_another_key_order_or_spacing_replays() {
     let app = TestApp::spawn().await;
     let alice = app.customer();
     let (order, total) = app.order(&alice, "7.00", 1).await;
-    let raw = |body: String| {
-        app.server
-            .client
-            .post(app.server.url("/api/payments"))
-            .bearer_auth(&alice.token)
-            .header("idempotency-key", "pay-reordered")
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-    };
+    let raw = |body: String| app.server.post_keyed("/api/payments", &alice.token, "pay-reordered", body);
     let first = raw(format!(
         r#"{{"order_id":"{order}","amount":"{total}","currency":"USD","method":{{"type":"card","token":"tok_visa"}}}}"#
     ))
-    .await
-    .unwrap();
+    .await;
     assert_eq!(first.status(), 201);
     let first: Value = first.json().await.unwrap();
     let again = raw(format!(
@@ -194,8 +184,7 @@ async fn the_same_payment_in_another_key_order_or_spacing_replays() {
   "order_id": "{order}"
 }}"#
     ))
-    .await
-    .unwrap();
+    .await;
     assert_eq!(again.status(), 201);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(again.json::<Value>().await.unwrap(), first);
