@@ -199,9 +199,7 @@ impl AuthUser {
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
     }
-}
 
-impl AuthUser {
     /// The caller of `parts`, verified once per request (kept in its extensions).
     async fn of(parts: &mut Parts, auth: &Authenticator) -> Result<Self, ApiError> {
         if let Some(user) = parts.extensions.get::<AuthUser>() {

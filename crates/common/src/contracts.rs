@@ -1,6 +1,7 @@
 //! The contracts between the services (API.md, "Events" and the order status machine):
 //! the topics, every event type, the payloads one service writes and another reads, and
-//! the order statuses the order service moves and the payment service reads. Emitters
+//! the order statuses the order service moves and the payment service reads, and what the
+//! payment service reads of an order before charging it ([`OrderToPay`]). Emitters
 //! and consumers name these, so a renamed field or event fails to compile instead of
 //! failing a consumer at run time; the tests below pin the JSON each one is on the wire.
 
@@ -91,7 +92,7 @@ pub enum OrderStatus {
 
 /// What the payment service reads of an order before charging it (`GET
 /// /internal/orders/{id}`): its owner, status and total, one row and no lines.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderToPay {
     pub id: Uuid,
     pub user_id: Uuid,
@@ -401,6 +402,19 @@ mod tests {
                 "refunded_total": "4.00", "currency": "USD", "reason": "admin",
             }),
         );
+    }
+
+    #[test]
+    fn an_order_to_pay_is_pinned() {
+        let order = OrderToPay {
+            id: A,
+            user_id: B,
+            status: OrderStatus::PendingPayment,
+            total: money("12.30"),
+            currency: "USD".into(),
+        };
+        let wire = json!({ "id": A, "user_id": B, "status": "pending_payment", "total": "12.30", "currency": "USD" });
+        pinned(order, wire);
     }
 
     #[test]

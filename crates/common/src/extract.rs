@@ -3,7 +3,8 @@
 //!
 //! - [`Json`]: wrong content type → 415, body over the limit → 413, malformed JSON → 400,
 //!   unknown, missing or mistyped fields → 422 naming every such field by its path in
-//!   `errors`, with the rules the other fields break ([`Body`]).
+//!   `errors`, with the rules the other fields break ([`Body`]; a body with rules of its
+//!   own implements [`Parse`], into the domain's types, and its rule errors follow).
 //! - [`Path`]: a path segment that does not parse names no resource → 404.
 //! - [`Query`]: a malformed query string → 400.
 //! - [`ClientAddr`]: the client's IP address, for rate limits.

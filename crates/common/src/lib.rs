@@ -21,7 +21,8 @@
 //! - [`ratelimit`]: limits shared across replicas through Redis;
 //! - [`auth`]: access tokens, auth extractors, password hashing;
 //! - [`revocations`]: revoked sessions, refused by every process through a cache outage;
-//! - [`contracts`]: the topics, event types, payloads and order statuses services share;
+//! - [`contracts`]: the topics, event types, payloads, order statuses and the order to pay
+//!   that services share;
 //! - [`events`]: the transactional outbox, its relay, Kafka or in-process delivery, and
 //!   consumers that apply each event once;
 //! - [`trace`]: the W3C `traceparent` carried from requests into events;

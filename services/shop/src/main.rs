@@ -42,8 +42,8 @@ fn config(env: &Env) -> Result<Config, ConfigError> {
     // service: both are this very process.
     let itself = format!("http://127.0.0.1:{}", common.port);
     Ok(Config {
-        user: user::Config::with_common(common.clone(), env)?,
-        product: product::Config { common: common.clone() },
+        user: user::Config::configure(common.clone(), env)?,
+        product: product::Config::configure(common.clone(), env)?,
         order: order::Config::with_common(common.clone(), env, &itself)?,
         payment: payment::Config::with_common(common.clone(), env, &itself)?,
         common,

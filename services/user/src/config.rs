@@ -32,8 +32,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// For binaries that run several services (`shop`) and parse the common part once.
-    pub fn with_common(common: CommonConfig, env: &Env) -> Result<Self, ConfigError> {
+    /// The user service's variables on top of `common` (`Spec::configure`).
+    pub(crate) fn with_common(common: CommonConfig, env: &Env) -> Result<Self, ConfigError> {
         let production = common.app_env.is_production();
         let admin_email = env.raw("ADMIN_EMAIL").unwrap_or(DEV_ADMIN_EMAIL).to_owned();
         let admin_password = env.secret("ADMIN_PASSWORD");

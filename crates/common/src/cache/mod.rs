@@ -7,9 +7,10 @@
 //! the first level out of use until its invalidation channel is back. TTLs get random
 //! jitter so that entries written together do not all expire together.
 //!
-//! Here: the two levels' types, reads and writes of one key. Beside it: `load`
-//! (cache-aside loading, one loader per key, generations), `first_level` (the first level
-//! used directly, and invalidation of both levels) and [`l1`] itself.
+//! Here: the two levels' types, reads and writes of one key. Beside it: `cached` (an
+//! entry, [`Cached`]: an encoded response and its entity tag), `load` (cache-aside
+//! loading, one loader per key, generations), `first_level` (the first level used
+//! directly, and invalidation of both levels) and [`l1`] itself.
 
 mod cached;
 mod first_level;

@@ -183,7 +183,7 @@ impl Drop for Answering {
 /// back (sqlx rolls back a transaction dropped uncommitted), and each multi-step
 /// effect of the platform is written to survive being cut off there as it survives a
 /// crash (a checkout's record is released by the recovery job, a refund is carried out by
-/// the refund job); a charge under way is not cut off at all (`payment::charge`). `503
+/// the refund job); a charge under way is not cut off at all (`payment::steps::charge`). `503
 /// unavailable` is the contract's code for "not now, retry": the request was not refused,
 /// it was given up on, and a retry with its Idempotency-Key finds what it had done.
 fn deadline_passed(deadline: Duration) -> Response {

@@ -79,11 +79,12 @@ impl Daemon {
         Self { port: free_port(), child: None }
     }
 
-    /// Runs `command` (again), and waits until it listens.
+    /// Runs `command` (again), its output dropped, and waits until it listens.
     async fn resume(&mut self, what: &str, mut command: std::process::Command) {
         assert!(self.child.is_none(), "{what} is already running");
-        let child = command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn();
-        self.child = Some(child.unwrap_or_else(|e| panic!("cannot start {what} (./scripts/test installs it): {e}")));
+        let program = command.get_program().to_string_lossy().into_owned();
+        let child = command.stdout(std::process::Stdio::null()).spawn();
+        self.child = Some(child.unwrap_or_else(|e| panic!("cannot start {program} (./scripts/test installs it): {e}")));
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
@@ -136,7 +137,7 @@ impl TestBroker {
         let url = format!("tcp://127.0.0.1:{}", self.0.port);
         let mut command = std::process::Command::new(std::env::var("TANSU").unwrap_or_else(|_| "tansu".to_owned()));
         command.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url]);
-        command.args(["--storage-engine", "memory://tansu/"]);
+        command.args(["--storage-engine", "memory://tansu/"]).stderr(std::process::Stdio::null());
         self.0.resume("the test broker", command).await;
     }
 

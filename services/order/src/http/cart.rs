@@ -83,8 +83,7 @@ pub(super) async fn remove_cart_item(
     user: AuthUser,
     Path(product_id): Path<Uuid>,
 ) -> Result<Json<Cart>, ApiError> {
-    repository::remove_cart_items(&state.db, user.id, &[product_id]).await?;
-    Ok(Json(cart::view(&state, user.id).await?))
+    Ok(Json(cart::remove(&state, user.id, product_id).await?))
 }
 
 /// Empty your cart.

@@ -1,4 +1,5 @@
-//! Changing a cart: kept only once the product service has priced it.
+//! The customer's cart, priced by the product service on every read; a change is kept only
+//! once the product service has priced it.
 
 use common::ApiError;
 use uuid::Uuid;
@@ -29,6 +30,12 @@ pub async fn put(state: &AppState, user_id: Uuid, product_id: Uuid, quantity: Qu
             Err(refused)
         }
     }
+}
+
+/// Takes a product out of the cart (nothing if it was not there), and prices what is left.
+pub async fn remove(state: &AppState, user_id: Uuid, product_id: Uuid) -> Result<Cart, ApiError> {
+    repository::remove_cart_items(&state.db, user_id, &[product_id]).await?;
+    view(state, user_id).await
 }
 
 /// The cart's `lines` priced by the product service, in one call for them all; a line

@@ -149,26 +149,13 @@ async fn a_refund_retried_with_its_idempotency_key_is_made_once() {
     let app = TestApp::spawn().await;
     let (_alice, order, payment) = paid(&app, "10.00").await;
     let path = format!("/api/payments/{}/refunds", payment["id"].as_str().unwrap());
-    let refund = |body: Value, key: &'static str| {
-        let request = app.server.client.post(app.server.url(&path)).bearer_auth(&app.admin).json(&body);
-        async move { request.header("idempotency-key", key).send().await.unwrap() }
-    };
+    let refund = |body: Value, key: &'static str| app.server.post_keyed(&path, &app.admin, key, body.to_string());
     let first = refund(json!({"amount": "2.50"}), "refund-1").await;
     assert_eq!(first.status(), 201);
     assert!(first.headers().get("idempotent-replayed").is_none());
     let first: Value = first.json().await.unwrap();
     // The same request again, its body's keys in another order and spaced otherwise.
-    let again = app
-        .server
-        .client
-        .post(app.server.url(&path))
-        .bearer_auth(&app.admin)
-        .header("idempotency-key", "refund-1")
-        .header("content-type", "application/json")
-        .body("{ \"amount\" : \"2.50\" }")
-        .send()
-        .await
-        .unwrap();
+    let again = app.server.post_keyed(&path, &app.admin, "refund-1", "{ \"amount\" : \"2.50\" }").await;
     assert_eq!(again.status(), 201);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     let again: Value = again.json().await.unwrap();
