@@ -251,6 +251,12 @@ def markdown(report: dict) -> str:
             elif process == "shop" and "after_mib" in m:
                 judged = f"< 150 after the runs: {verdict(m['after_mib'] < 150)}"
             lines.append(f"| {process} | {m['idle_mib']} | {m.get('after_mib', '–')} | {judged} |")
+        after_each = [(name, row["shop_rss_mib"]) for name, row in report["scenarios"].items() if "shop_rss_mib" in row]
+        if after_each:
+            steps = ", ".join(f"{name} {mib}" for name, mib in after_each)
+            staleness = memory.get("shop", {}).get("after_staleness_mib")
+            tail = f", then the staleness measurement (a second replica's writes) {staleness}" if staleness else ""
+            lines += ["", f"`shop` after each run: {steps}{tail}."]
     else:
         lines.append("Not measured: the processes under test ran elsewhere (see the deployment's own metrics).")
     audit = report["audit"]

@@ -480,6 +480,9 @@ def run_all(args, out, scenarios, base, ceiling_base, database, processes, memor
         before = cache_counters(base), redis_commands()
         results[name] = wrk(name, script, base, run_args, env_run, args.duration, f"[{step}/{runs}]", pid("shop"))
         results[name]["connections"] = run_args.connections
+        if "shop" in processes:
+            # Resident memory after each run, to see which one the total after the runs comes from.
+            results[name]["shop_rss_mib"] = processes["shop"].rss_mib()
         results[name]["cache"] = cache_use(before, (cache_counters(base), redis_commands()), results[name])
         if counting:
             results[name]["database_work"] = database_work_per_order(database, idle, idle_end, results[name])
@@ -488,6 +491,8 @@ def run_all(args, out, scenarios, base, ceiling_base, database, processes, memor
             audit_result = audit(database)
     if not args.base_url and "product-by-id" in scenarios:
         results["staleness"] = measure_staleness(args, out, processes, base)
+        if "shop" in processes:
+            memory["shop"]["after_staleness_mib"] = processes["shop"].rss_mib()
     for name, process in processes.items():
         memory[name]["after_mib"] = process.rss_mib()
         process.stop()
@@ -782,7 +787,7 @@ def build_report(args, scenarios, results, memory, audit_result, today) -> dict:
         keep = ("requests", "seconds", "rps", "p50_us", "p90_us", "p99_us", "max_us", "mean_us", "non_2xx",
                 "connect_errors", "read_errors", "write_errors", "timeouts", "orders", "payments", "non_2xx_by_status")
         return {key: result[key] for key in keep} | {
-            key: result[key] for key in ("cpu_us_per_request", "cache", "database_work") if key in result
+            key: result[key] for key in ("cpu_us_per_request", "cache", "database_work", "shop_rss_mib") if key in result
         }
 
     ceilings = {name.removeprefix("ceiling-"): summary(r) for name, r in results.items() if name.startswith("ceiling-")}

@@ -68,10 +68,18 @@ impl Cached {
         };
         Some(slot.get_or_init(|| encoding.compress(&self.json)).clone())
     }
+}
 
-    /// What the entry's bodies take: the JSON, and for one large enough to be sent
-    /// compressed room for its copies (JSON shrinks to a fifth or less in either coding).
-    pub(super) fn footprint(&self) -> usize {
+/// What a first-level entry takes, in bytes, besides the level's own overhead for it: the
+/// level's bound (`L1_CACHE_BYTES`) counts it when the entry is filled.
+pub trait Footprint: std::any::Any + Send + Sync {
+    fn footprint(&self) -> usize;
+}
+
+impl Footprint for Cached {
+    /// The JSON, and for a body large enough to be sent compressed room for its copies
+    /// (JSON shrinks to a fifth or less in either coding).
+    fn footprint(&self) -> usize {
         let len = self.json.len();
         if self.is_compressible() { len + len / 2 } else { len }
     }

@@ -14,7 +14,8 @@ impl Cache {
         self.l1.as_ref().map(|l1| l1.ticket(key))
     }
 
-    pub fn l1_fill<V: std::any::Any + Send + Sync>(&self, key: &str, value: Arc<V>, ticket: Option<Ticket>) {
+    /// Keeps `value` under `key`, counted as its [`Footprint`], unless `ticket` was voided.
+    pub fn l1_fill<V: Footprint>(&self, key: &str, value: Arc<V>, ticket: Option<Ticket>) {
         if let (Some(l1), Some(ticket)) = (&self.l1, ticket) {
             l1.fill(key, value, ticket);
         }

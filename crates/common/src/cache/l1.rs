@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use metrics::Counter;
 
-use super::Cached;
+use super::Footprint;
 
 /// Invalidation counters, by a hash of the key: enough that unrelated keys rarely share
 /// one (sharing only costs a fill).
@@ -218,10 +218,9 @@ impl L1 {
 
     /// Keeps `value` under `key` (for at most [`MAX_TTL`]), unless an invalidation or a
     /// flush came after `ticket` was taken.
-    pub(crate) fn fill<V: Any + Send + Sync>(&self, key: &str, value: Arc<V>, ticket: Ticket) {
+    pub(crate) fn fill<V: Footprint>(&self, key: &str, value: Arc<V>, ticket: Ticket) {
         let Some(now) = self.serving_now().filter(|_| self.ticket_holds(ticket)) else { return };
-        let size = (&*value as &dyn Any).downcast_ref::<Cached>().map_or(1024, Cached::footprint);
-        let weight = u32::try_from(size + ENTRY_OVERHEAD).unwrap_or(u32::MAX);
+        let weight = u32::try_from(value.footprint() + ENTRY_OVERHEAD).unwrap_or(u32::MAX);
         let ttl = MAX_TTL.as_secs() as u32;
         let until = now.saturating_add(ttl - rand::random_range(0..ttl / 4));
         let key = self.key(key);

@@ -18,7 +18,7 @@ mod l1;
 mod load;
 pub(crate) use l1::subscribed;
 
-pub use cached::{Cached, etag_of};
+pub use cached::{Cached, Footprint, etag_of};
 use l1::L1;
 pub use l1::Ticket;
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use common::cache::{Cache, Cached, Ticket, etag_of};
+use common::cache::{Cache, Cached, Footprint, Ticket, etag_of};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -52,21 +52,28 @@ struct PageIds {
     next_cursor: Option<String>,
 }
 
-/// A listing page in the first level: its ids and, once made, the page as last
-/// assembled from its products with the tickets taken before they were read, so that it
-/// is served again, without one lookup per product, until one of them is invalidated.
+/// A listing page in the first level: its ids and, once made, the page as assembled from
+/// its products with the tickets taken before they were read, so that it is served again,
+/// without one lookup per product, until one of them is invalidated. Filled again once
+/// assembled, so that the level's bound counts the page it keeps (a hundred products'
+/// JSON), not only its ids.
 #[derive(Debug)]
 struct ListedPage {
     ids: PageIds,
-    assembled: std::sync::Mutex<Option<Arc<Assembled>>>,
+    assembled: Option<Assembled>,
 }
 
 /// A page as assembled, with the tickets of its products taken before they were read.
 type Assembled = (Vec<Ticket>, PageJson);
 
-impl ListedPage {
-    fn assembled(&self) -> Option<Arc<Assembled>> {
-        self.assembled.lock().unwrap_or_else(|e| e.into_inner()).clone()
+impl Footprint for ListedPage {
+    fn footprint(&self) -> usize {
+        let ids = self.ids.ids.len() * size_of::<Uuid>() + self.ids.next_cursor.as_ref().map_or(0, String::len);
+        let assembled = self
+            .assembled
+            .as_ref()
+            .map_or(0, |(tickets, page)| tickets.len() * size_of::<Ticket>() + page.footprint() + size_of::<Cached>());
+        size_of::<Self>() + ids + assembled
     }
 }
 
@@ -152,10 +159,12 @@ impl CatalogCache {
         // In the process the listing itself is the key; Redis gets a digest of it, made
         // only when the first level misses.
         let first_level_key = format!("products:page:{listing_key}@{}", self.cache.l1_family(PAGES));
+        // Taken before the level is read: both fills below are voided by an invalidation
+        // of the page since.
+        let ticket = self.cache.l1_ticket(&first_level_key);
         let page = match self.cache.l1_get::<ListedPage>(&first_level_key) {
             Some(page) => page,
             None => {
-                let ticket = self.cache.l1_ticket(&first_level_key);
                 let key = format!("products:page:{}", hex(&Sha256::digest(listing_key.as_bytes())));
                 let (db, listing) = (self.db.clone(), listing.clone());
                 let json = self
@@ -175,22 +184,23 @@ impl CatalogCache {
                     .await
                     .map_err(Error::Cache)?;
                 let ids: PageIds = serde_json::from_slice(&json).map_err(|e| Error::Internal(e.into()))?;
-                let page = Arc::new(ListedPage { ids, assembled: Default::default() });
+                let page = Arc::new(ListedPage { ids, assembled: None });
                 self.cache.l1_fill(&first_level_key, page.clone(), ticket);
                 page
             }
         };
-        if let Some(assembled) = page.assembled()
-            && self.cache.l1_tickets_hold(&assembled.0)
+        if let Some((tickets, assembled)) = &page.assembled
+            && self.cache.l1_tickets_hold(tickets)
         {
-            return Ok(assembled.1.clone());
+            return Ok(assembled.clone());
         }
         let keys: Vec<String> = page.ids.ids.iter().map(|id| product_key(*id)).collect();
         let tickets = self.cache.l1_tickets(&keys);
         let products = self.load_products(&keys, &page.ids.ids).await?;
         let assembled = assemble(&products, page.ids.next_cursor.as_deref());
         if let Some(tickets) = tickets {
-            *page.assembled.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new((tickets, assembled.clone())));
+            let listed = ListedPage { ids: page.ids.clone(), assembled: Some((tickets, assembled.clone())) };
+            self.cache.l1_fill(&first_level_key, Arc::new(listed), ticket);
         }
         Ok(assembled)
     }
@@ -266,6 +276,16 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listed_page_weighs_the_page_it_keeps() {
+        let ids = PageIds { ids: vec![Uuid::now_v7(); 100], next_cursor: None };
+        let bare = ListedPage { ids: ids.clone(), assembled: None }.footprint();
+        assert!(bare >= 1600, "its ids: {bare}");
+        let page = Cached::new(Bytes::from(vec![b' '; 40_000]));
+        let kept = ListedPage { ids, assembled: Some((Vec::new(), page)) }.footprint();
+        assert!(kept >= bare + 40_000, "the page it keeps counts: {kept}");
+    }
 
     fn product(stock: i32) -> Product {
         let now = chrono::Utc::now();

@@ -1,7 +1,7 @@
 use super::*;
 use axum::body::Bytes;
 
-use crate::cache::etag_of;
+use crate::cache::{Cached, etag_of};
 
 fn cached(json: &'static str) -> Arc<Cached> {
     Arc::new(Cached::new(Bytes::from_static(json.as_bytes())))
