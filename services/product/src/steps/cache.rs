@@ -52,15 +52,14 @@ struct PageIds {
     next_cursor: Option<String>,
 }
 
-/// A listing page in the first level: its ids and, once made, the page as assembled from
-/// its products with the tickets taken before they were read, so that it is served again,
-/// without one lookup per product, until one of them is invalidated. Filled again once
-/// assembled, so that the level's bound counts the page it keeps (a hundred products'
-/// JSON), not only its ids.
+/// A listing page in the first level: its ids and the page as assembled from its products,
+/// with the tickets taken before they were read, so that it is served again, without one
+/// lookup per product, until one of them is invalidated. Filled once assembled, so that
+/// the level's bound counts the page it keeps (a hundred products' JSON), not only its ids.
 #[derive(Debug)]
 struct ListedPage {
     ids: PageIds,
-    assembled: Option<Assembled>,
+    assembled: Assembled,
 }
 
 /// A page as assembled, with the tickets of its products taken before they were read.
@@ -69,11 +68,8 @@ type Assembled = (Vec<Ticket>, PageJson);
 impl Footprint for ListedPage {
     fn footprint(&self) -> usize {
         let ids = self.ids.ids.len() * size_of::<Uuid>() + self.ids.next_cursor.as_ref().map_or(0, String::len);
-        let assembled = self
-            .assembled
-            .as_ref()
-            .map_or(0, |(tickets, page)| tickets.len() * size_of::<Ticket>() + page.footprint() + size_of::<Cached>());
-        size_of::<Self>() + ids + assembled
+        let (tickets, page) = &self.assembled;
+        size_of::<Self>() + ids + tickets.len() * size_of::<Ticket>() + page.footprint()
     }
 }
 
@@ -159,11 +155,17 @@ impl CatalogCache {
         // In the process the listing itself is the key; Redis gets a digest of it, made
         // only when the first level misses.
         let first_level_key = format!("products:page:{listing_key}@{}", self.cache.l1_family(PAGES));
-        // Taken before the level is read: both fills below are voided by an invalidation
-        // of the page since.
+        // Taken before the level is read: the fill below is voided by an invalidation of
+        // the page since.
         let ticket = self.cache.l1_ticket(&first_level_key);
-        let page = match self.cache.l1_get::<ListedPage>(&first_level_key) {
-            Some(page) => page,
+        let listed = self.cache.l1_get::<ListedPage>(&first_level_key);
+        if let Some(ListedPage { assembled: (tickets, assembled), .. }) = listed.as_deref()
+            && self.cache.l1_tickets_hold(tickets)
+        {
+            return Ok(assembled.clone());
+        }
+        let ids = match listed {
+            Some(page) => page.ids.clone(),
             None => {
                 let key = format!("products:page:{}", hex(&Sha256::digest(listing_key.as_bytes())));
                 let (db, listing) = (self.db.clone(), listing.clone());
@@ -183,23 +185,16 @@ impl CatalogCache {
                     )
                     .await
                     .map_err(Error::Cache)?;
-                let ids: PageIds = serde_json::from_slice(&json).map_err(|e| Error::Internal(e.into()))?;
-                let page = Arc::new(ListedPage { ids, assembled: None });
-                self.cache.l1_fill(&first_level_key, page.clone(), ticket);
-                page
+                serde_json::from_slice::<PageIds>(&json).map_err(|e| Error::Internal(e.into()))?
             }
         };
-        if let Some((tickets, assembled)) = &page.assembled
-            && self.cache.l1_tickets_hold(tickets)
-        {
-            return Ok(assembled.clone());
-        }
-        let keys: Vec<String> = page.ids.ids.iter().map(|id| product_key(*id)).collect();
+        let keys: Vec<String> = ids.ids.iter().map(|id| product_key(*id)).collect();
         let tickets = self.cache.l1_tickets(&keys);
-        let products = self.load_products(&keys, &page.ids.ids).await?;
-        let assembled = assemble(&products, page.ids.next_cursor.as_deref());
+        let products = self.load_products(&keys, &ids.ids).await?;
+        let assembled = assemble(&products, ids.next_cursor.as_deref());
+        // Kept with the page it makes, once, so that the level's bound counts both.
         if let Some(tickets) = tickets {
-            let listed = ListedPage { ids: page.ids.clone(), assembled: Some((tickets, assembled.clone())) };
+            let listed = ListedPage { ids, assembled: (tickets, assembled.clone()) };
             self.cache.l1_fill(&first_level_key, Arc::new(listed), ticket);
         }
         Ok(assembled)
@@ -280,10 +275,11 @@ mod tests {
     #[test]
     fn a_listed_page_weighs_the_page_it_keeps() {
         let ids = PageIds { ids: vec![Uuid::now_v7(); 100], next_cursor: None };
-        let bare = ListedPage { ids: ids.clone(), assembled: None }.footprint();
+        let empty = (Vec::new(), Cached::new(Bytes::from_static(b"{}")));
+        let bare = ListedPage { ids: ids.clone(), assembled: empty }.footprint();
         assert!(bare >= 1600, "its ids: {bare}");
         let page = Cached::new(Bytes::from(vec![b' '; 40_000]));
-        let kept = ListedPage { ids, assembled: Some((Vec::new(), page)) }.footprint();
+        let kept = ListedPage { ids, assembled: (Vec::new(), page) }.footprint();
         assert!(kept >= bare + 40_000, "the page it keeps counts: {kept}");
     }
 
