@@ -17,10 +17,13 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-/// `limit` as the query string carries it: 1–100, 20 when absent.
+/// The page size when `?limit=` is absent: what a storefront lists.
+pub const DEFAULT_LIMIT: i64 = 20;
+
+/// `limit` as the query string carries it: 1–100, [`DEFAULT_LIMIT`] when absent.
 pub fn limit(raw: Option<&str>) -> Result<i64, ApiError> {
     match raw {
-        None => Ok(20),
+        None => Ok(DEFAULT_LIMIT),
         Some(raw) => match raw.parse::<i64>() {
             Ok(n) if (1..=100).contains(&n) => Ok(n),
             _ => Err(ApiError::bad_request("limit must be a whole number from 1 to 100")),

@@ -20,7 +20,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -102,7 +102,8 @@ pub(crate) struct L1 {
     slots: Box<[AtomicU64]>,
     /// Generations of key families (all listing pages, say): a family's keys carry its
     /// generation, so invalidating the family retires every one of its entries at once.
-    families: Mutex<HashMap<String, u64>>,
+    /// Read by every lookup of a family's key, written only by its invalidations.
+    families: RwLock<HashMap<String, u64>>,
     hits: Counter,
     misses: Counter,
     bypassed: Counter,
@@ -122,7 +123,7 @@ impl L1 {
             confirmed_until: AtomicU64::new(if stale_max.is_none() { u64::MAX } else { 0 }),
             epoch: AtomicU64::new(0),
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
-            families: Mutex::default(),
+            families: RwLock::default(),
             hits: metrics::counter!("cache_requests_total", "level" => "l1", "outcome" => "hit"),
             misses: metrics::counter!("cache_requests_total", "level" => "l1", "outcome" => "miss"),
             bypassed: metrics::counter!("cache_requests_total", "level" => "l1", "outcome" => "bypassed"),
@@ -240,12 +241,12 @@ impl L1 {
 
     /// The generation of a family of keys (0 until first invalidated).
     pub(crate) fn family(&self, family: &str) -> u64 {
-        self.families.lock().unwrap_or_else(|e| e.into_inner()).get(family).copied().unwrap_or(0)
+        self.families.read().unwrap_or_else(|e| e.into_inner()).get(family).copied().unwrap_or(0)
     }
 
     /// Retires every entry of `family`: its keys carry the next generation from now on.
     pub(crate) fn invalidate_family(&self, family: &str) {
-        *self.families.lock().unwrap_or_else(|e| e.into_inner()).entry(family.to_owned()).or_default() += 1;
+        *self.families.write().unwrap_or_else(|e| e.into_inner()).entry(family.to_owned()).or_default() += 1;
     }
 
     /// Empties the level and voids every ticket out (the subscription was lost, so

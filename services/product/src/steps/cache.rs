@@ -52,10 +52,11 @@ struct PageIds {
     next_cursor: Option<String>,
 }
 
-/// A listing page in the first level: its ids and the page as assembled from its products,
-/// with the tickets taken before they were read, so that it is served again, without one
-/// lookup per product, until one of them is invalidated. Filled once assembled, so that
-/// the level's bound counts the page it keeps (a hundred products' JSON), not only its ids.
+/// A listing page in the first level (one of storefront size: [`keeps_assembled`]): its ids
+/// and the page as assembled from its products, with the tickets taken before they were
+/// read, so that it is served again, without one lookup per product, until one of them is
+/// invalidated. Filled once assembled, so that the level's bound counts the page it keeps
+/// (twenty products' JSON), not only its ids.
 #[derive(Debug)]
 struct ListedPage {
     ids: PageIds,
@@ -71,6 +72,17 @@ impl Footprint for ListedPage {
         let (tickets, page) = &self.assembled;
         size_of::<Self>() + ids + tickets.len() * size_of::<Ticket>() + page.footprint()
     }
+}
+
+/// Whether the first level keeps a listing's page as assembled: pages of the size a
+/// storefront lists ([`common::page::DEFAULT_LIMIT`]) or smaller. Larger ones are what a
+/// client syncing or exporting the catalogue asks for, each page once: kept, a hundred
+/// products' page weighs as much as the hundred products, and a walk through the whole
+/// catalogue (100k products, 1,000 such pages) would push the products themselves out of
+/// the level. Such a page takes its ids from Redis and its products from the level each
+/// time instead.
+fn keeps_assembled(listing: &Listing) -> bool {
+    listing.limit <= common::page::DEFAULT_LIMIT
 }
 
 /// What a write did to a product, as far as listings care.
@@ -193,7 +205,7 @@ impl CatalogCache {
         let products = self.load_products(&keys, &ids.ids).await?;
         let assembled = assemble(&products, ids.next_cursor.as_deref());
         // Kept with the page it makes, once, so that the level's bound counts both.
-        if let Some(tickets) = tickets {
+        if let Some(tickets) = tickets.filter(|_| keeps_assembled(listing)) {
             let listed = ListedPage { ids, assembled: (tickets, assembled.clone()) };
             self.cache.l1_fill(&first_level_key, Arc::new(listed), ticket);
         }
@@ -297,6 +309,23 @@ mod tests {
             created_at: now,
             updated_at: now,
         }
+    }
+
+    #[test]
+    fn only_pages_of_a_storefront_size_are_kept_assembled() {
+        let listing = |limit| Listing {
+            q: None,
+            category_id: None,
+            min_price: None,
+            max_price: None,
+            in_stock: false,
+            sort: crate::domain::Sort::Newest,
+            limit,
+            cursor: None,
+        };
+        assert!(keeps_assembled(&listing(common::page::DEFAULT_LIMIT)));
+        assert!(keeps_assembled(&listing(1)));
+        assert!(!keeps_assembled(&listing(100)), "a bulk client's page, read once");
     }
 
     #[test]
