@@ -201,11 +201,11 @@ impl CatalogCache {
             }
         };
         let keys: Vec<String> = ids.ids.iter().map(|id| product_key(*id)).collect();
-        let tickets = self.cache.l1_tickets(&keys);
+        let tickets = keeps_assembled(listing).then(|| self.cache.l1_tickets(&keys)).flatten();
         let products = self.load_products(&keys, &ids.ids).await?;
         let assembled = assemble(&products, ids.next_cursor.as_deref());
         // Kept with the page it makes, once, so that the level's bound counts both.
-        if let Some(tickets) = tickets.filter(|_| keeps_assembled(listing)) {
+        if let Some(tickets) = tickets {
             let listed = ListedPage { ids, assembled: (tickets, assembled.clone()) };
             self.cache.l1_fill(&first_level_key, Arc::new(listed), ticket);
         }
