@@ -59,8 +59,13 @@ local products, categories, terms
 -- Next pages to follow: a listing's query with the cursor its response gave.
 local next_pages = {}
 -- The query of each listing request in flight, by the X-Request-Id it carries ("l<n>"),
--- so its response's cursor continues the same listing.
-local listings, listing_seq = {}, 0
+-- so that its response's cursor continues the same listing: a ring of slots, each knowing
+-- which request it holds. (Ids reused every 4096 requests let an answer slower than that,
+-- as at a run's cold start, find another listing's query under its id; the page that
+-- followed then asked that listing for this one's cursor, a 400 the server was right to
+-- give.)
+local RING = 65536
+local listings, listing_ids, listing_seq = {}, {}, 0
 
 function lib.init_browsing()
   products = lib.lines("product-ids.txt")
@@ -167,9 +172,9 @@ function lib.listing()
     path = "/api/products?limit=20&q=" .. lib.pick(terms):gsub(" ", "+")
   end
   listing_seq = listing_seq + 1
-  local id = listing_seq % 4096
-  listings[id] = path:gsub("&cursor=.*$", "")
-  return wrk.format("GET", path, { ["X-Request-Id"] = "l" .. id, ["Accept-Encoding"] = accept_encoding })
+  local slot = listing_seq % RING + 1
+  listings[slot], listing_ids[slot] = path:gsub("&cursor=.*$", ""), listing_seq
+  return wrk.format("GET", path, { ["X-Request-Id"] = "l" .. listing_seq, ["Accept-Encoding"] = accept_encoding })
 end
 
 -- The cursor is the page's last field: only the body's tail is searched, with a plain
@@ -179,11 +184,13 @@ function lib.remember_cursor(headers, body)
   if #next_pages >= 64 or not body then return end
   local id = headers["x-request-id"] or headers["X-Request-Id"]
   local n = id and tonumber(id:match("^l(%d+)$"))
-  if not (n and listings[n]) then return end
+  local slot = n and n % RING + 1
+  if not (slot and listing_ids[slot] == n) then return end
+  local listing = listings[slot]
   local at = body:find('"next_cursor":"', math.max(1, #body - 512), true)
   local cursor = at and body:match('^"next_cursor":"([^"]+)"', at)
   if cursor then
-    next_pages[#next_pages + 1] = listings[n] .. "&cursor=" .. cursor
+    next_pages[#next_pages + 1] = listing .. "&cursor=" .. cursor
   end
 end
 
