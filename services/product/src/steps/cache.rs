@@ -164,13 +164,17 @@ impl CatalogCache {
     /// multi-get. A product deleted since the page was cached is left out.
     pub async fn page(&self, listing: &Listing) -> Result<PageJson, Error> {
         let listing_key = listing.cache_key();
-        // In the process the listing itself is the key; Redis gets a digest of it, made
-        // only when the first level misses.
-        let first_level_key = format!("products:page:{listing_key}@{}", self.cache.l1_family(PAGES));
-        // Taken before the level is read: the fill below is voided by an invalidation of
-        // the page since.
-        let ticket = self.cache.l1_ticket(&first_level_key);
-        let listed = self.cache.l1_get::<ListedPage>(&first_level_key);
+        // A page the first level keeps is looked for there, under the listing itself
+        // (Redis gets a digest of it, made only when this level misses); one it never
+        // keeps is not looked for either.
+        let first_level = keeps_assembled(listing).then(|| {
+            let key = format!("products:page:{listing_key}@{}", self.cache.l1_family(PAGES));
+            // Taken before the level is read: the fill below is voided by an invalidation
+            // of the page since.
+            let ticket = self.cache.l1_ticket(&key);
+            (key, ticket)
+        });
+        let listed = first_level.as_ref().and_then(|(key, _)| self.cache.l1_get::<ListedPage>(key));
         if let Some(ListedPage { assembled: (tickets, assembled), .. }) = listed.as_deref()
             && self.cache.l1_tickets_hold(tickets)
         {
@@ -201,13 +205,13 @@ impl CatalogCache {
             }
         };
         let keys: Vec<String> = ids.ids.iter().map(|id| product_key(*id)).collect();
-        let tickets = keeps_assembled(listing).then(|| self.cache.l1_tickets(&keys)).flatten();
+        let tickets = first_level.as_ref().and_then(|_| self.cache.l1_tickets(&keys));
         let products = self.load_products(&keys, &ids.ids).await?;
         let assembled = assemble(&products, ids.next_cursor.as_deref());
         // Kept with the page it makes, once, so that the level's bound counts both.
-        if let Some(tickets) = tickets {
+        if let (Some((key, ticket)), Some(tickets)) = (first_level, tickets) {
             let listed = ListedPage { ids, assembled: (tickets, assembled.clone()) };
-            self.cache.l1_fill(&first_level_key, Arc::new(listed), ticket);
+            self.cache.l1_fill(&key, Arc::new(listed), ticket);
         }
         Ok(assembled)
     }
