@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use super::relay::OutboxRow;
-use super::{Delivery, Envelope, Subscription, deliver_batch};
+use super::{Delivery, Envelope, Subscription};
 use crate::trace;
 
 /// The in-process subscribers, by topic.
@@ -25,7 +25,7 @@ impl Bus {
     }
 
     /// Delivers a relay's batch to the subscribers of its topics, each subscriber's share
-    /// in one transaction ([`deliver_batch`]). What became of each row, in order: an error
+    /// in one transaction ([`Subscription::deliver_batch`]). What became of each row, in order: an error
     /// (a subscriber's database is away) leaves the rows of its topic unpublished, so they
     /// come again; subscribers that already applied them find them in their inbox.
     pub(super) async fn publish_all(&self, service: &'static str, rows: &[OutboxRow]) -> Vec<anyhow::Result<()>> {
@@ -59,8 +59,7 @@ impl Bus {
             }
             let batch: Vec<(Envelope, Option<String>)> = of_topic.iter().filter_map(|&i| events[i].clone()).collect();
             for subscriber in subscribers {
-                match deliver_batch(&subscriber.db, &subscriber.group, subscriber.handler.as_ref(), topic, &batch).await
-                {
+                match subscriber.deliver_batch(topic, &batch).await {
                     Ok(deliveries) => {
                         for (delivery, (event, _)) in deliveries.iter().zip(&batch) {
                             if let Delivery::DeadLettered(reason) = delivery {

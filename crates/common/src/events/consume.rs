@@ -1,6 +1,7 @@
 //! The consuming side: a service's [`EventHandler`], applied at most once per event with
-//! its inbox row in the same transaction ([`apply_once`], [`deliver`], [`deliver_batch`]),
-//! work deferred until that transaction commits ([`on_commit`]), and the inbox's pruning.
+//! its inbox row in the same transaction ([`apply_once`], [`Subscription::deliver`],
+//! [`Subscription::deliver_batch`]), work deferred until that transaction commits
+//! ([`on_commit`]), and the inbox's pruning.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,128 @@ pub struct Subscription {
     pub topics: Vec<String>,
     pub db: PgPool,
     pub handler: Arc<dyn EventHandler>,
+}
+
+impl Subscription {
+    /// [`apply_once`] with retries: a failing handler is retried with exponential backoff
+    /// [`MAX_ATTEMPTS`] times and then dead-lettered; a database outage is returned as an
+    /// error for the caller to retry later, without using up attempts.
+    ///
+    /// The handling is a consumer span for `group`, the child of the span that published the
+    /// event (its `traceparent`), so a trace follows the event from service to service.
+    pub async fn deliver(
+        &self,
+        topic: &str,
+        event: &Envelope,
+        traceparent: Option<String>,
+    ) -> anyhow::Result<Delivery> {
+        let span = consume_span(&self.group, topic, event);
+        let work = async {
+            let mut backoff = crate::backoff::Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+            let mut attempt = 1;
+            loop {
+                match apply_once(&self.db, self.handler.as_ref(), topic, event).await {
+                    Ok(delivery) => {
+                        count_consumed(topic, &delivery);
+                        return Ok(delivery);
+                    }
+                    // The database is away: no attempt is used up; the caller retries later.
+                    Err(err) if is_transient(&err) => return Err(err),
+                    Err(err) if attempt >= MAX_ATTEMPTS => {
+                        metrics::counter!("events_dead_lettered_total", "topic" => topic.to_owned()).increment(1);
+                        tracing::error!(event_id = %event.id, topic, error = format!("{err:#}"), "giving up on an event");
+                        return Ok(Delivery::DeadLettered(format!("{err:#}")));
+                    }
+                    Err(err) => {
+                        tracing::warn!(event_id = %event.id, topic, attempt, error = format!("{err:#}"), "event handler failed; retrying");
+                        backoff.wait().await;
+                        attempt += 1;
+                    }
+                }
+            }
+        };
+        trace::instrument(span, traceparent.as_deref(), work).await
+    }
+
+    /// Applies several events of `topic` as [`Self::deliver`] does one, in one transaction with
+    /// their inbox rows written in one statement (the in-process bus hands over a relay's
+    /// whole batch this way). Each handling is still a consumer span, the child of its
+    /// event's `traceparent`. If a handler fails, the batch is rolled back and every event is
+    /// delivered on its own, with [`Self::deliver`]'s retries and dead letters; a database outage is
+    /// returned as an error for the caller to retry later.
+    pub async fn deliver_batch(
+        &self,
+        topic: &str,
+        events: &[(Envelope, Option<String>)],
+    ) -> anyhow::Result<Vec<Delivery>> {
+        let handler = self.handler.as_ref();
+        let wanted: Vec<&(Envelope, Option<String>)> =
+            events.iter().filter(|(e, _)| handler.wants(&e.event_type)).collect();
+        if wanted.len() <= 1 {
+            return self.one_by_one(topic, events).await;
+        }
+        let together = deferring(waking(self.apply_batch(topic, &wanted)), Result::is_ok).await;
+        match together {
+            Ok(applied) => {
+                let mut deliveries = Vec::with_capacity(events.len());
+                for (event, _) in events {
+                    let delivery = if !handler.wants(&event.event_type) {
+                        Delivery::Ignored
+                    } else if applied.contains(&event.id) {
+                        handler.after_commit(event).await;
+                        Delivery::Applied
+                    } else {
+                        Delivery::Duplicate
+                    };
+                    count_consumed(topic, &delivery);
+                    deliveries.push(delivery);
+                }
+                Ok(deliveries)
+            }
+            Err(err) if is_transient(&err) => Err(err),
+            Err(err) => {
+                tracing::warn!(topic, error = format!("{err:#}"), "a batch of events failed; applying them one by one");
+                self.one_by_one(topic, events).await
+            }
+        }
+    }
+
+    /// [`Self::deliver`] for each event in turn.
+    async fn one_by_one(&self, topic: &str, events: &[(Envelope, Option<String>)]) -> anyhow::Result<Vec<Delivery>> {
+        let mut deliveries = Vec::with_capacity(events.len());
+        for (event, traceparent) in events {
+            deliveries.push(self.deliver(topic, event, traceparent.clone()).await?);
+        }
+        Ok(deliveries)
+    }
+
+    /// The transaction of [`Self::deliver_batch`]: the ids of the events it applied (the others
+    /// were in the inbox already).
+    async fn apply_batch(&self, topic: &str, events: &[&(Envelope, Option<String>)]) -> anyhow::Result<Vec<Uuid>> {
+        let ids: Vec<Uuid> = events.iter().map(|(e, _)| e.id).collect();
+        let types: Vec<&str> = events.iter().map(|(e, _)| e.event_type.as_str()).collect();
+        let mut tx = self.db.begin().await?;
+        let fresh: Vec<Uuid> = sqlx::query_scalar(
+            "INSERT INTO inbox (event_id, topic, event_type)
+             SELECT e.id, $2, e.event_type FROM UNNEST($1::uuid[], $3::text[]) AS e(id, event_type)
+             ON CONFLICT (event_id) DO NOTHING
+             RETURNING event_id",
+        )
+        .bind(&ids)
+        .bind(topic)
+        .bind(&types)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (event, traceparent) in events.iter().copied() {
+            if !fresh.contains(&event.id) {
+                continue;
+            }
+            let span = consume_span(&self.group, topic, event);
+            trace::instrument(span, traceparent.as_deref(), self.handler.handle(&mut tx, event)).await?;
+        }
+        tx.commit().await?;
+        Ok(fresh)
+    }
 }
 
 /// How an event was dealt with.
@@ -145,107 +268,6 @@ async fn apply_in_transaction(
     Ok(Delivery::Applied)
 }
 
-/// [`apply_once`] with retries: a failing handler is retried with exponential backoff
-/// [`MAX_ATTEMPTS`] times and then dead-lettered; a database outage is returned as an
-/// error for the caller to retry later, without using up attempts.
-///
-/// The handling is a consumer span for `group`, the child of the span that published the
-/// event (its `traceparent`), so a trace follows the event from service to service.
-pub async fn deliver(
-    db: &PgPool,
-    group: &str,
-    handler: &dyn EventHandler,
-    topic: &str,
-    event: &Envelope,
-    traceparent: Option<String>,
-) -> anyhow::Result<Delivery> {
-    let span = consume_span(group, topic, event);
-    let work = async {
-        let mut backoff = crate::backoff::Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
-        let mut attempt = 1;
-        loop {
-            match apply_once(db, handler, topic, event).await {
-                Ok(delivery) => {
-                    count_consumed(topic, &delivery);
-                    return Ok(delivery);
-                }
-                // The database is away: no attempt is used up; the caller retries later.
-                Err(err) if is_transient(&err) => return Err(err),
-                Err(err) if attempt >= MAX_ATTEMPTS => {
-                    metrics::counter!("events_dead_lettered_total", "topic" => topic.to_owned()).increment(1);
-                    tracing::error!(event_id = %event.id, topic, error = format!("{err:#}"), "giving up on an event");
-                    return Ok(Delivery::DeadLettered(format!("{err:#}")));
-                }
-                Err(err) => {
-                    tracing::warn!(event_id = %event.id, topic, attempt, error = format!("{err:#}"), "event handler failed; retrying");
-                    backoff.wait().await;
-                    attempt += 1;
-                }
-            }
-        }
-    };
-    trace::instrument(span, traceparent.as_deref(), work).await
-}
-
-/// Applies several events of `topic` as [`deliver`] does one, in one transaction with
-/// their inbox rows written in one statement (the in-process bus hands over a relay's
-/// whole batch this way). Each handling is still a consumer span, the child of its
-/// event's `traceparent`. If a handler fails, the batch is rolled back and every event is
-/// delivered on its own, with [`deliver`]'s retries and dead letters; a database outage is
-/// returned as an error for the caller to retry later.
-pub async fn deliver_batch(
-    db: &PgPool,
-    group: &str,
-    handler: &dyn EventHandler,
-    topic: &str,
-    events: &[(Envelope, Option<String>)],
-) -> anyhow::Result<Vec<Delivery>> {
-    let wanted: Vec<&(Envelope, Option<String>)> =
-        events.iter().filter(|(e, _)| handler.wants(&e.event_type)).collect();
-    if wanted.len() <= 1 {
-        return one_by_one(db, group, handler, topic, events).await;
-    }
-    let together = deferring(waking(apply_batch(db, group, handler, topic, &wanted)), Result::is_ok).await;
-    match together {
-        Ok(applied) => {
-            let mut deliveries = Vec::with_capacity(events.len());
-            for (event, _) in events {
-                let delivery = if !handler.wants(&event.event_type) {
-                    Delivery::Ignored
-                } else if applied.contains(&event.id) {
-                    handler.after_commit(event).await;
-                    Delivery::Applied
-                } else {
-                    Delivery::Duplicate
-                };
-                count_consumed(topic, &delivery);
-                deliveries.push(delivery);
-            }
-            Ok(deliveries)
-        }
-        Err(err) if is_transient(&err) => Err(err),
-        Err(err) => {
-            tracing::warn!(topic, error = format!("{err:#}"), "a batch of events failed; applying them one by one");
-            one_by_one(db, group, handler, topic, events).await
-        }
-    }
-}
-
-/// [`deliver`] for each event in turn.
-async fn one_by_one(
-    db: &PgPool,
-    group: &str,
-    handler: &dyn EventHandler,
-    topic: &str,
-    events: &[(Envelope, Option<String>)],
-) -> anyhow::Result<Vec<Delivery>> {
-    let mut deliveries = Vec::with_capacity(events.len());
-    for (event, traceparent) in events {
-        deliveries.push(deliver(db, group, handler, topic, event, traceparent.clone()).await?);
-    }
-    Ok(deliveries)
-}
-
 /// Counts what became of a consumed event (`events_consumed_total`).
 fn count_consumed(topic: &str, delivery: &Delivery) {
     let outcome = match delivery {
@@ -254,40 +276,6 @@ fn count_consumed(topic: &str, delivery: &Delivery) {
         _ => "duplicate",
     };
     metrics::counter!("events_consumed_total", "topic" => topic.to_owned(), "outcome" => outcome).increment(1);
-}
-
-/// The transaction of [`deliver_batch`]: the ids of the events it applied (the others
-/// were in the inbox already).
-async fn apply_batch(
-    db: &PgPool,
-    group: &str,
-    handler: &dyn EventHandler,
-    topic: &str,
-    events: &[&(Envelope, Option<String>)],
-) -> anyhow::Result<Vec<Uuid>> {
-    let ids: Vec<Uuid> = events.iter().map(|(e, _)| e.id).collect();
-    let types: Vec<&str> = events.iter().map(|(e, _)| e.event_type.as_str()).collect();
-    let mut tx = db.begin().await?;
-    let fresh: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO inbox (event_id, topic, event_type)
-         SELECT e.id, $2, e.event_type FROM UNNEST($1::uuid[], $3::text[]) AS e(id, event_type)
-         ON CONFLICT (event_id) DO NOTHING
-         RETURNING event_id",
-    )
-    .bind(&ids)
-    .bind(topic)
-    .bind(&types)
-    .fetch_all(&mut *tx)
-    .await?;
-    for (event, traceparent) in events.iter().copied() {
-        if !fresh.contains(&event.id) {
-            continue;
-        }
-        trace::instrument(consume_span(group, topic, event), traceparent.as_deref(), handler.handle(&mut tx, event))
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(fresh)
 }
 
 /// The consumer span of one event's handling.

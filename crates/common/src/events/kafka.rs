@@ -20,7 +20,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::relay::OutboxRow;
-use super::{Delivery, Envelope, Subscription, dead_letter_topic, deliver};
+use super::{Delivery, Envelope, Subscription, dead_letter_topic};
 use crate::trace;
 
 /// Partitions of each topic: records of one aggregate share a partition (the key is the
@@ -251,16 +251,7 @@ async fn handle_record(kafka: &Kafka, subscription: &Subscription, message: &Bor
     let traceparent = header(message, trace::TRACEPARENT.as_str()).map(str::to_owned);
     let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), MAX_RETRY_PAUSE);
     loop {
-        match deliver(
-            &subscription.db,
-            &subscription.group,
-            subscription.handler.as_ref(),
-            topic,
-            &envelope,
-            traceparent.clone(),
-        )
-        .await
-        {
+        match subscription.deliver(topic, &envelope, traceparent.clone()).await {
             Ok(Delivery::Applied | Delivery::Duplicate | Delivery::Ignored) => return,
             Ok(Delivery::DeadLettered(reason)) => return dead_letter(kafka, message, &reason).await,
             Err(err) => {

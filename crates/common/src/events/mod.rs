@@ -7,9 +7,10 @@
 //!   between replicas with `FOR UPDATE SKIP LOCKED`;
 //! - [`Events`] is where they go: Kafka ([`kafka`]) when `KAFKA_BROKERS` is set, the
 //!   in-process [`bus`] otherwise (`shop` only);
-//! - a consumer's [`EventHandler`] runs through [`deliver`], which records the event id in
-//!   the inbox in the same transaction as the effect, retries with backoff and gives up
-//!   on a record (dead letter) only when the handler itself keeps failing;
+//! - a consumer's [`EventHandler`] runs through [`Subscription::deliver`], which records
+//!   the event id in the inbox in the same transaction as the effect, retries with
+//!   backoff and gives up on a record (dead letter) only when the handler itself keeps
+//!   failing;
 //! - [`prune_inbox`] forgets inbox rows once the broker can no longer redeliver their
 //!   events, an hourly job of every consuming service ([`spawn_inbox_pruning`]).
 
@@ -28,8 +29,8 @@ use uuid::Uuid;
 use crate::contracts::EventType;
 
 pub use consume::{
-    Delivery, EventHandler, MAX_ATTEMPTS, PRUNE_EVERY, Subscription, apply_once, deliver, deliver_batch, on_commit,
-    prune_inbox, spawn_inbox_pruning,
+    Delivery, EventHandler, MAX_ATTEMPTS, PRUNE_EVERY, Subscription, apply_once, on_commit, prune_inbox,
+    spawn_inbox_pruning,
 };
 pub use relay::{Relay, wake};
 
