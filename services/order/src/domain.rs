@@ -61,46 +61,37 @@ pub fn merge_lines(lines: impl IntoIterator<Item = Line>) -> Vec<Line> {
 /// that is not white space.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "Ada Lovelace", "line1": "12 St James's Square", "city": "London", "postal_code": "SW1Y 4JH", "country": "GB"
+}))]
 pub struct ShippingAddress {
-    /// 1–100 characters, not blank.
-    #[schema(
-        example = "Ada Lovelace",
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
-    )]
+    #[schema(schema_with = required_text::<100>)]
     pub name: String,
-    /// 1–200 characters, not blank.
-    #[schema(
-        example = "12 St James's Square",
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
-    )]
+    #[schema(schema_with = required_text::<200>)]
     pub line1: String,
     /// At most 200 characters; a blank one is dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub line2: Option<String>,
-    /// 1–100 characters, not blank.
-    #[schema(
-        example = "London",
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
-    )]
+    #[schema(schema_with = required_text::<100>)]
     pub city: String,
-    /// 1–20 characters, not blank.
-    #[schema(
-        example = "SW1Y 4JH",
-        min_length = 1,
-        max_length = 20,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
-    )]
+    #[schema(schema_with = required_text::<20>)]
     pub postal_code: String,
     /// ISO 3166-1 alpha-2; the schema lists `COUNTRIES` (`country_schema`).
     #[schema(schema_with = country_schema)]
     pub country: String,
+}
+
+/// A required field of 1 to `MAX` characters: what [`text`] takes, once trimmed, as the
+/// schema says it (`schema_with` replaces the field's doc comment, hence the description).
+fn required_text<const MAX: usize>() -> utoipa::openapi::ObjectBuilder {
+    use utoipa::openapi::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX))
+        .pattern(Some(r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"))
+        .description(Some(format!("1–{MAX} characters, not blank.")))
 }
 
 /// `country`: an enum of [`COUNTRIES`], so that the document lists exactly the codes

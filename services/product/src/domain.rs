@@ -18,17 +18,17 @@ pub use common::page::Page;
 /// The most units one product may have in stock, or one delta may move.
 pub const MAX_STOCK: i64 = 1_000_000_000;
 
-/// 1–200 characters, not blank.
+/// `1..=MAX` characters, not blank: a product's or a category's name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProductName(String);
+pub struct Name<const MAX: usize>(String);
 
-impl ProductName {
-    pub fn parse(raw: String) -> Result<Self, &'static str> {
+impl<const MAX: usize> Name<MAX> {
+    pub fn parse(raw: String) -> Result<Self, String> {
         let chars = raw.chars().count();
-        if (1..=200).contains(&chars) && !raw.trim().is_empty() {
+        if (1..=MAX).contains(&chars) && !raw.trim().is_empty() {
             Ok(Self(raw))
         } else {
-            Err("must be 1 to 200 characters")
+            Err(format!("must be 1 to {MAX} characters"))
         }
     }
 
@@ -36,6 +36,8 @@ impl ProductName {
         &self.0
     }
 }
+
+pub type ProductName = Name<200>;
 
 /// At most 5000 characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +149,7 @@ pub struct Product {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A category as clients see it: a root one has no `parent_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Category {
     pub id: Uuid,
@@ -155,24 +158,7 @@ pub struct Category {
     pub created_at: DateTime<Utc>,
 }
 
-/// 1–100 characters, not blank.
-#[derive(Debug, Clone)]
-pub struct CategoryName(String);
-
-impl CategoryName {
-    pub fn parse(raw: String) -> Result<Self, &'static str> {
-        let chars = raw.chars().count();
-        if (1..=100).contains(&chars) && !raw.trim().is_empty() {
-            Ok(Self(raw))
-        } else {
-            Err("must be 1 to 100 characters")
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+pub type CategoryName = Name<100>;
 
 /// How a listing is ordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
