@@ -77,6 +77,12 @@ async fn upstream_server(fail_first: usize) -> (Upstream, Arc<AtomicUsize>, Arc<
     (Upstream::new("test", &url, "order", Duration::from_millis(500), auth.clone()), calls, auth)
 }
 
+/// The status and code a client gets for `err`.
+fn answer_to(err: UpstreamError) -> (StatusCode, ErrorCode) {
+    let api: ApiError = err.into();
+    (api.status(), api.code())
+}
+
 #[tokio::test]
 async fn calls_carry_a_service_token_the_request_id_and_the_trace() {
     let (upstream, _, auth) = upstream_server(0).await;
@@ -105,8 +111,7 @@ async fn a_slow_upstream_is_a_504_within_the_timeout() {
     let err = upstream.call::<()>(Method::GET, "/slow", None, false).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Timeout("test")), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
-    let api: ApiError = err.into();
-    assert_eq!((api.status(), api.code()), (StatusCode::GATEWAY_TIMEOUT, ErrorCode::UpstreamTimeout));
+    assert_eq!(answer_to(err), (StatusCode::GATEWAY_TIMEOUT, ErrorCode::UpstreamTimeout));
 }
 
 #[tokio::test]
@@ -120,8 +125,7 @@ async fn only_idempotent_calls_are_retried() {
     let err = upstream.call(Method::POST, "/flaky", Some(&json!({})), false).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Unavailable(..)), "{err:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 1, "sent once");
-    let api: ApiError = err.into();
-    assert_eq!((api.status(), api.code()), (StatusCode::BAD_GATEWAY, ErrorCode::UpstreamUnavailable));
+    assert_eq!(answer_to(err), (StatusCode::BAD_GATEWAY, ErrorCode::UpstreamUnavailable));
 }
 
 #[tokio::test]
@@ -133,15 +137,13 @@ async fn the_breaker_opens_on_an_outage_answers_at_once_and_closes_when_the_upst
     for _ in 0..5 {
         let err = upstream.call::<()>(Method::GET, "/flaky", None, false).await.unwrap_err();
         assert!(matches!(err, UpstreamError::Unreachable(..)), "{err:?}");
-        let api: ApiError = err.into();
-        assert_eq!((api.status(), api.code()), (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::UpstreamUnavailable));
+        assert_eq!(answer_to(err), (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::UpstreamUnavailable));
     }
     let started = Instant::now();
     let err = upstream.call::<()>(Method::GET, "/flaky", None, true).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Open("test")), "{err:?}");
     assert!(started.elapsed() < Duration::from_millis(50), "rejected at once: {:?}", started.elapsed());
-    let api: ApiError = err.into();
-    assert_eq!((api.status(), api.code()), (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::UpstreamUnavailable));
+    assert_eq!(answer_to(err), (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::UpstreamUnavailable));
 
     // The upstream comes back: after the breaker's pause a trial call goes through and
     // closes it, with no restart of the caller.

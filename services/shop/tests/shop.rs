@@ -33,51 +33,88 @@ async fn wait_until_up(child: &mut Child, port: u16) {
     panic!("shop did not start listening");
 }
 
-fn terminate(child: &Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
+/// A `shop` process listening on `base`, and a client for it.
+struct Running {
+    child: Child,
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Running {
+    /// Starts `shop` on a fresh database with `vars` beside the defaults, and waits until
+    /// it listens.
+    async fn start(db: &TestDb, vars: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        Self::spawn(shop(db, port).envs(vars.iter().copied()), port).await
+    }
+
+    /// Runs `command`, a [`shop`] on `port`, and waits until it listens.
+    async fn spawn(command: &mut Command, port: u16) -> Self {
+        let mut child = command.spawn().unwrap();
+        wait_until_up(&mut child, port).await;
+        Self { child, base: format!("http://127.0.0.1:{port}"), client: reqwest::Client::new() }
+    }
+
+    /// A request to `path`, with `token` as its bearer when there is one.
+    fn to(&self, method: reqwest::Method, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+        let request = self.client.request(method, format!("{}{path}", self.base));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        self.to(reqwest::Method::GET, path, token).send().await.unwrap()
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: serde_json::Value) -> reqwest::Response {
+        self.to(reqwest::Method::POST, path, token).json(&body).send().await.unwrap()
+    }
+
+    /// Logs in and returns the access token.
+    async fn login(&self, email: &str, password: &str) -> String {
+        let res = self.post("/api/auth/login", None, json!({"email": email, "password": password})).await;
+        assert_eq!(res.status(), 200);
+        res.json::<serde_json::Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// SIGTERM, then the process must exit 0.
+    async fn stop(self) {
+        let mut child = self.child;
+        let signalled = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(signalled.success());
+        let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+        assert!(status.success(), "{status}");
+    }
 }
 
 #[tokio::test]
 async fn shop_creates_its_database_migrates_serves_and_stops_gracefully() {
     let db = TestDb::reserve();
-    let port = free_port();
     // The default bcrypt cost makes a login take long enough to still be running when
     // the signal arrives.
-    let mut child = shop(&db, port).env("BCRYPT_COST", "12").spawn().unwrap();
-    wait_until_up(&mut child, port).await;
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let shop = Running::start(&db, &[("BCRYPT_COST", "12")]).await;
 
-    let ready = client.get(format!("{base}/ready")).send().await.unwrap();
+    let ready = shop.get("/ready", None).await;
     assert_eq!(ready.status(), 200);
     let checks: serde_json::Value = ready.json().await.unwrap();
-    assert_eq!(checks["checks"]["database:user"], "up");
-    assert_eq!(checks["checks"]["database:product"], "up");
-    assert_eq!(checks["checks"]["database:order"], "up");
-    assert_eq!(checks["checks"]["database:payment"], "up");
-    let products = client.get(format!("{base}/api/products")).send().await.unwrap();
-    assert_eq!(products.status(), 200, "the product service is nested too");
-    let res = client
-        .post(format!("{base}/api/auth/register"))
-        .json(&json!({"username": "jane", "email": "jane@example.com", "password": "correct horse"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
+    for service in ["user", "product", "order", "payment"] {
+        assert_eq!(checks["checks"][format!("database:{service}")], "up", "{checks}");
+    }
+    assert_eq!(shop.get("/api/products", None).await.status(), 200, "the product service is nested too");
+    let jane = json!({"username": "jane", "email": "jane@example.com", "password": "correct horse"});
+    assert_eq!(shop.post("/api/auth/register", None, jane).await.status(), 201);
 
     // A request in flight when SIGTERM arrives is still answered; then the process exits 0.
-    let in_flight = tokio::spawn({
-        let client = client.clone();
-        let url = format!("{base}/api/auth/login");
-        async move { client.post(url).json(&json!({"email": "jane@example.com", "password": "correct horse"})).send().await }
-    });
+    let in_flight = shop.to(reqwest::Method::POST, "/api/auth/login", None);
+    let in_flight =
+        tokio::spawn(in_flight.json(&json!({"email": "jane@example.com", "password": "correct horse"})).send());
     tokio::time::sleep(Duration::from_millis(100)).await;
-    terminate(&child);
+    let (client, base) = (shop.client.clone(), shop.base.clone());
+    shop.stop().await;
     let answered = in_flight.await.unwrap().expect("the in-flight request is answered");
     assert_eq!(answered.status(), 200);
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
-    assert!(status.success(), "{status}");
     assert!(client.get(format!("{base}/health")).send().await.is_err(), "no longer listening");
 }
 
@@ -128,24 +165,17 @@ async fn log_of_one_traced_request(disabled: &str, trace_id: &str) -> String {
     let db = TestDb::reserve();
     let port = free_port();
     let log = std::env::temp_dir().join(format!("shop-{}.log", uuid::Uuid::new_v4().simple()));
-    let mut child = shop(&db, port)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env("OTEL_SDK_DISABLED", disabled)
-        .stdout(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    wait_until_up(&mut child, port).await;
-    let res = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}/api/products"))
+    let mut command = shop(&db, port);
+    command.env("RUST_LOG", "info").env("NO_COLOR", "1").env("OTEL_SDK_DISABLED", disabled);
+    let shop = Running::spawn(command.stdout(std::fs::File::create(&log).unwrap()), port).await;
+    let res = shop
+        .to(reqwest::Method::GET, "/api/products", None)
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    terminate(&child);
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
-    assert!(status.success(), "{status}");
+    shop.stop().await;
     let text = std::fs::read_to_string(&log).unwrap();
     let _ = std::fs::remove_file(&log);
     text
@@ -164,95 +194,41 @@ async fn otel_sdk_disabled_turns_tracing_off() {
     assert!(!off.contains(trace_id) && !off.contains("trace_id"), "tracing off, yet a trace id is logged:\n{off}");
 }
 
-/// Logs in and returns the access token.
-async fn login(client: &reqwest::Client, base: &str, email: &str, password: &str) -> String {
-    let res = client
-        .post(format!("{base}/api/auth/login"))
-        .json(&json!({"email": email, "password": password}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let tokens: serde_json::Value = res.json().await.unwrap();
-    tokens["access_token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn shop_runs_a_whole_checkout_in_one_process_without_redis_or_kafka() {
     let db = TestDb::reserve();
-    let port = free_port();
-    let mut child = shop(&db, port).env("ORDER_PAYMENT_TIMEOUT", "3s").spawn().unwrap();
-    wait_until_up(&mut child, port).await;
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let admin = login(&client, &base, "admin@shop.local", "admin-password-dev-only").await;
-    let category: serde_json::Value = client
-        .post(format!("{base}/api/categories"))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "Desks"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let product: serde_json::Value = client
-        .post(format!("{base}/api/products"))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "Oak desk", "price": "250.00", "stock": 3, "category_id": category["id"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let res = client
-        .post(format!("{base}/api/auth/register"))
-        .json(&json!({"username": "kim", "email": "kim@example.com", "password": "correct horse"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let kim = login(&client, &base, "kim@example.com", "correct horse").await;
+    let shop = Running::start(&db, &[("ORDER_PAYMENT_TIMEOUT", "3s")]).await;
+    let admin = shop.login("admin@shop.local", "admin-password-dev-only").await;
+    let category = shop.post("/api/categories", Some(&admin), json!({"name": "Desks"})).await;
+    let category: serde_json::Value = category.json().await.unwrap();
+    let desk = json!({"name": "Oak desk", "price": "250.00", "stock": 3, "category_id": category["id"]});
+    let product: serde_json::Value = shop.post("/api/products", Some(&admin), desk).await.json().await.unwrap();
+    let product_path = format!("/api/products/{}", product["id"].as_str().unwrap());
+    let kim = json!({"username": "kim", "email": "kim@example.com", "password": "correct horse"});
+    assert_eq!(shop.post("/api/auth/register", None, kim).await.status(), 201);
+    let kim = shop.login("kim@example.com", "correct horse").await;
 
-    let res = client
-        .put(format!("{base}/api/cart/items/{}", product["id"].as_str().unwrap()))
-        .bearer_auth(&kim)
+    let res = shop
+        .to(reqwest::Method::PUT, &format!("/api/cart/items/{}", product["id"].as_str().unwrap()), Some(&kim))
         .json(&json!({"quantity": 2}))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 200, "the order service reaches the product service in the same process");
     let address = json!({"name": "Kim", "line1": "1 Main St", "city": "Oslo", "postal_code": "0150", "country": "NO"});
-    let res = client
-        .post(format!("{base}/api/orders"))
-        .bearer_auth(&kim)
-        .json(&json!({"shipping_address": address}))
-        .send()
-        .await
-        .unwrap();
+    let res = shop.post("/api/orders", Some(&kim), json!({"shipping_address": address})).await;
     assert_eq!(res.status(), 201);
     let order: serde_json::Value = res.json().await.unwrap();
     assert_eq!(order["total"], "500.00");
-    let stock = |client: reqwest::Client| {
-        let url = format!("{base}/api/products/{}", product["id"].as_str().unwrap());
-        async move { client.get(url).send().await.unwrap().json::<serde_json::Value>().await.unwrap()["stock"].clone() }
-    };
-    assert_eq!(stock(client.clone()).await, 1);
+    let json = |res: reqwest::Response| async move { res.json::<serde_json::Value>().await.unwrap() };
+    assert_eq!(json(shop.get(&product_path, None).await).await["stock"], 1);
 
     // A second order is paid: the payment service asks the order service (same process)
     // and the in-process events pay the order.
-    let res = client
-        .post(format!("{base}/api/orders"))
-        .bearer_auth(&kim)
-        .json(&json!({"items": [{"product_id": product["id"], "quantity": 1}], "shipping_address": address}))
-        .send()
-        .await
-        .unwrap();
-    let paid: serde_json::Value = res.json().await.unwrap();
-    let res = client
-        .post(format!("{base}/api/payments"))
-        .bearer_auth(&kim)
+    let second = json!({"items": [{"product_id": product["id"], "quantity": 1}], "shipping_address": address});
+    let paid = json(shop.post("/api/orders", Some(&kim), second).await).await;
+    let res = shop
+        .to(reqwest::Method::POST, "/api/payments", Some(&kim))
         .header("idempotency-key", "kim-1")
         .json(&json!({"order_id": paid["id"], "amount": "250.00", "currency": "USD",
                       "method": {"type": "card", "token": "tok_visa"}}))
@@ -260,16 +236,11 @@ async fn shop_runs_a_whole_checkout_in_one_process_without_redis_or_kafka() {
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
-    assert_eq!(res.json::<serde_json::Value>().await.unwrap()["status"], "succeeded");
+    assert_eq!(json(res).await["status"], "succeeded");
+    let status_of = |order: &serde_json::Value| format!("/api/orders/{}", order["id"].as_str().unwrap());
     let mut is_paid = false;
     for _ in 0..50 {
-        let res = client
-            .get(format!("{base}/api/orders/{}", paid["id"].as_str().unwrap()))
-            .bearer_auth(&kim)
-            .send()
-            .await
-            .unwrap();
-        if res.json::<serde_json::Value>().await.unwrap()["status"] == "paid" {
+        if json(shop.get(&status_of(&paid), Some(&kim)).await).await["status"] == "paid" {
             is_paid = true;
             break;
         }
@@ -280,21 +251,13 @@ async fn shop_runs_a_whole_checkout_in_one_process_without_redis_or_kafka() {
     // Unpaid, the first expires; the in-process events put its units back.
     let mut restocked = false;
     for _ in 0..100 {
-        if stock(client.clone()).await == 2 {
+        if json(shop.get(&product_path, None).await).await["stock"] == 2 {
             restocked = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(restocked, "the expired order's stock came back; the paid one's stays sold");
-    let res = client
-        .get(format!("{base}/api/orders/{}", order["id"].as_str().unwrap()))
-        .bearer_auth(&kim)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.json::<serde_json::Value>().await.unwrap()["status"], "cancelled");
-    terminate(&child);
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
-    assert!(status.success(), "{status}");
+    assert_eq!(json(shop.get(&status_of(&order), Some(&kim)).await).await["status"], "cancelled");
+    shop.stop().await;
 }

@@ -95,40 +95,27 @@ struct Load {
 }
 
 impl Load {
-    /// One try, no retries: what the client got, or the transport error.
-    async fn send(
-        &self,
-        service: &str,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        key: Option<&str>,
-        body: &Value,
-    ) -> Result<(StatusCode, Value), reqwest::Error> {
-        let request = self.platform.request(service, method, path, token, key, Some(body));
-        let response = request.send().await?;
-        let status = response.status();
-        let body = response.json().await?;
-        Ok((status, body))
-    }
-
     /// One request that changes something in `service`, with its trace and answer.
     async fn one(&self, service: &str, worker: usize) -> Option<Outcome> {
         let after_signal = self.signalled.load(Ordering::SeqCst);
         let unique = Uuid::new_v4().simple().to_string();
         let customer = &self.customers[worker];
+        let (platform, token) = (&self.platform, Some(customer.token.as_str()));
         let (what, trace, answer, expected) = match service {
             "user" => {
                 let email = format!("{unique}@example.com");
                 let body =
                     json!({"username": format!("u{}", &unique[..16]), "email": email, "password": "correct horse"});
-                let answer = self.send("user", Method::POST, "/api/auth/register", None, None, &body).await;
+                let answer =
+                    once(platform.request("user", Method::POST, "/api/auth/register", None, None, Some(&body))).await;
                 ("register".to_owned(), Trace::Account(email), answer, StatusCode::CREATED)
             }
             "product" => {
                 let name = format!("Shutdown {unique}");
                 let body = json!({"name": name, "price": "9.99", "stock": 5, "category_id": self.category});
-                let answer = self.send("product", Method::POST, "/api/products", Some(&self.admin), None, &body).await;
+                let create =
+                    platform.request("product", Method::POST, "/api/products", Some(&self.admin), None, Some(&body));
+                let answer = once(create).await;
                 ("create product".to_owned(), Trace::Product(name), answer, StatusCode::CREATED)
             }
             "order" => {
@@ -137,7 +124,7 @@ impl Load {
                 let product = &self.products[worker % self.products.len()];
                 let path = format!("/api/cart/items/{product}");
                 let one = json!({"quantity": 1});
-                match self.send("order", Method::PUT, &path, Some(&customer.token), None, &one).await {
+                match once(platform.request("order", Method::PUT, &path, token, None, Some(&one))).await {
                     Ok((StatusCode::OK, _)) => {}
                     Ok((status, body)) => {
                         let answer = Answer::Unexpected(format!("{status} {body}"));
@@ -147,17 +134,17 @@ impl Load {
                     Err(_) => return None,
                 }
                 let body = json!({"shipping_address": {"name": "C", "line1": "1 Main St", "city": "X", "postal_code": "1", "country": "US"}});
-                let answer =
-                    self.send("order", Method::POST, "/api/orders", Some(&customer.token), Some(&unique), &body).await;
+                let checkout =
+                    platform.request("order", Method::POST, "/api/orders", token, Some(&unique), Some(&body));
+                let answer = once(checkout).await;
                 ("checkout".to_owned(), Trace::Checkout(unique), answer, StatusCode::CREATED)
             }
             "payment" => {
                 let (order, total) = customer.order.as_ref().expect("an order to pay");
                 let card = json!({"type": "card", "token": "tok_chargeDeclined"});
                 let body = json!({"order_id": order, "amount": total, "currency": "USD", "method": card});
-                let answer = self
-                    .send("payment", Method::POST, "/api/payments", Some(&customer.token), Some(&unique), &body)
-                    .await;
+                let pay = platform.request("payment", Method::POST, "/api/payments", token, Some(&unique), Some(&body));
+                let answer = once(pay).await;
                 (format!("pay order {order}"), Trace::Payment(unique), answer, StatusCode::CREATED)
             }
             other => unreachable!("no such service: {other}"),
@@ -169,6 +156,13 @@ impl Load {
         };
         Some(Outcome { what, trace, answer, after_signal })
     }
+}
+
+/// One try, no retries: what the client got, or the transport error.
+async fn once(request: reqwest::RequestBuilder) -> Result<(StatusCode, Value), reqwest::Error> {
+    let response = request.send().await?;
+    let status = response.status();
+    Ok((status, response.json().await?))
 }
 
 #[tokio::test]

@@ -77,12 +77,17 @@ fn migrations_and_shutdown_are_configurable() {
 
 #[test]
 fn malformed_values_name_their_variable() {
-    assert_eq!(config(&[("PORT", "eighty")]).unwrap_err().name, "PORT");
-    assert_eq!(config(&[("ACCESS_TOKEN_TTL", "soon")]).unwrap_err().name, "ACCESS_TOKEN_TTL");
-    assert_eq!(config(&[("ACCESS_TOKEN_TTL", "0s")]).unwrap_err().name, "ACCESS_TOKEN_TTL");
-    assert_eq!(config(&[("APP_ENV", "staging")]).unwrap_err().name, "APP_ENV");
-    assert_eq!(config(&[("REDIS_URL", "localhost")]).unwrap_err().name, "REDIS_URL");
-    assert_eq!(config(&[("TRUST_FORWARDED_FOR", "maybe")]).unwrap_err().name, "TRUST_FORWARDED_FOR");
+    let malformed = [
+        ("PORT", "eighty"),
+        ("ACCESS_TOKEN_TTL", "soon"),
+        ("ACCESS_TOKEN_TTL", "0s"),
+        ("APP_ENV", "staging"),
+        ("REDIS_URL", "localhost"),
+        ("TRUST_FORWARDED_FOR", "maybe"),
+    ];
+    for (name, value) in malformed {
+        assert_eq!(config(&[(name, value)]).unwrap_err().name, name, "{name}={value}");
+    }
     let err = config(&[("DATABASE_URL", "mysql://root:hunter2@db")]).unwrap_err();
     assert_eq!(err.name, "DATABASE_URL");
     assert!(!err.to_string().contains("hunter2"), "{err}");

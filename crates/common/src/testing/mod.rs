@@ -93,9 +93,11 @@ impl Drop for TestDb {
 
 mod deps;
 mod server;
+mod services;
 
 pub use self::deps::*;
 pub use self::server::*;
+pub use self::services::*;
 
 /// The variables every test app starts with: its own database and Redis prefix, a fresh
 /// JWT secret, a cheap bcrypt cost and a small pool.

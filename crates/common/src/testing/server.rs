@@ -154,3 +154,27 @@ pub fn validation(errors: serde_json::Value) -> serde_json::Value {
     body["errors"] = errors;
     body
 }
+
+/// The bodies of the 201s among answers to requests that raced: every other answer must
+/// be a 409 problem with `code`, the loser told why (`insufficient_stock`,
+/// `request_in_progress`, …).
+pub async fn created_or_conflict(answers: Vec<reqwest::Response>, code: &str) -> Vec<serde_json::Value> {
+    let mut created = Vec::new();
+    for res in answers {
+        match res.status().as_u16() {
+            201 => created.push(res.json().await.expect("a JSON body")),
+            409 => assert_eq!(problem(res).await["code"], code),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    created
+}
+
+/// [`created_or_conflict`] for requests that shared one `Idempotency-Key`: one resource
+/// was created, however many of them were answered 201, and its id is returned.
+pub async fn created_once(answers: Vec<reqwest::Response>) -> String {
+    let created = created_or_conflict(answers, "request_in_progress").await;
+    let ids: std::collections::BTreeSet<&str> = created.iter().filter_map(|body| body["id"].as_str()).collect();
+    assert_eq!(ids.len(), 1, "{created:?}");
+    ids.first().map(|id| (*id).to_owned()).unwrap_or_default()
+}

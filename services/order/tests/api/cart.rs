@@ -8,8 +8,7 @@ use crate::helpers::{TestApp, expected, problem, validation};
 
 #[tokio::test]
 async fn a_cart_shows_current_names_and_prices_with_decimal_totals() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
+    let (app, alice) = TestApp::with_customer().await;
     let res = app.get("/api/cart", &alice.token).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap(), json!({"items": [], "total": "0.00", "currency": "USD"}));
@@ -63,8 +62,7 @@ async fn a_cart_shows_current_names_and_prices_with_decimal_totals() {
 
 #[tokio::test]
 async fn a_deleted_product_leaves_the_cart() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
+    let (app, alice) = TestApp::with_customer().await;
     let (kept, deleted) = (app.product("5.00", 5).await, app.product("7.00", 5).await);
     for product in [kept, deleted] {
         let res = app
@@ -82,9 +80,7 @@ async fn a_deleted_product_leaves_the_cart() {
 
 #[tokio::test]
 async fn bad_cart_input_is_a_clear_4xx() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let product = app.product("5.00", 5).await;
+    let (app, alice, product) = TestApp::with_product("5.00", 5).await;
     let path = format!("/api/cart/items/{product}");
     for quantity in [0, 101, -1] {
         let res = app.send(Method::PUT, &path, Some(&json!({"quantity": quantity})), &alice.token).await;
@@ -115,9 +111,7 @@ async fn bad_cart_input_is_a_clear_4xx() {
 
 #[tokio::test]
 async fn a_cart_holds_at_most_fifty_products() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let product = app.product("1.00", 5).await;
+    let (app, alice, product) = TestApp::with_product("1.00", 5).await;
     for _ in 0..49 {
         let filler = app.product("1.00", 5).await;
         let res = app
@@ -140,8 +134,7 @@ async fn a_cart_holds_at_most_fifty_products() {
 
 #[tokio::test]
 async fn a_change_that_would_take_the_total_past_the_largest_amount_is_not_kept() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
+    let (app, alice) = TestApp::with_customer().await;
     let (dear, cheap) = (app.product("9999999999.99", 5).await, app.product("1.00", 5).await);
     let put = |product: Uuid, quantity: i64| put_item(&app, &alice.token, product, quantity);
     assert_eq!(put(cheap, 1).await.status(), 200);

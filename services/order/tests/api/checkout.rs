@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use common::testing::created_once;
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -10,19 +11,14 @@ use crate::helpers::{TestApp, address, expected, id_of, problem, validation};
 
 #[tokio::test]
 async fn an_order_reserves_its_stock_at_the_reserved_prices() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
+    let (app, alice) = TestApp::with_customer().await;
     let (desk, lamp) = (app.product("19.99", 10).await, app.product("0.10", 10).await);
-    let res = app
-        .place(
-            &alice.token,
-            Some(json!([
-                {"product_id": desk, "quantity": 2},
-                {"product_id": lamp, "quantity": 3},
-                {"product_id": desk, "quantity": 1},
-            ])),
-        )
-        .await;
+    let items = json!([
+        {"product_id": desk, "quantity": 2},
+        {"product_id": lamp, "quantity": 3},
+        {"product_id": desk, "quantity": 1},
+    ]);
+    let res = app.place(&alice.token, Some(items)).await;
     assert_eq!(res.status(), 201);
     let order: Value = res.json().await.unwrap();
     assert_eq!(order["status"], "pending_payment");
@@ -74,8 +70,7 @@ async fn an_order_reserves_its_stock_at_the_reserved_prices() {
 
 #[tokio::test]
 async fn ordering_the_cart_empties_the_ordered_lines() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
+    let (app, alice) = TestApp::with_customer().await;
     let res = app.place(&alice.token, None).await;
     assert_eq!(res.status(), 422);
     assert_eq!(problem(res).await, validation(json!({"items": ["the cart is empty and the request names no items"]})));
@@ -106,15 +101,10 @@ async fn ordering_the_cart_empties_the_ordered_lines() {
 
 #[tokio::test]
 async fn an_item_out_of_stock_reserves_nothing() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
+    let (app, alice) = TestApp::with_customer().await;
     let (plenty, scarce) = (app.product("1.00", 10).await, app.product("1.00", 1).await);
-    let res = app
-        .place(
-            &alice.token,
-            Some(json!([{"product_id": plenty, "quantity": 3}, {"product_id": scarce, "quantity": 2}])),
-        )
-        .await;
+    let items = json!([{"product_id": plenty, "quantity": 3}, {"product_id": scarce, "quantity": 2}]);
+    let res = app.place(&alice.token, Some(items)).await;
     assert_eq!(res.status(), 409);
     let body = problem(res).await;
     assert_eq!(body["code"], "insufficient_stock");
@@ -143,9 +133,7 @@ async fn an_item_out_of_stock_reserves_nothing() {
 
 #[tokio::test]
 async fn bad_checkout_input_is_a_clear_4xx() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let product = app.product("1.00", 10).await;
+    let (app, alice, product) = TestApp::with_product("1.00", 10).await;
     let cases = [
         (json!({"items": [], "shipping_address": address()}), json!({"items": ["must contain at least one item"]})),
         (
@@ -232,9 +220,7 @@ async fn fifty_concurrent_checkouts_for_ten_units_give_exactly_ten_orders() {
 
 #[tokio::test]
 async fn an_idempotency_key_replays_the_first_order() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let product = app.product("2.50", 10).await;
+    let (app, alice, product) = TestApp::with_product("2.50", 10).await;
     let body = json!({"items": [{"product_id": product, "quantity": 2}], "shipping_address": address()});
     let first = app.place_with_key(&alice.token, "checkout-1", &body).await;
     assert_eq!(first.status(), 201);
@@ -273,9 +259,7 @@ async fn an_idempotency_key_replays_the_first_order() {
 
 #[tokio::test]
 async fn the_same_order_in_another_key_order_or_spacing_replays() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let product = app.product("2.50", 10).await;
+    let (app, alice, product) = TestApp::with_product("2.50", 10).await;
     let raw = |body: String| app.server.post_keyed("/api/orders", &alice.token, "checkout-reordered", body);
     let address =
         r#"{"name":"Ada Lovelace","line1":"1 Main St","city":"Springfield","postal_code":"12345","country":"US"}"#;
@@ -306,21 +290,9 @@ async fn eight_concurrent_checkouts_with_one_key_give_one_order() {
     let body = Arc::new(json!({"items": [{"product_id": product, "quantity": 1}], "shipping_address": address()}));
     let attempts = (0..8).map(|_| {
         let (app, alice, body) = (app.clone(), alice.clone(), body.clone());
-        tokio::spawn(async move {
-            let res = app.place_with_key(&alice.token, "same-key", &body).await;
-            let status = res.status().as_u16();
-            let body: Value = res.json().await.unwrap();
-            (status, body)
-        })
+        tokio::spawn(async move { app.place_with_key(&alice.token, "same-key", &body).await })
     });
-    let answers: Vec<(u16, Value)> =
-        futures::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect();
-    let orders: std::collections::HashSet<String> =
-        answers.iter().filter(|(s, _)| *s == 201).map(|(_, b)| b["id"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(orders.len(), 1, "{answers:?}");
-    for (status, body) in &answers {
-        assert!(*status == 201 || (*status == 409 && body["code"] == "request_in_progress"), "{status} {body}");
-    }
+    created_once(futures::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect()).await;
     assert_eq!(app.order_count().await, 1);
     assert_eq!(app.stock_of(product).await, 99);
 }

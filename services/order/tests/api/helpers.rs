@@ -2,14 +2,11 @@
 //! against one fresh database (a schema each), Redis, and in-process events, with access
 //! tokens signed by the same key.
 
-use common::service::Spec as _;
 use std::net::SocketAddr;
 
 use axum::Router;
 use common::auth::Role;
-use common::config::Env;
-use common::http::Shared;
-use common::testing::{TestDb, TestServer, base_vars, with_overrides};
+use common::testing::{Served, TestDb, TestServer, TestServices, with_overrides};
 use reqwest::{Method, Response};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -24,13 +21,13 @@ pub struct TestApp {
     pub products: Option<TestServer>,
     products_addr: SocketAddr,
     products_app: Router,
-    pub shared: Shared,
+    /// Both services' dependencies and variables.
+    pub services: TestServices,
     /// The `ordering` schema, for checks a client cannot make.
     pub db: PgPool,
     /// The `catalog` schema.
     pub catalog: PgPool,
     pub admin: String,
-    pub vars: Vec<(String, String)>,
     _database: TestDb,
 }
 
@@ -50,35 +47,22 @@ impl TestApp {
     }
 
     pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
-        let database = TestDb::create().await;
-        let base = with_overrides(base_vars(&database), &[("UPSTREAM_TIMEOUT", "1s")]);
-        let vars = with_overrides(base, extra);
-        let env = Env::from_pairs(vars.clone());
-        let product_config = product::Config::from_env(&env).expect("valid product configuration");
-        let shared = Shared::connect(&product_config.common).await.expect("shared dependencies");
-        let product_service = product_config.start(&shared).await.expect("the product service starts");
-        let catalog = product_service.db.clone();
-        let products_app = common::http::app(vec![product_service], shared.clone());
-        let products = TestServer::spawn(products_app.clone()).await;
+        let (database, vars) = TestDb::with_vars(&[("UPSTREAM_TIMEOUT", "1s")]).await;
+        let services = TestServices::connect(with_overrides(vars, extra)).await;
+        let Served { server: products, db: catalog, app: products_app } = services.serve::<product::Config>(&[]).await;
         let products_addr = products.addr;
-
-        let mut order_vars = vars.clone();
-        order_vars.push(("PRODUCT_SERVICE_URL".into(), format!("http://{products_addr}")));
-        let config = order::Config::from_env(&Env::from_pairs(order_vars)).expect("valid order configuration");
-        let service = config.start(&shared).await.expect("the order service starts");
-        let db = service.db.clone();
-        let server = TestServer::spawn(common::http::app(vec![service], shared.clone())).await;
-        let admin = shared.auth.issue(Uuid::now_v7(), Role::Admin, Uuid::now_v7()).expect("a token").token;
+        let url = format!("http://{products_addr}");
+        let Served { server, db, .. } = services.serve::<order::Config>(&[("PRODUCT_SERVICE_URL", &url)]).await;
+        let admin = services.shared.auth.issue(Uuid::now_v7(), Role::Admin, Uuid::now_v7()).expect("a token").token;
         Self {
             server,
             products: Some(products),
             products_addr,
             products_app,
-            shared,
+            services,
             db,
             catalog,
             admin,
-            vars,
             _database: database,
         }
     }
@@ -86,12 +70,9 @@ impl TestApp {
     /// Another order-service instance on its own port, sharing this one's database, Redis
     /// and product service (a second replica).
     pub async fn replica(&self) -> TestServer {
-        let mut vars = self.vars.clone();
-        vars.push(("PRODUCT_SERVICE_URL".into(), format!("http://{}", self.products_addr)));
-        let config = order::Config::from_env(&Env::from_pairs(vars)).expect("valid order configuration");
         // Its own socket hub and Redis subscriber; the same Redis, database and event bus.
-        let service = config.start(&self.shared).await.expect("the replica starts");
-        TestServer::spawn(common::http::app(vec![service], self.shared.clone())).await
+        let url = format!("http://{}", self.products_addr);
+        self.services.serve::<order::Config>(&[("PRODUCT_SERVICE_URL", &url)]).await.server
     }
 
     /// Stops the product service, as an outage would.
@@ -107,9 +88,23 @@ impl TestApp {
         self.products = Some(TestServer::spawn_at(self.products_addr, self.products_app.clone()).await);
     }
 
+    /// An app and a customer: where most tests start.
+    pub async fn with_customer() -> (Self, Customer) {
+        let app = Self::spawn().await;
+        let alice = app.customer();
+        (app, alice)
+    }
+
+    /// [`Self::with_customer`] and a product of `stock` units at `price` for her to order.
+    pub async fn with_product(price: &str, stock: i64) -> (Self, Customer, Uuid) {
+        let (app, alice) = Self::with_customer().await;
+        let product = app.product(price, stock).await;
+        (app, alice, product)
+    }
+
     pub fn customer(&self) -> Customer {
         let id = Uuid::now_v7();
-        let token = self.shared.auth.issue(id, Role::Customer, Uuid::now_v7()).expect("a token").token;
+        let token = self.services.shared.auth.issue(id, Role::Customer, Uuid::now_v7()).expect("a token").token;
         Customer { id, token }
     }
 

@@ -97,9 +97,7 @@ async fn orders_are_seen_by_their_owner_and_admins_only() {
 
 #[tokio::test]
 async fn cancelling_an_unpaid_order_puts_its_stock_back() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let product = app.product("4.00", 5).await;
+    let (app, alice, product) = TestApp::with_product("4.00", 5).await;
     let order = app.order(&alice.token, json!([{"product_id": product, "quantity": 2}])).await;
     let id = id_of(&order);
     assert_eq!(app.stock_of(product).await, 3);
@@ -135,9 +133,7 @@ async fn cancelling_an_unpaid_order_puts_its_stock_back() {
 
 #[tokio::test]
 async fn a_paid_order_ships_and_is_delivered_and_illegal_moves_change_nothing() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let product = app.product("1.00", 5).await;
+    let (app, alice, product) = TestApp::with_product("1.00", 5).await;
     let id = id_of(&app.order(&alice.token, json!([{"product_id": product, "quantity": 1}])).await);
 
     // Nothing ships before it is paid, and customers never ship.
@@ -188,9 +184,7 @@ async fn a_paid_order_ships_and_is_delivered_and_illegal_moves_change_nothing() 
 
 #[tokio::test]
 async fn a_paid_order_can_be_cancelled_and_its_units_go_back() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let product = app.product("1.00", 5).await;
+    let (app, alice, product) = TestApp::with_product("1.00", 5).await;
     let id = id_of(&app.order(&alice.token, json!([{"product_id": product, "quantity": 2}])).await);
     deliver(&app, &payment_event("payment.succeeded", id)).await;
     eventually("the reservation to be committed", || async {
@@ -257,11 +251,9 @@ async fn an_unpaid_order_expires_and_releases_its_stock() {
 
 #[tokio::test]
 async fn the_payment_service_reads_orders_with_a_service_token_only() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let product = app.product("12.34", 5).await;
+    let (app, alice, product) = TestApp::with_product("12.34", 5).await;
     let id = id_of(&app.order(&alice.token, json!([{"product_id": product, "quantity": 2}])).await);
-    let service = app.shared.auth.service_token("payment").unwrap();
+    let service = app.services.shared.auth.service_token("payment").unwrap();
     let res = app.get(&format!("/internal/orders/{id}"), &service).await;
     assert_eq!(res.status(), 200);
     assert_eq!(
@@ -295,9 +287,7 @@ async fn order_of(app: &TestApp, id: Uuid) -> Value {
 
 #[tokio::test]
 async fn refunds_move_orders_as_the_contract_says() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let product = app.product("5.00", 10).await;
+    let (app, alice, product) = TestApp::with_product("5.00", 10).await;
     let order = |quantity: i64| app.order(&alice.token, json!([{"product_id": product, "quantity": quantity}]));
     let (partly, fully, shipped) = (id_of(&order(1).await), id_of(&order(2).await), id_of(&order(1).await));
     for id in [partly, fully, shipped] {

@@ -85,7 +85,7 @@ async fn sockets_need_a_valid_token_and_a_websocket_handshake() {
         let err = connect(app.server.addr, token, in_header).await.unwrap_err();
         assert!(matches!(&err, WsError::Http(res) if res.status() == 401), "{err:?}");
     }
-    let service = app.shared.auth.service_token("order").unwrap();
+    let service = app.services.shared.auth.service_token("order").unwrap();
     let err = connect(app.server.addr, &service, true).await.unwrap_err();
     assert!(matches!(&err, WsError::Http(res) if res.status() == 401), "a service token is not a user: {err:?}");
 
@@ -134,10 +134,10 @@ async fn clients_are_pinged_and_one_that_stops_answering_is_closed() {
 async fn a_socket_ends_when_its_token_is_revoked_and_a_user_holds_at_most_ten() {
     let app = TestApp::spawn_with(&[("WS_HEARTBEAT", "200ms")]).await;
     let user = uuid::Uuid::now_v7();
-    let issued = app.shared.auth.issue(user, common::auth::Role::Customer, uuid::Uuid::now_v7()).unwrap();
+    let issued = app.services.shared.auth.issue(user, common::auth::Role::Customer, uuid::Uuid::now_v7()).unwrap();
     let mut socket = connect(app.server.addr, &issued.token, true).await.unwrap();
     let until = chrono::Utc::now() + chrono::Duration::minutes(1);
-    app.shared.auth.revocations().revoked(&[Revoked { session_id: issued.claims.sid, until }]).await;
+    app.services.shared.auth.revocations().revoked(&[Revoked { session_id: issued.claims.sid, until }]).await;
     let mut reason = None;
     while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(2), socket.next()).await {
         if let Message::Close(frame) = frame {

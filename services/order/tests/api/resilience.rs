@@ -109,7 +109,7 @@ async fn a_checkout_that_died_after_reserving_is_released() {
     .execute(&app.db)
     .await
     .unwrap();
-    let token = app.shared.auth.service_token("order").unwrap();
+    let token = app.services.shared.auth.service_token("order").unwrap();
     let products = app.products.as_ref().unwrap();
     let body = json!({"order_id": order_id, "items": [{"product_id": product, "quantity": 3}]});
     assert_eq!(products.post("/internal/reservations", &body, Some(&token)).await.status(), 201);

@@ -2,10 +2,8 @@
 //! fresh database, Redis and in-process events, with tokens signed by the same key.
 
 use common::auth::Role;
-use common::config::Env;
 use common::http::Shared;
-use common::service::Spec as _;
-use common::testing::{TestDb, TestServer, base_vars, with_overrides};
+use common::testing::{TestDb, TestServer, TestServices, with_overrides};
 use reqwest::Response;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -35,24 +33,16 @@ impl TestApp {
     }
 
     pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
-        let database = TestDb::create().await;
-        let base = with_overrides(base_vars(&database), &[("UPSTREAM_TIMEOUT", "1s"), ("PROVIDER_TIMEOUT", "300ms")]);
-        let vars = with_overrides(base, extra);
-        let env = |more: Vec<(String, String)>| Env::from_pairs(vars.iter().cloned().chain(more));
-        let product_config = product::Config::from_env(&env(vec![])).unwrap();
-        let shared = Shared::connect(&product_config.common).await.unwrap();
-        let product = product_config.start(&shared).await.unwrap();
+        let (database, vars) = TestDb::with_vars(&[("UPSTREAM_TIMEOUT", "1s"), ("PROVIDER_TIMEOUT", "300ms")]).await;
+        let services = TestServices::connect(with_overrides(vars, extra)).await;
+        let products = services.serve::<product::Config>(&[]).await.server;
+        let url = format!("http://{}", products.addr);
+        let orders = services.serve::<order::Config>(&[("PRODUCT_SERVICE_URL", &url)]).await.server;
+        let url = format!("http://{}", orders.addr);
+        let server = services.serve::<payment::Config>(&[("ORDER_SERVICE_URL", &url)]).await.server;
         // A pool outside every service's role, to check what clients can't see.
         let db = PgPool::connect(database.url()).await.unwrap();
-        let products = TestServer::spawn(common::http::app(vec![product], shared.clone())).await;
-        let url = format!("http://{}", products.addr);
-        let order_config = order::Config::from_env(&env(vec![("PRODUCT_SERVICE_URL".into(), url)])).unwrap();
-        let order = order_config.start(&shared).await.unwrap();
-        let orders = TestServer::spawn(common::http::app(vec![order], shared.clone())).await;
-        let url = format!("http://{}", orders.addr);
-        let config = payment::Config::from_env(&env(vec![("ORDER_SERVICE_URL".into(), url)])).unwrap();
-        let service = config.start(&shared).await.unwrap();
-        let server = TestServer::spawn(common::http::app(vec![service], shared.clone())).await;
+        let shared = services.shared;
         let admin = shared.auth.issue(Uuid::now_v7(), Role::Admin, Uuid::now_v7()).unwrap().token;
         Self { server, orders, products, shared, db, admin, _database: database }
     }
@@ -61,6 +51,15 @@ impl TestApp {
         let id = Uuid::now_v7();
         let token = self.shared.auth.issue(id, Role::Customer, Uuid::now_v7()).unwrap().token;
         Customer { id, token }
+    }
+
+    /// An app, a customer and her order of `quantity` units at `price`, not yet paid: where
+    /// most tests start.
+    pub async fn with_order(price: &str, quantity: i64) -> (Self, Customer, Uuid, String) {
+        let app = Self::spawn().await;
+        let alice = app.customer();
+        let (order, total) = app.order(&alice, price, quantity).await;
+        (app, alice, order, total)
     }
 
     /// A product and an order of `quantity` of it at `price`, placed by `customer`.

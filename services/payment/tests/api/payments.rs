@@ -1,9 +1,7 @@
 //! `POST /api/payments` and reading payments: the provider's answers, the rules, the
 //! Idempotency-Key, and a provider that is down or slow.
 
-use common::testing::eventually;
-use std::sync::Arc;
-
+use common::testing::{created_once, eventually};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -11,9 +9,7 @@ use crate::helpers::{TestApp, expected, problem, validation};
 
 #[tokio::test]
 async fn a_successful_payment_pays_the_order() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let (order, total) = app.order(&alice, "19.99", 2).await;
+    let (app, alice, order, total) = TestApp::with_order("19.99", 2).await;
     assert_eq!(total, "39.98");
     let res = app.pay(&alice.token, "pay-1", &TestApp::body(order, "39.98", "tok_visa")).await;
     assert_eq!(res.status(), 201);
@@ -51,9 +47,7 @@ async fn a_successful_payment_pays_the_order() {
 
 #[tokio::test]
 async fn a_declined_card_fails_and_the_order_stays_payable() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let (order, total) = app.order(&alice, "5.00", 1).await;
+    let (app, alice, order, total) = TestApp::with_order("5.00", 1).await;
     for (key, token, code) in
         [("d-1", "tok_chargeDeclined", "card_declined"), ("d-2", "tok_insufficientFunds", "insufficient_funds")]
     {
@@ -68,23 +62,17 @@ async fn a_declined_card_fails_and_the_order_stays_payable() {
     let res = app.pay(&alice.token, "d-3", &TestApp::body(order, &total, "tok_visa")).await;
     assert_eq!(res.json::<Value>().await.unwrap()["status"], "succeeded");
     eventually("the order to be paid", || async { app.order_status(order).await == "paid" }).await;
-    let list: Value = app
-        .server
-        .get(&format!("/api/payments?order_id={order}&limit=2"), Some(&alice.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page = |query: String| {
+        let (app, token) = (&app, &alice.token);
+        async move {
+            let res = app.server.get(&format!("/api/payments?order_id={order}&{query}"), Some(token)).await;
+            res.json::<Value>().await.unwrap()
+        }
+    };
+    let list = page("limit=2".to_owned()).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 2);
     assert_eq!(list["items"][0]["status"], "succeeded", "newest first");
-    let cursor = list["next_cursor"].as_str().unwrap();
-    let rest: Value = app
-        .server
-        .get(&format!("/api/payments?order_id={order}&cursor={cursor}"), Some(&alice.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let rest = page(format!("cursor={}", list["next_cursor"].as_str().unwrap())).await;
     assert_eq!(rest["items"].as_array().unwrap().len(), 1);
 }
 
@@ -147,9 +135,7 @@ async fn only_the_owner_pays_the_exact_total_of_an_unpaid_order() {
 
 #[tokio::test]
 async fn an_idempotency_key_replays_and_is_never_reused_for_another_body() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let (order, total) = app.order(&alice, "7.00", 1).await;
+    let (app, alice, order, total) = TestApp::with_order("7.00", 1).await;
     let body = TestApp::body(order, &total, "tok_chargeDeclined");
     let first = app.pay(&alice.token, "k", &body).await;
     assert_eq!(first.status(), 201);
@@ -167,9 +153,7 @@ async fn an_idempotency_key_replays_and_is_never_reused_for_another_body() {
 
 #[tokio::test]
 async fn the_same_payment_in_another_key_order_or_spacing_replays() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let (order, total) = app.order(&alice, "7.00", 1).await;
+    let (app, alice, order, total) = TestApp::with_order("7.00", 1).await;
     let raw = |body: String| app.server.post_keyed("/api/payments", &alice.token, "pay-reordered", body);
     let first = raw(format!(
         r#"{{"order_id":"{order}","amount":"{total}","currency":"USD","method":{{"type":"card","token":"tok_visa"}}}}"#
@@ -192,27 +176,20 @@ async fn the_same_payment_in_another_key_order_or_spacing_replays() {
     assert_eq!(charged, 1);
 }
 
+/// Eight payments for one order of 3.00, sent at once, the `n`th with the key `key(n)`.
+async fn eight_at_once(key: fn(usize) -> String) -> (TestApp, Uuid, Vec<reqwest::Response>) {
+    let (app, alice, order, total) = TestApp::with_order("3.00", 1).await;
+    let body = TestApp::body(order, &total, "tok_visa");
+    let (app_ref, token, body_ref) = (&app, alice.token.as_str(), &body);
+    let pay = |n| async move { app_ref.pay(token, &key(n), body_ref).await };
+    let answers = futures::future::join_all((0..8).map(pay)).await;
+    (app, order, answers)
+}
+
 #[tokio::test]
 async fn eight_concurrent_payments_with_one_key_charge_once() {
-    let app = Arc::new(TestApp::spawn().await);
-    let alice = Arc::new(app.customer());
-    let (order, total) = app.order(&alice, "3.00", 1).await;
-    let body = Arc::new(TestApp::body(order, &total, "tok_visa"));
-    let attempts = (0..8).map(|_| {
-        let (app, alice, body) = (app.clone(), alice.clone(), body.clone());
-        tokio::spawn(async move {
-            let res = app.pay(&alice.token, "same", &body).await;
-            (res.status().as_u16(), res.json::<Value>().await.unwrap())
-        })
-    });
-    let answers: Vec<(u16, Value)> =
-        futures::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect();
-    let ids: std::collections::HashSet<String> =
-        answers.iter().filter(|(s, _)| *s == 201).map(|(_, b)| b["id"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(ids.len(), 1, "{answers:?}");
-    for (status, body) in &answers {
-        assert!(*status == 201 || (*status == 409 && body["code"] == "request_in_progress"), "{status} {body}");
-    }
+    let (app, _, answers) = eight_at_once(|_| "same".to_owned()).await;
+    created_once(answers).await;
     let charges: i64 =
         sqlx::query_scalar("SELECT count(*) FROM payments.provider_charges").fetch_one(&app.db).await.unwrap();
     assert_eq!(charges, 1, "one charge");
@@ -220,21 +197,13 @@ async fn eight_concurrent_payments_with_one_key_charge_once() {
 
 #[tokio::test]
 async fn eight_concurrent_payments_with_different_keys_for_one_order_succeed_once() {
-    let app = Arc::new(TestApp::spawn().await);
-    let alice = Arc::new(app.customer());
-    let (order, total) = app.order(&alice, "3.00", 1).await;
-    let body = Arc::new(TestApp::body(order, &total, "tok_visa"));
-    let attempts = (0..8).map(|n| {
-        let (app, alice, body) = (app.clone(), alice.clone(), body.clone());
-        tokio::spawn(async move {
-            let res = app.pay(&alice.token, &format!("key-{n}"), &body).await;
-            (res.status().as_u16(), res.json::<Value>().await.unwrap())
-        })
-    });
-    let answers: Vec<(u16, Value)> =
-        futures::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect();
-    assert_eq!(answers.iter().filter(|(s, b)| *s == 201 && b["status"] == "succeeded").count(), 1, "{answers:?}");
-    assert_eq!(answers.iter().filter(|(s, _)| *s == 409).count(), 7, "{answers:?}");
+    let (app, order, answers) = eight_at_once(|n| format!("key-{n}")).await;
+    let mut answered = Vec::new();
+    for res in answers {
+        answered.push((res.status().as_u16(), res.json::<Value>().await.unwrap()));
+    }
+    assert_eq!(answered.iter().filter(|(s, b)| *s == 201 && b["status"] == "succeeded").count(), 1, "{answered:?}");
+    assert_eq!(answered.iter().filter(|(s, _)| *s == 409).count(), 7, "{answered:?}");
     assert_eq!(app.provider_books(order).await.0, "3.00", "charged once");
 }
 
@@ -250,9 +219,7 @@ fn provider_down() -> Value {
 
 #[tokio::test]
 async fn a_provider_that_is_down_charges_nothing_and_answers_502() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let (order, total) = app.order(&alice, "8.00", 1).await;
+    let (app, alice, order, total) = TestApp::with_order("8.00", 1).await;
     let res = app.pay(&alice.token, "down", &TestApp::body(order, &total, "tok_providerDown")).await;
     assert_eq!(res.status(), 502);
     // Tried three times first (with jittered pauses between, which may be short).
@@ -275,9 +242,7 @@ async fn counter(app: &TestApp, line_start: &str) -> u64 {
 
 #[tokio::test]
 async fn a_provider_that_keeps_failing_is_cut_off_by_a_breaker_until_a_trial_call_succeeds() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let (order, total) = app.order(&alice, "8.00", 1).await;
+    let (app, alice, order, total) = TestApp::with_order("8.00", 1).await;
     let calls = || counter(&app, "provider_calls_total");
     // Two payments while the provider is down: the first tries three times, the second
     // twice, and that fifth failure in a row opens the breaker, which keeps the second
@@ -317,9 +282,7 @@ async fn a_provider_that_keeps_failing_is_cut_off_by_a_breaker_until_a_trial_cal
 
 #[tokio::test]
 async fn a_charge_whose_answer_never_came_is_settled_not_lost() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let (order, total) = app.order(&alice, "12.00", 1).await;
+    let (app, alice, order, total) = TestApp::with_order("12.00", 1).await;
     let body = TestApp::body(order, &total, "tok_providerTimeout");
     let res = app.pay(&alice.token, "slow", &body).await;
     assert_eq!(res.status(), 504);

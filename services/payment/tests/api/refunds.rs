@@ -59,9 +59,7 @@ async fn admins_refund_in_parts_never_more_than_was_captured() {
 
 #[tokio::test]
 async fn a_failed_payment_has_nothing_to_refund() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let (order, total) = app.order(&alice, "4.00", 1).await;
+    let (app, alice, order, total) = TestApp::with_order("4.00", 1).await;
     let res = app.pay(&alice.token, "declined", &TestApp::body(order, &total, "tok_chargeDeclined")).await;
     let payment: Value = res.json().await.unwrap();
     let path = format!("/api/payments/{}/refunds", payment["id"].as_str().unwrap());
@@ -100,9 +98,7 @@ async fn cancelling_a_paid_order_refunds_it_in_full_once() {
 
 #[tokio::test]
 async fn an_order_that_is_over_is_not_charged() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let (order, total) = app.order(&alice, "9.00", 1).await;
+    let (app, alice, order, total) = TestApp::with_order("9.00", 1).await;
     // The order expired and the payment service heard of it, while the order service
     // could still answer `pending_payment` to the check.
     app.order_event("order.expired", order).await;
@@ -115,9 +111,7 @@ async fn an_order_that_is_over_is_not_charged() {
 
 #[tokio::test]
 async fn a_payment_that_succeeds_as_its_order_expires_is_refunded() {
-    let app = TestApp::spawn().await;
-    let alice = app.customer();
-    let (order, total) = app.order(&alice, "9.00", 1).await;
+    let (app, alice, order, total) = TestApp::with_order("9.00", 1).await;
     // The provider takes the money but its answer is late: the attempt is still being
     // settled when the order expires.
     let res = app.pay(&alice.token, "race", &TestApp::body(order, &total, "tok_providerTimeout")).await;

@@ -2,10 +2,8 @@
 //! tokens signed by the same key (the user service is not needed to be an admin here).
 
 use common::auth::Role;
-use common::config::Env;
 use common::http::Shared;
-use common::service::Spec as _;
-use common::testing::{TestDb, TestServer, base_vars, with_overrides};
+use common::testing::{Served, TestDb, TestServer, TestServices};
 use reqwest::Response;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -29,13 +27,10 @@ impl TestApp {
     }
 
     pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
-        let database = TestDb::create().await;
-        let vars = with_overrides(base_vars(&database), extra);
-        let config = product::Config::from_env(&Env::from_pairs(vars)).expect("valid test configuration");
-        let shared = Shared::connect(&config.common).await.expect("shared dependencies");
-        let service = config.start(&shared).await.expect("the product service starts");
-        let db = service.db.clone();
-        let server = TestServer::spawn(common::http::app(vec![service], shared.clone())).await;
+        let (database, vars) = TestDb::with_vars(extra).await;
+        let services = TestServices::connect(vars).await;
+        let Served { server, db, .. } = services.serve::<product::Config>(&[]).await;
+        let shared = services.shared;
         let token = |role| shared.auth.issue(Uuid::now_v7(), role, Uuid::now_v7()).expect("a token").token;
         let (admin, customer) = (token(Role::Admin), token(Role::Customer));
         Self { server, shared, db, admin, customer, _database: database }

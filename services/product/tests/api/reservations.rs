@@ -1,5 +1,6 @@
 use common::contracts::topic::ORDER as ORDER_TOPIC;
 use common::events::{self, Delivery, Envelope};
+use common::testing::created_or_conflict;
 use product::events::OrderEvents;
 use product::steps::cache::CatalogCache;
 use serde_json::{Value, json};
@@ -17,15 +18,7 @@ async fn fifty_concurrent_reservations_for_ten_units_sell_exactly_ten() {
         (0..50).map(|_| app.reserve(Uuid::now_v7(), json!([{"product_id": id, "quantity": 1}]))),
     )
     .await;
-    let mut created = 0;
-    for res in outcomes {
-        match res.status().as_u16() {
-            201 => created += 1,
-            409 => assert_eq!(problem(res).await["code"], "insufficient_stock"),
-            other => panic!("unexpected {other}"),
-        }
-    }
-    assert_eq!(created, 10);
+    assert_eq!(created_or_conflict(outcomes, "insufficient_stock").await.len(), 10);
     assert_eq!(app.stock_of(id).await, 0);
     assert_eq!(app.json(&format!("/api/products/{id}")).await["stock"], 0, "the cache shows it too");
 }

@@ -1,10 +1,7 @@
 //! Spawns the real user service on a free port against its own fresh database and its own
 //! Redis key prefix, and speaks to it over HTTP as a client would.
 
-use common::config::Env;
-use common::http::Shared;
-use common::service::Spec as _;
-use common::testing::{TestDb, TestServer, base_vars, with_overrides};
+use common::testing::{TestDb, TestServer, TestServices};
 use reqwest::Response;
 use serde_json::{Value, json};
 use user::config::{DEV_ADMIN_EMAIL, DEV_ADMIN_PASSWORD};
@@ -34,8 +31,7 @@ impl TestApp {
 
     /// Extra variables override the defaults; `("REDIS_URL", "")` runs without Redis.
     pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
-        let db = TestDb::create().await;
-        let vars = with_overrides(base_vars(&db), extra);
+        let (db, vars) = TestDb::with_vars(extra).await;
         let server = start(&vars).await;
         Self { server, _db: db, vars }
     }
@@ -109,12 +105,9 @@ pub fn session_from(tokens: Value) -> Session {
     }
 }
 
+/// A replica of the user service: its own process state (cache, limits) over `vars`.
 async fn start(vars: &[(String, String)]) -> TestServer {
-    let env = Env::from_pairs(vars.iter().cloned());
-    let config = user::Config::from_env(&env).expect("test configuration is valid");
-    let shared = Shared::connect(&config.common).await.expect("shared dependencies");
-    let service = config.start(&shared).await.expect("the user service starts");
-    TestServer::spawn(common::http::app(vec![service], shared)).await
+    TestServices::connect(vars.to_vec()).await.serve::<user::Config>(&[]).await.server
 }
 
 pub use common::testing::{expected, problem, validation};

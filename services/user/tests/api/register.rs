@@ -1,6 +1,16 @@
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::{PASSWORD, TestApp, expected, problem, validation};
+
+/// The problem of a registration with `body`, which must be refused as invalid (422).
+async fn refused(app: &TestApp, body: Value) -> Value {
+    refused_answer(app.post("/api/auth/register", &body, None).await, &body).await
+}
+
+async fn refused_answer(res: reqwest::Response, body: &Value) -> Value {
+    assert_eq!(res.status(), 422, "{body}");
+    problem(res).await
+}
 
 #[tokio::test]
 async fn register_returns_the_user_without_secrets() {
@@ -51,11 +61,8 @@ async fn concurrent_registrations_of_one_email_create_one_account() {
 #[tokio::test]
 async fn every_invalid_field_is_reported_at_once() {
     let app = TestApp::spawn().await;
-    let res =
-        app.post("/api/auth/register", &json!({"username": "a b", "email": "nope", "password": "short"}), None).await;
-    assert_eq!(res.status(), 422);
     assert_eq!(
-        problem(res).await,
+        refused(&app, json!({"username": "a b", "email": "nope", "password": "short"})).await,
         validation(json!({
             "username": ["must be 3 to 50 characters of letters, digits, '_', '.' or '-'"],
             "email": ["must be a valid email address"],
@@ -81,8 +88,7 @@ async fn field_limits_are_exact() {
         match bad_field {
             None => assert_eq!(res.status(), 201, "{body}"),
             Some(field) => {
-                assert_eq!(res.status(), 422, "{body}");
-                let errors = problem(res).await["errors"].clone();
+                let errors = refused_answer(res, &body).await["errors"].clone();
                 assert_eq!(errors.as_object().unwrap().keys().collect::<Vec<_>>(), [field], "{body}");
             }
         }
@@ -92,29 +98,19 @@ async fn field_limits_are_exact() {
 #[tokio::test]
 async fn mass_assignment_of_role_is_refused() {
     let app = TestApp::spawn().await;
-    let res = app
-        .post(
-            "/api/auth/register",
-            &json!({"username": "mallory", "email": "m@example.com", "password": PASSWORD, "role": "admin"}),
-            None,
-        )
-        .await;
-    assert_eq!(res.status(), 422);
-    assert_eq!(problem(res).await, validation(json!({"role": ["is not a known field"]})));
+    let mallory = json!({"username": "mallory", "email": "m@example.com", "password": PASSWORD, "role": "admin"});
+    assert_eq!(refused(&app, mallory).await, validation(json!({"role": ["is not a known field"]})));
 }
 
 #[tokio::test]
 async fn missing_and_mistyped_fields_are_422_naming_the_field() {
     let app = TestApp::spawn().await;
-    let res = app.post("/api/auth/register", &json!({"username": "jane", "email": "j@example.com"}), None).await;
-    assert_eq!(res.status(), 422);
-    assert_eq!(problem(res).await, validation(json!({"password": ["is required"]})));
+    let no_password = json!({"username": "jane", "email": "j@example.com"});
+    assert_eq!(refused(&app, no_password).await, validation(json!({"password": ["is required"]})));
 
-    let res = app
-        .post("/api/auth/register", &json!({"username": 42, "email": "j@example.com", "password": PASSWORD}), None)
-        .await;
-    assert_eq!(res.status(), 422);
-    assert_eq!(problem(res).await, validation(json!({"username": ["invalid type: integer `42`, expected a string"]})));
+    let numeric_name = json!({"username": 42, "email": "j@example.com", "password": PASSWORD});
+    let mistyped = validation(json!({"username": ["invalid type: integer `42`, expected a string"]}));
+    assert_eq!(refused(&app, numeric_name).await, mistyped);
 }
 
 #[tokio::test]
