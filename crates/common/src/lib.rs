@@ -26,7 +26,8 @@
 //! - [`events`]: the transactional outbox, its relay, Kafka or in-process delivery, and
 //!   consumers that apply each event once;
 //! - [`trace`]: the W3C `traceparent` carried from requests into events;
-//! - `testing` (feature `testing`): fresh databases and spawned servers for tests.
+//! - `testing` (feature `testing`): fresh databases, spawned servers and services started
+//!   in process for tests.
 
 pub mod auth;
 pub mod backoff;
