@@ -6,6 +6,7 @@ use axum::response::Response;
 use common::auth::{AdminUser, AuthUser};
 use common::error::Problem;
 use common::extract::{Body, Json, Parse, Path, Query};
+use common::http::RateLimited;
 use common::idempotency::Idempotent;
 use common::money::{CURRENCY, Money, PositiveMoney};
 use common::page::{self, IdCursor, Page};
@@ -94,7 +95,7 @@ impl Parse for CreatePayment {
         (status = 404, description = "No such order, or not yours", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`already_paid`, `invalid_state_transition` (the order is cancelled), `conflict` (another payment for the order is being processed) or `request_in_progress`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`amount_mismatch`, `idempotency_key_reused`, or invalid fields", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`rate_limited`, with `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        RateLimited,
         (status = 502, description = "`upstream_unavailable`: the card provider is down; nothing was charged", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`upstream_unavailable`: the order service can't be reached", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "`upstream_timeout`: the provider did not answer in time; the payment is settled shortly (see `GET /api/payments?order_id=`)", body = Problem, content_type = "application/problem+json"),

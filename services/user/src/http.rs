@@ -4,10 +4,11 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use common::auth::{AdminUser, AuthUser, ServiceCaller};
 use common::error::Problem;
 use common::extract::{Body, ClientAddr, Json, Parse, Path};
+use common::http::RateLimited;
 use common::revocations::RevokedList;
 use common::{ApiError, FieldErrors};
 use secrecy::SecretString;
@@ -18,7 +19,6 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::domain::{Email, NewUser, Password, ProfileChanges, User, Username};
-use crate::error::Error;
 use crate::steps::accounts;
 use crate::steps::sessions::{self, Tokens};
 use crate::{AppState, repository};
@@ -151,7 +151,7 @@ impl Parse for UpdateProfileRequest {
     responses(
         (status = 201, description = "Registered", body = User),
         (status = 409, description = "`email_taken` or `username_taken`", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`rate_limited`, with `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        RateLimited,
     )
 )]
 #[tracing::instrument(skip_all)]
@@ -177,7 +177,7 @@ async fn register(
     responses(
         (status = 200, description = "Logged in", body = Tokens),
         (status = 401, description = "`invalid_credentials`", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`rate_limited`, with `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        RateLimited,
     )
 )]
 #[tracing::instrument(skip_all)]
@@ -185,24 +185,13 @@ async fn login(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
     Json(req): Json<LoginRequest>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let (per_email, per_address) = tokio::join!(
         state.login_limiter.check(format!("{addr}|{}", req.email.to_lowercase())),
         state.login_address_limiter.check(addr),
     );
     let limit = per_email.tighter(per_address).enforce()?;
-    let found = repository::find_credentials(&state.db, &req.email).await?;
-    let hash = found.as_ref().map(|(_, hash)| hash.as_str());
-    let verified = state.passwords.verify(&req.password, hash).await?;
-    let user = match found {
-        Some((user, _)) if verified => user,
-        _ => {
-            let err = ApiError::from(Error::InvalidCredentials);
-            return Err(err.with_headers(limit.headers()));
-        }
-    };
-    let tokens = sessions::open(&state, user).await?;
-    Ok((limit.headers(), Json(tokens)))
+    limit.attach(sessions::log_in(&state, &req.email, &req.password).await.map(Json))
 }
 
 /// Exchange a refresh token for new tokens.
@@ -298,11 +287,8 @@ async fn update_me(
     let (changes, current_password) = req.parse()?;
 
     let limit = state.password_check_limiter.check(user.id).await.enforce()?;
-    let hash = repository::password_hash(&state.db, user.id).await?.ok_or(Error::NotFound)?;
-    if !state.passwords.verify(&current_password, Some(&hash)).await? {
-        let err = ApiError::from(Error::InvalidCredentials);
-        return Err(err.with_headers(limit.headers()));
-    }
+    let confirmed = accounts::confirm_password(&state, user.id, &current_password).await;
+    confirmed.map_err(|err| err.with_headers(limit.headers()))?;
     Ok(Json(accounts::update_profile(&state, &user, &changes).await?))
 }
 

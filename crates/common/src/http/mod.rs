@@ -44,6 +44,7 @@ mod openapi;
 mod ops;
 mod shell;
 
+pub use self::openapi::RateLimited;
 use self::openapi::{ApiDoc, SharedProblems};
 use self::ops::{Ops, health, metrics, not_found, ready};
 use self::shell::Shell;

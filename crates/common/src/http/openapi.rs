@@ -1,7 +1,9 @@
 //! The parts of the OpenAPI document every service shares, and the problems declared on
 //! every operation they can happen to.
 
-use utoipa::openapi::OpenApi;
+use std::collections::BTreeMap;
+
+use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, Response, ResponseBuilder};
 
 /// The parts of the OpenAPI document every service shares: the title, the error shape
 /// and the bearer scheme. Each service merges its paths into it.
@@ -42,13 +44,6 @@ pub(super) struct SharedProblems;
 impl utoipa::Modify for SharedProblems {
     fn modify(&self, openapi: &mut OpenApi) {
         use utoipa::openapi::path::ParameterIn;
-        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
-        let problem = |description: &str| {
-            let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build();
-            RefOr::T(
-                ResponseBuilder::new().description(description).content("application/problem+json", content).build(),
-            )
-        };
         for item in openapi.paths.paths.values_mut() {
             let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
             for operation in operations.into_iter().flatten() {
@@ -78,7 +73,8 @@ impl utoipa::Modify for SharedProblems {
                     shared.push(("403", "`forbidden`: not an admin"));
                 }
                 for (status, description) in shared {
-                    operation.responses.responses.entry(status.to_owned()).or_insert_with(|| problem(description));
+                    let response = || RefOr::T(problem(description).build());
+                    operation.responses.responses.entry(status.to_owned()).or_insert_with(response);
                 }
             }
         }
@@ -91,4 +87,26 @@ fn requires_admin(operation: &utoipa::openapi::path::Operation) -> bool {
     requirements.as_array().is_some_and(|all| {
         all.iter().any(|r| r["bearer"].as_array().is_some_and(|roles| roles.iter().any(|role| role == "admin")))
     })
+}
+
+/// A response with a `Problem` body.
+fn problem(description: &str) -> ResponseBuilder {
+    let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build();
+    ResponseBuilder::new().description(description).content("application/problem+json", content)
+}
+
+/// The 429 of an operation with a rate limit, declared once for all of them: list it in
+/// the operation's `responses(...)`.
+pub struct RateLimited;
+
+impl utoipa::IntoResponses for RateLimited {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        use utoipa::openapi::header::HeaderBuilder;
+        use utoipa::openapi::{ObjectBuilder, Type};
+        let seconds = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1));
+        let retry_after =
+            HeaderBuilder::new().schema(seconds).description(Some("Seconds until the limit lets a request through"));
+        let response = problem("`rate_limited`, with `Retry-After`").header("Retry-After", retry_after.build());
+        BTreeMap::from([("429".to_owned(), RefOr::T(response.build()))])
+    }
 }

@@ -6,6 +6,7 @@ use axum::response::Response;
 use common::auth::{AdminUser, AuthUser};
 use common::error::Problem;
 use common::extract::{Json, Parse, Path, Query};
+use common::http::RateLimited;
 use common::idempotency::Idempotent;
 use common::page::{self, IdCursor};
 use common::{ApiError, FieldErrors};
@@ -84,7 +85,7 @@ impl Parse for PlaceOrder {
         (status = 201, description = "Placed: `pending_payment`, stock reserved at the prices shown; emits `order.created`", body = Order),
         (status = 409, description = "`insufficient_stock` (nothing reserved), or `request_in_progress` for a key still running", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid items or address, an empty cart, a product that can't be ordered, or `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`rate_limited`, with `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        RateLimited,
         (status = 503, description = "`upstream_unavailable`: the product service can't be reached", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "`upstream_timeout`: the product service did not answer in time", body = Problem, content_type = "application/problem+json"),
     )

@@ -10,6 +10,7 @@ use common::ApiError;
 use common::auth::AuthUser;
 use common::contracts::EventType;
 use common::events;
+use secrecy::SecretString;
 use uuid::Uuid;
 
 use crate::domain::{NewUser, ProfileChanges, Role, User};
@@ -51,6 +52,13 @@ pub async fn profile(state: &AppState, id: Uuid) -> Result<Response, ApiError> {
     }
     let content_type = [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
     Ok((content_type, cached.json.clone()).into_response())
+}
+
+/// Checks the caller's current password before a profile change: `invalid_credentials`
+/// when it is wrong.
+pub async fn confirm_password(state: &AppState, id: Uuid, password: &SecretString) -> Result<(), ApiError> {
+    let hash = repository::password_hash(&state.db, id).await?.ok_or(Error::NotFound)?;
+    if state.passwords.verify(password, Some(&hash)).await? { Ok(()) } else { Err(Error::InvalidCredentials.into()) }
 }
 
 /// Applies `changes` to the caller's profile (its current password checked already): the
