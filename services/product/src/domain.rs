@@ -18,11 +18,11 @@ pub use common::page::Page;
 /// The most units one product may have in stock, or one delta may move.
 pub const MAX_STOCK: i64 = 1_000_000_000;
 
-/// `1..=MAX` characters, not blank: a product's or a category's name.
+/// Text of 1 to `MAX` characters, not blank: a product's or a category's name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Name<const MAX: usize>(String);
+pub struct NonBlank<const MAX: usize>(String);
 
-impl<const MAX: usize> Name<MAX> {
+impl<const MAX: usize> NonBlank<MAX> {
     pub fn parse(raw: String) -> Result<Self, String> {
         let chars = raw.chars().count();
         if (1..=MAX).contains(&chars) && !raw.trim().is_empty() {
@@ -37,7 +37,8 @@ impl<const MAX: usize> Name<MAX> {
     }
 }
 
-pub type ProductName = Name<200>;
+/// A product's name: 1–200 characters, not blank.
+pub type ProductName = NonBlank<200>;
 
 /// At most 5000 characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,7 +159,8 @@ pub struct Category {
     pub created_at: DateTime<Utc>,
 }
 
-pub type CategoryName = Name<100>;
+/// A category's name: 1–100 characters, not blank; unique among its siblings.
+pub type CategoryName = NonBlank<100>;
 
 /// How a listing is ordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]

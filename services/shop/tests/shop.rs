@@ -6,7 +6,7 @@ use std::time::Duration;
 use common::testing::{TestDb, free_port, redis_prefix};
 use serde_json::json;
 
-fn shop(db: &TestDb, port: u16) -> Command {
+fn shop_command(db: &TestDb, port: u16) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_shop"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -45,10 +45,10 @@ impl Running {
     /// it listens.
     async fn start(db: &TestDb, vars: &[(&str, &str)]) -> Self {
         let port = free_port();
-        Self::spawn(shop(db, port).envs(vars.iter().copied()), port).await
+        Self::spawn(shop_command(db, port).envs(vars.iter().copied()), port).await
     }
 
-    /// Runs `command`, a [`shop`] on `port`, and waits until it listens.
+    /// Runs `command`, a [`shop_command`] on `port`, and waits until it listens.
     async fn spawn(command: &mut Command, port: u16) -> Self {
         let mut child = command.spawn().unwrap();
         wait_until_up(&mut child, port).await;
@@ -122,7 +122,7 @@ async fn shop_creates_its_database_migrates_serves_and_stops_gracefully() {
 async fn shop_migrate_only_migrates_and_is_repeatable() {
     let db = TestDb::reserve();
     for _ in 0..2 {
-        let status = shop(&db, free_port()).arg("migrate").status().unwrap();
+        let status = shop_command(&db, free_port()).arg("migrate").status().unwrap();
         assert!(status.success());
     }
 }
@@ -130,7 +130,8 @@ async fn shop_migrate_only_migrates_and_is_repeatable() {
 #[tokio::test]
 async fn shop_seed_fills_the_catalogue() {
     let db = TestDb::reserve();
-    let out = shop(&db, free_port()).args(["seed", "--products", "1200"]).stdout(Stdio::piped()).output().unwrap();
+    let out =
+        shop_command(&db, free_port()).args(["seed", "--products", "1200"]).stdout(Stdio::piped()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "seeded 1200 products");
     let mut conn: sqlx::PgConnection = sqlx::Connection::connect(db.url()).await.unwrap();
@@ -146,15 +147,15 @@ async fn shop_seed_fills_the_catalogue() {
 #[tokio::test]
 async fn bad_configuration_stops_with_the_variables_name() {
     let db = TestDb::reserve();
-    let out = shop(&db, free_port()).env("ACCESS_TOKEN_TTL", "soon").stderr(Stdio::piped()).output().unwrap();
+    let out = shop_command(&db, free_port()).env("ACCESS_TOKEN_TTL", "soon").stderr(Stdio::piped()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ACCESS_TOKEN_TTL"));
 
-    let out = shop(&db, free_port()).env("APP_ENV", "production").stderr(Stdio::piped()).output().unwrap();
+    let out = shop_command(&db, free_port()).env("APP_ENV", "production").stderr(Stdio::piped()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("JWT_SECRET"));
 
-    let out = shop(&db, free_port()).arg("frobnicate").stderr(Stdio::piped()).output().unwrap();
+    let out = shop_command(&db, free_port()).arg("frobnicate").stderr(Stdio::piped()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage: shop"));
 }
@@ -165,7 +166,7 @@ async fn log_of_one_traced_request(disabled: &str, trace_id: &str) -> String {
     let db = TestDb::reserve();
     let port = free_port();
     let log = std::env::temp_dir().join(format!("shop-{}.log", uuid::Uuid::new_v4().simple()));
-    let mut command = shop(&db, port);
+    let mut command = shop_command(&db, port);
     command.env("RUST_LOG", "info").env("NO_COLOR", "1").env("OTEL_SDK_DISABLED", disabled);
     let shop = Running::spawn(command.stdout(std::fs::File::create(&log).unwrap()), port).await;
     let res = shop

@@ -48,8 +48,8 @@ impl Subscription {
     /// [`MAX_ATTEMPTS`] times and then dead-lettered; a database outage is returned as an
     /// error for the caller to retry later, without using up attempts.
     ///
-    /// The handling is a consumer span for `group`, the child of the span that published the
-    /// event (its `traceparent`), so a trace follows the event from service to service.
+    /// The handling is a consumer span for the subscription's group, the child of the span
+    /// that published the event (its `traceparent`), so a trace follows the event from service to service.
     pub async fn deliver(
         &self,
         topic: &str,

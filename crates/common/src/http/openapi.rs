@@ -1,5 +1,6 @@
-//! The parts of the OpenAPI document every service shares, and the problems declared on
-//! every operation they can happen to.
+//! The parts of the OpenAPI document every service shares: the problems declared on
+//! every operation they can happen to, and the 429 an operation with a rate limit lists
+//! ([`RateLimited`]).
 
 use std::collections::BTreeMap;
 

@@ -36,7 +36,8 @@ pub struct Served {
 }
 
 impl TestServices {
-    /// Connects the dependencies `vars` name.
+    /// Connects the dependencies `vars` name. The process has no address of its own (port
+    /// 0), so the services call each other over HTTP, as deployed.
     pub async fn connect(vars: Vec<(String, String)>) -> Self {
         let common = CommonConfig::from_env(&Env::from_pairs(vars.clone()), 0).expect("a valid test configuration");
         let shared = Shared::connect(&common).await.expect("the shared dependencies");

@@ -105,7 +105,8 @@ pub fn session_from(tokens: Value) -> Session {
     }
 }
 
-/// A replica of the user service: its own process state (cache, limits) over `vars`.
+/// A replica of the user service over `vars`: its own process (first-level cache, connections);
+/// the database and Redis, with the rate limits kept there, shared.
 async fn start(vars: &[(String, String)]) -> TestServer {
     TestServices::connect(vars.to_vec()).await.serve::<user::Config>(&[]).await.server
 }
