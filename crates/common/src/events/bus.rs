@@ -25,9 +25,10 @@ impl Bus {
     }
 
     /// Delivers a relay's batch to the subscribers of its topics, each subscriber's share
-    /// in one transaction ([`Subscription::deliver_batch`]). What became of each row, in order: an error
-    /// (a subscriber's database is away) leaves the rows of its topic unpublished, so they
-    /// come again; subscribers that already applied them find them in their inbox.
+    /// in one transaction ([`Subscription::deliver_batch`]). What became of each row, in
+    /// order: an error (a subscriber's database is away) leaves the rows of its topic
+    /// unpublished, so they come again; subscribers that already applied them find them in
+    /// their inbox.
     pub(super) async fn publish_all(&self, service: &'static str, rows: &[OutboxRow]) -> Vec<anyhow::Result<()>> {
         let mut outcomes: Vec<anyhow::Result<()>> = Vec::with_capacity(rows.len());
         let mut events: Vec<Option<(Envelope, Option<String>)>> = Vec::with_capacity(rows.len());

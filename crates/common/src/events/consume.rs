@@ -49,7 +49,8 @@ impl Subscription {
     /// error for the caller to retry later, without using up attempts.
     ///
     /// The handling is a consumer span for the subscription's group, the child of the span
-    /// that published the event (its `traceparent`), so a trace follows the event from service to service.
+    /// that published the event (its `traceparent`), so a trace follows the event from
+    /// service to service.
     pub async fn deliver(
         &self,
         topic: &str,
@@ -84,12 +85,12 @@ impl Subscription {
         trace::instrument(span, traceparent.as_deref(), work).await
     }
 
-    /// Applies several events of `topic` as [`Self::deliver`] does one, in one transaction with
-    /// their inbox rows written in one statement (the in-process bus hands over a relay's
-    /// whole batch this way). Each handling is still a consumer span, the child of its
-    /// event's `traceparent`. If a handler fails, the batch is rolled back and every event is
-    /// delivered on its own, with [`Self::deliver`]'s retries and dead letters; a database outage is
-    /// returned as an error for the caller to retry later.
+    /// Applies several events of `topic` as [`Self::deliver`] does one, in one transaction
+    /// with their inbox rows written in one statement (the in-process bus hands over a
+    /// relay's whole batch this way). Each handling is still a consumer span, the child of
+    /// its event's `traceparent`. If a handler fails, the batch is rolled back and every
+    /// event is delivered on its own, with [`Self::deliver`]'s retries and dead letters; a
+    /// database outage is returned as an error for the caller to retry later.
     pub async fn deliver_batch(
         &self,
         topic: &str,
@@ -136,8 +137,8 @@ impl Subscription {
         Ok(deliveries)
     }
 
-    /// The transaction of [`Self::deliver_batch`]: the ids of the events it applied (the others
-    /// were in the inbox already).
+    /// The transaction of [`Self::deliver_batch`]: the ids of the events it applied (the
+    /// others were in the inbox already).
     async fn apply_batch(&self, topic: &str, events: &[&(Envelope, Option<String>)]) -> anyhow::Result<Vec<Uuid>> {
         let ids: Vec<Uuid> = events.iter().map(|(e, _)| e.id).collect();
         let types: Vec<&str> = events.iter().map(|(e, _)| e.event_type.as_str()).collect();

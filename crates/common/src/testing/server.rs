@@ -171,11 +171,10 @@ pub async fn created_or_conflict(answers: Vec<reqwest::Response>, code: &str) ->
 }
 
 /// [`created_or_conflict`] for requests that shared one `Idempotency-Key`: one resource
-/// was created, however many of them were answered 201, and its id is returned.
-pub async fn created_once(answers: Vec<reqwest::Response>) -> String {
+/// was created, however many of them were answered 201.
+pub async fn created_once(answers: Vec<reqwest::Response>) {
     let created = created_or_conflict(answers, "request_in_progress").await;
     let ids: std::collections::BTreeSet<&str> =
         created.iter().map(|body| body["id"].as_str().expect("a created resource's id")).collect();
     assert_eq!(ids.len(), 1, "{created:?}");
-    ids.first().map(|id| (*id).to_owned()).unwrap_or_default()
 }
