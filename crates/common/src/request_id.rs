@@ -45,12 +45,11 @@ pub fn of(request: &Request) -> HeaderValue {
     request.headers().get(&X_REQUEST_ID).and_then(usable).unwrap_or_else(generate)
 }
 
-/// A UUIDv7 from the thread's random generator: `Uuid::now_v7` asks the kernel for its
+/// A UUIDv7 from the thread's id generator: `Uuid::now_v7` asks the kernel for its
 /// random bits (a system call on every request that comes without an id).
 fn generate() -> HeaderValue {
-    use rand::Rng as _;
     let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    let random: [u8; 10] = rand::rng().random();
+    let random: [u8; 10] = crate::trace::id_bits();
     let uuid = uuid::Builder::from_unix_timestamp_millis(millis as u64, &random).into_uuid();
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let text = uuid.hyphenated().encode_lower(&mut text);
