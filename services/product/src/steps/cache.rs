@@ -180,6 +180,21 @@ impl CatalogCache {
         {
             return Ok(assembled.clone());
         }
+        // Boxed: an assembled page's future, inside the listing handler's, stays this small
+        // instead of the size of the round trips below (see `Cache::load_cached`).
+        Box::pin(self.assemble_page(listing, &listing_key, first_level, listed)).await
+    }
+
+    /// [`CatalogCache::page`] past a first-level miss: the page's ids (the first level's,
+    /// or the cache's below, or the database's), then its products, kept assembled when
+    /// the first level keeps this page.
+    async fn assemble_page(
+        &self,
+        listing: &Listing,
+        listing_key: &str,
+        first_level: Option<(String, Option<Ticket>)>,
+        listed: Option<Arc<ListedPage>>,
+    ) -> Result<PageJson, Error> {
         let ids = match listed {
             Some(page) => page.ids.clone(),
             None => {
