@@ -170,34 +170,22 @@ impl Cache {
         if let Some(hit) = l1.get::<Cached>(key) {
             return Ok(hit);
         }
-        // Boxed: a hit's future, inside every read handler's, stays this small instead of
-        // the size of the round trips below, which was copied whole each time the handler's
-        // future moved (1.5% of a cached read's instructions, counted with callgrind).
-        Box::pin(self.load_below_first_level(l1, key, ttl, loader)).await
-    }
-
-    /// [`Cache::load_cached`] past a first-level miss: Redis's entry or the loader's value,
-    /// kept in the first level.
-    async fn load_below_first_level<T, F, Fut>(
-        &self,
-        l1: &L1,
-        key: &str,
-        ttl: fn(&T) -> Duration,
-        loader: F,
-    ) -> Result<Arc<Cached>, LoadError>
-    where
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
-    {
-        let ticket = l1.ticket(key);
-        let json = match self.backend {
-            Backend::Local(_) => Bytes::copy_from_slice(&self.load_flight(key, Fill::Nowhere, ttl, loader).await?.0),
-            Backend::Redis(_) => self.load_json(key, ttl, loader).await?,
-        };
-        let cached = Arc::new(Cached::new(json));
-        l1.fill(key, cached.clone(), ticket);
-        Ok(cached)
+        // Past a miss, boxed: a hit's future, inside every read handler's, stays this small
+        // instead of the size of the round trips below, which was copied whole each time the
+        // handler's future moved (1.5% of a cached read's instructions, counted with callgrind).
+        Box::pin(async move {
+            let ticket = l1.ticket(key);
+            let json = match self.backend {
+                Backend::Local(_) => {
+                    Bytes::copy_from_slice(&self.load_flight(key, Fill::Nowhere, ttl, loader).await?.0)
+                }
+                Backend::Redis(_) => self.load_json(key, ttl, loader).await?,
+            };
+            let cached = Arc::new(Cached::new(json));
+            l1.fill(key, cached.clone(), ticket);
+            Ok(cached)
+        })
+        .await
     }
 
     /// [`Cache::load_cached`] for many keys at once: the first level's entries, then one
